@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make quickstart` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gankd-installed
+PYTEST_ARGS ?=
+
+.PHONY: install quickstart test clean-venv
+
+install: $(STAMP)
+
+# torch first: torchvision pulls the registry's CUDA build of torch, which also runs on CPU (a CPU-only torch pin
+# leaves torchvision unable to import). basicsr-fixed's setup.py imports torch, so it is built against that torch
+# with --no-build-isolation instead of downloading torch a second time into a build environment.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet torch torchvision
+	$(PY) -m pip install --quiet --no-build-isolation basicsr-fixed==1.4.2
+	$(PY) -m pip install --quiet -e '.[all,dev]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash demos/quickstart.sh
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,29 @@
+"""gankd.distill: architectures, teacher import, students and model folders.
+
+Public API::
+
+    from gankd.distill import load_model, save_model, build_student, load_config
+    teacher = load_model("teachers/x4plus")
+    student, config = build_student(teacher.gankd_config, width=0.25)
+    save_model("students/c025", student, config)
+"""
+
+from . import archs  # noqa: F401  (registers the architectures)
+from .errors import GankdError
+from .modelio import ModelConfig, load_config, load_model, save_model
+from .registry import create_model, get_arch, list_archs, register_arch
+from .students import build_student, student_config
+
+__all__ = [
+    "GankdError",
+    "ModelConfig",
+    "build_student",
+    "create_model",
+    "get_arch",
+    "list_archs",
+    "load_config",
+    "load_model",
+    "register_arch",
+    "save_model",
+    "student_config",
+]

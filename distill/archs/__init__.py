@@ -1,0 +1,14 @@
+"""Architectures. Each module registers its archs on import; they are listed here explicitly (no directory scan)."""
+
+from .discriminator import UNetDiscriminatorSN, UNetDiscriminatorSNConfig
+from .rrdbnet import RRDBNet, RRDBNetConfig
+from .srvgg import SRVGGNetCompact, SRVGGNetCompactConfig
+
+__all__ = [
+    "RRDBNet",
+    "RRDBNetConfig",
+    "SRVGGNetCompact",
+    "SRVGGNetCompactConfig",
+    "UNetDiscriminatorSN",
+    "UNetDiscriminatorSNConfig",
+]

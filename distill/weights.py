@@ -1,0 +1,102 @@
+"""The one loader for weight files (after timm ``_helpers.py``).
+
+safetensors is preferred; ``.pth``/``.pt``/``.ckpt`` go through ``torch.load(weights_only=True)``. There is never a
+fallback to full pickle: a file that needs it is refused. Key-prefix cleaning and the choice between the
+containers that training codes wrap state dicts in (``params_ema``, ``params``, ``state_dict`` ...) live here too.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import GankdError
+
+# BasicSR/Real-ESRGAN/GCFSR save {"params_ema": ..., "params": ...}; EMA weights are the ones to serve.
+STATE_DICT_CONTAINERS = ("params_ema", "params", "g_ema", "state_dict", "model")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def read_weights(path: str | Path) -> dict:
+    """Read a weight file into a dict without executing code; one-line errors for missing/corrupted/unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        raise GankdError(f"weight file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise GankdError(f"weight file {str(path)!r} is empty")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights only load failed" in reason.lower() or "unsupported global" in str(exc).lower():
+            detail = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln), reason)
+            raise GankdError(
+                f"refusing to load {str(path)!r}: it is a pickle that needs code beyond tensors to load ({detail}); "
+                "gankd only loads weights (torch.load weights_only=True)"
+            ) from None
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({reason})") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure of the weights-only unpickler means a bad file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({reason})") from None
+    if not isinstance(obj, dict):
+        raise GankdError(f"weight file {str(path)!r} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({reason})") from None
+
+
+def extract_state_dict(obj: dict, source: str = "checkpoint", prefer: tuple[str, ...] = STATE_DICT_CONTAINERS):
+    """Pick the state dict out of a checkpoint dict and strip wrapper prefixes. Returns (state_dict, container)."""
+    container = None
+    for key in prefer:
+        if isinstance(obj.get(key), dict):
+            obj, container = obj[key], key
+            break
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise GankdError(
+                f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor; "
+                f"expected a state dict or one under {', '.join(prefer)}"
+            )
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        state[key] = value
+    if not state:
+        raise GankdError(f"{source}: no tensors found")
+    return state, container
+
+
+def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatched key and both shapes."""
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise GankdError(f"{source} does not match the model: key {key!r} {list(tensor.shape)} is missing")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise GankdError(
+                f"{source} does not match the model: {key!r} has shape {list(state[key].shape)} in the file "
+                f"but {list(tensor.shape)} in the model"
+            )
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise GankdError(f"{source} does not match the model: unexpected key {extra[0]!r} ({len(extra)} unexpected)")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise GankdError(f"{source}: tensor {bad!r} contains NaN or Inf")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,5 @@
+"""gankd.serve: runtime sessions over exported artifact folders and the Gradio demo.
+
+Never imports gankd.distill or gankd.export: it reads manifest.json and the artifacts only, so a serving image
+needs no architecture code and no training dependencies.
+"""

@@ -1,0 +1,82 @@
+"""The CLI as a user runs it: the installed console scripts in a subprocess, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gankd.distill import create_model, load_model
+from gankd.distill.cli import main
+
+BIN = Path(sys.executable).parent
+
+
+def _run(*args, check=False):
+    exe = shutil.which("gankd-distill", path=str(BIN)) or shutil.which("gankd-distill")
+    assert exe, "the gankd-distill console script is not installed"
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def tiny_pth(tmp_path):
+    sd = create_model("rrdbnet", num_feat=16, num_block=2, num_grow_ch=8).state_dict()
+    torch.save({"params_ema": sd}, tmp_path / "tiny_x4.pth")
+    return tmp_path / "tiny_x4.pth"
+
+
+def test_help_lists_commands():
+    out = _run("--help", check=True).stdout
+    assert "import-teacher" in out and "inspect" in out
+
+
+def test_import_then_inspect(tiny_pth, tmp_path):
+    out_dir = tmp_path / "teachers" / "tiny"
+    proc = _run("import-teacher", "--from", "pth", str(tiny_pth), "--out", str(out_dir), check=True)
+    assert "rrdbnet" in proc.stdout and out_dir.joinpath("model.safetensors").is_file()
+    assert load_model(out_dir).gankd_config.kwargs["num_block"] == 2
+    table = _run("inspect", str(out_dir), "--input", "1x3x32x32", check=True).stdout
+    for row in ("model", "C=1/2", "C=1/4", "C=1/8", "SRVGG-32", "GMACs"):
+        assert row in table
+    data = json.loads(_run("inspect", str(out_dir), "--json", check=True).stdout)
+    assert data["rows"][0]["params"] == sum(p.numel() for p in load_model(out_dir).parameters())
+
+
+def test_import_refuses_to_overwrite(tiny_pth, tmp_path):
+    out_dir = tmp_path / "t"
+    assert main(["import-teacher", "--from", "pth", str(tiny_pth), "--out", str(out_dir)]) == 0
+    before = (out_dir / "model.safetensors").read_bytes()
+    proc = _run("import-teacher", "--from", "pth", str(tiny_pth), "--out", str(out_dir))
+    assert proc.returncode == 2 and "already exists and is not empty; pass --force" in proc.stderr
+    assert (out_dir / "model.safetensors").read_bytes() == before
+    assert main(["import-teacher", "--from", "pth", str(tiny_pth), "--out", str(out_dir), "--force"]) == 0
+
+
+def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model folder") and err.count("\n") == 1
+    assert main(["import-teacher", "--from", "pth", str(tmp_path / "x.pth"), "--out", str(tmp_path / "o")]) == 2
+    assert "x.pth' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_shape_option():
+    proc = _run("inspect", ".", "--input", "64x64")
+    assert proc.returncode == 2 and "NxCxHxW" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["gankd-export", "gankd-bench", "gankd-demo"])
+def test_later_stage_scripts_say_they_are_not_built(script):
+    exe = shutil.which(script, path=str(BIN))
+    assert exe
+    proc = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "not built yet" in proc.stderr

