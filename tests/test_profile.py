@@ -16,7 +16,9 @@ def test_x4plus_gmacs_at_64():
     assert round(teacher.macs / 1e9, 2) == 73.43
     assert teacher.params == 16_697_987
     names = [r.name for r in rows]
-    assert names == ["model", "C=1/2", "C=1/4", "C=1/8", "SRVGG-32"]
+    assert names[:5] == ["model", "C=1/2", "C=1/4", "C=1/8", "SRVGG-32"]
+    # last row: the SRVGG whose MACs match the C=1/4 RRDB student (within one channel's worth)
+    assert names[5].startswith("SRVGG-") and abs(rows[5].macs / rows[2].macs - 1) < 0.03
     macs = [r.macs for r in rows[:4]]
     assert macs == sorted(macs, reverse=True)
     # narrow RRDB students: MACs shrink ~ C^2 in the trunk
@@ -40,3 +42,12 @@ def test_macs_scale_with_pixels_and_meta_leaves_model_untouched():
 def test_bad_shapes(text):
     with pytest.raises(ValueError, match="NxCxHxW"):
         parse_shape(text)
+
+
+def test_latency_column_is_measured():
+    from gankd.distill.inspect import format_table, student_table
+
+    tiny = ModelConfig(arch="rrdbnet", kwargs={"num_feat": 16, "num_block": 1, "num_grow_ch": 8}, scale=4)
+    rows = student_table(tiny, (1, 3, 16, 16), latency_runs=2)
+    assert all(r.latency_ms is not None and r.latency_ms > 0 for r in rows)
+    assert "CPU ms" in format_table(rows)
