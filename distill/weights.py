@@ -8,6 +8,7 @@ containers that training codes wrap state dicts in (``params_ema``, ``params``, 
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -33,12 +34,11 @@ def read_weights(path: str | Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights only load failed" in reason.lower() or "unsupported global" in str(exc).lower():
-            detail = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln), reason)
-            raise GankdError(
-                f"refusing to load {str(path)!r}: it is a pickle that needs code beyond tensors to load ({detail}); "
-                "gankd only loads weights (torch.load weights_only=True)"
-            ) from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found or "weights only load failed" in str(exc).lower():
+            what = f"it references {found.group(1)}" if found else "it needs more than tensors to load"
+            raise GankdError(f"refusing to load {str(path)!r}: {what}; gankd loads weights only "
+                             "(torch.load weights_only=True), never code") from None
         raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({reason})") from None
     except Exception as exc:  # noqa: BLE001 - any other failure of the weights-only unpickler means a bad file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
