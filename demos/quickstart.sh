@@ -14,4 +14,4 @@ else
 fi
 
 echo "== inspecting $TEACHER"
-gankd-distill inspect "$TEACHER" --input 1x3x64x64 --latency --runs 3
+gankd-distill inspect "$TEACHER" --input 1x3x64x64 --latency --runs "${QUICKSTART_RUNS:-3}"

@@ -80,3 +80,18 @@ def test_later_stage_scripts_say_they_are_not_built(script):
     assert exe
     proc = subprocess.run([exe], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not built yet" in proc.stderr
+
+
+def test_import_from_ncnn_files_and_inspect_a_discriminator(tmp_path):
+    from ncnn_writer import write_ncnn
+
+    param = write_ncnn(create_model("srvgg_compact", num_feat=8, num_conv=2), tmp_path / "ncnn" / "tiny-x4")
+    assert main(["import-teacher", "--from", "ncnn", str(param), "--out", str(tmp_path / "s")]) == 0
+    assert load_model(tmp_path / "s").gankd_config.arch == "srvgg_compact"
+
+    torch.save({"params": create_model("unet_discriminator_sn", num_feat=8).state_dict()}, tmp_path / "netD.pth")
+    proc = _run("import-teacher", "--from", "pth", str(tmp_path / "netD.pth"), "--out", str(tmp_path / "d"),
+                check=True)
+    assert "unet_discriminator_sn" in proc.stdout and "xNone" not in proc.stdout
+    table = _run("inspect", str(tmp_path / "d"), "--input", "1x3x64x64", check=True).stdout
+    assert "C=1/4" in table and "SRVGG" not in table

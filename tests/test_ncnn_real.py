@@ -86,3 +86,33 @@ def test_package_lists_models_and_rejects_unknown_name():
         import_ncnn_package("realesrgan-x8")
     with pytest.raises(GankdError, match="import the x4 model"):
         import_ncnn_package("realesr-animevideov3-x2")
+
+
+def test_real_x4plus_through_the_official_pth_path(tmp_path):
+    """The real weights saved the way Real-ESRGAN publishes them ({'params_ema': state_dict}) import strictly."""
+    model, _ = import_ncnn_package("realesr-animevideov3-x4")
+    torch.save({"params_ema": model.state_dict()}, tmp_path / "realesr-animevideov3.pth")
+    from gankd.distill.importers import import_pth
+
+    again, config = import_pth(tmp_path / "realesr-animevideov3.pth")
+    assert config.arch == "srvgg_compact" and config.kwargs["num_conv"] == 16 and config.scale == 4
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+
+
+def test_quickstart_script(tmp_path):
+    """`make quickstart`'s script, as a user runs it: imports the real x4plus teacher and prints the table."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TEACHER": str(tmp_path / "x4plus"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "QUICKSTART_RUNS": "1"}
+    proc = subprocess.run(["bash", str(root / "demos" / "quickstart.sh")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "73.43" in proc.stdout and "C=1/4" in proc.stdout and "CPU ms" in proc.stdout
+    assert load_model(tmp_path / "x4plus").gankd_config.provenance["source"] == "ncnn-package:realesrgan-x4plus"
