@@ -28,6 +28,10 @@ class _ShapeType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def _scale_text(config) -> str:
+    return f", x{config.scale}" if config.scale else ""  # discriminators have no scale
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gankd")
 def cli() -> None:
@@ -54,9 +58,8 @@ def import_teacher_cmd(fmt: str, src: str, out_dir: Path, force: bool) -> None:
     if force and out_dir.exists():
         shutil.rmtree(out_dir)
     save_model(out_dir, model, config)
-    scale = f", x{config.scale}" if config.scale else ""
     click.echo(f"imported {config.provenance['source']} -> {out_dir} ({config.arch}, "
-               f"{count_params(model) / 1e6:.2f}M params{scale})")
+               f"{count_params(model) / 1e6:.2f}M params{_scale_text(config)})")
 
 
 @cli.command("inspect")
@@ -69,19 +72,19 @@ def import_teacher_cmd(fmt: str, src: str, out_dir: Path, force: bool) -> None:
 @click.option("--runs", type=click.IntRange(1, 100), default=3, show_default=True, help="Timed runs for --latency.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def inspect_cmd(model_dir: Path, input_shape: tuple[int, ...], latency: bool, runs: int, as_json: bool) -> None:
-    """Arch, parameters and GMACs of a model folder, and of its students at C = 1/2, 1/4, 1/8 and SRVGG-32."""
+    """Arch, parameters and GMACs of a model folder and of its students: C = 1/2, 1/4, 1/8, SRVGG-32 and the
+    SRVGG with the MACs of C=1/4."""
     from .inspect import format_table, student_table
-    from .modelio import load_config, load_model
+    from .modelio import load_model
 
-    config = load_config(model_dir)
-    load_model(model_dir)  # proves the weights load strictly into the arch, not only that the config parses
+    # loading the weights, not only the config, proves they fit the arch strictly
+    config = load_model(model_dir).gankd_config
     rows = student_table(config, input_shape, latency_runs=runs if latency else 0)
     if as_json:
         click.echo(json.dumps({"model_dir": str(model_dir), "config": config.to_json(), "input": list(input_shape),
                                "rows": [r.__dict__ for r in rows]}, indent=2))
         return
-    scale = f", x{config.scale}" if config.scale else ""
-    click.echo(f"{model_dir}: {config.arch} ({config.task}{scale}, width {config.width:g}), "
+    click.echo(f"{model_dir}: {config.arch} ({config.task}{_scale_text(config)}, width {config.width:g}), "
                f"source {config.provenance.get('source', 'unknown')}")
     click.echo(f"input {'x'.join(map(str, input_shape))}; MACs count convolutions; students are randomly "
                "initialised (SDAKD)\n")

@@ -39,7 +39,8 @@ def student_config(teacher: ModelConfig, width: float = 1.0, depth: int | None =
         raise GankdError(f"depth must be a non-negative integer, got {depth!r}")
     entry = get_arch(teacher.arch)
     family = family or entry.family
-    kw = dataclasses.asdict(make_config(teacher.arch, teacher.kwargs))  # every option, defaults filled in
+    teacher_kw = dataclasses.asdict(make_config(teacher.arch, teacher.kwargs))  # every option, defaults filled in
+    kw = dict(teacher_kw)
     if entry.kind == "discriminator":
         if family != entry.family:
             raise GankdError(f"a {teacher.arch} discriminator has {entry.family} students only, not {family!r}")
@@ -67,8 +68,8 @@ def student_config(teacher: ModelConfig, width: float = 1.0, depth: int | None =
     provenance = {"student_of": teacher.provenance.get("source", teacher.arch), "teacher_arch": teacher.arch,
                   "teacher_kwargs": teacher.kwargs, "width": width, "depth": depth, "family": family,
                   "init": "random"}
-    return dataclasses.replace(teacher, arch=arch, kwargs=kw, width=float(width) if num_feat is None
-                               else num_feat / teacher.kwargs.get("num_feat", 64), provenance=provenance)
+    actual_width = float(width) if num_feat is None else num_feat / teacher_kw["num_feat"]
+    return dataclasses.replace(teacher, arch=arch, kwargs=kw, width=actual_width, provenance=provenance)
 
 
 def build_student(teacher: ModelConfig, width: float = 1.0, depth: int | None = None, family: str | None = None,

@@ -33,19 +33,21 @@ def read_weights(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found or "weights only load failed" in str(exc).lower():
             what = f"it references {found.group(1)}" if found else "it needs more than tensors to load"
             raise GankdError(f"refusing to load {str(path)!r}: {what}; gankd loads weights only "
                              "(torch.load weights_only=True), never code") from None
-        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({reason})") from None
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({_first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - any other failure of the weights-only unpickler means a bad file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({reason})") from None
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({_first_line(exc)})") from None
     if not isinstance(obj, dict):
         raise GankdError(f"weight file {str(path)!r} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -55,8 +57,7 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({reason})") from None
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({_first_line(exc)})") from None
 
 
 def extract_state_dict(obj: dict, source: str = "checkpoint", prefer: tuple[str, ...] = STATE_DICT_CONTAINERS):

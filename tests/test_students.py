@@ -30,6 +30,7 @@ def test_srvgg_family_for_the_same_scale():
     cfg = student_config(X4PLUS, family="srvgg", num_feat=32)
     assert cfg.arch == "srvgg_compact"
     assert cfg.kwargs["upscale"] == 4 and cfg.kwargs["num_feat"] == 32 and cfg.kwargs["num_conv"] == 16
+    assert cfg.width == 0.5  # 32 of the teacher's 64 features, read from the teacher's filled-in options
     x2 = ModelConfig(arch="rrdbnet", kwargs={"scale": 2}, scale=2)
     assert student_config(x2, family="srvgg", width=0.5, depth=8).kwargs["upscale"] == 2
 
