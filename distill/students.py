@@ -2,7 +2,12 @@
 
 ``width`` is the fraction C of the teacher's channels (SDAKD): every internal channel count is scaled by C and
 rounded (RRDB num_feat and num_grow_ch; SRVGG num_feat; U-Net D num_feat). ``depth`` keeps that many RRDB blocks
-(or SRVGG body convs). Weights are randomly initialised here (the SDAKD paper's setting).
+(or SRVGG body convs).
+
+``init="random"`` (the SDAKD paper's setting) starts from random weights. ``init="teacher"`` starts from the
+teacher's own weights, cut down by ``gankd.distill.surgery`` (kept blocks, top-L1 channels): such a student starts
+next to its teacher and needs minutes of distillation instead of GPU-days. It needs the loaded teacher model, and
+works for RRDBNet generators (rrdb family) and the U-Net discriminator.
 """
 
 from __future__ import annotations
@@ -10,13 +15,17 @@ from __future__ import annotations
 import dataclasses
 from fractions import Fraction
 
-from torch import nn
+from torch import Tensor, nn
 
+from . import surgery
 from .errors import GankdError
 from .modelio import ModelConfig
 from .registry import get_arch, make_config
+from .weights import load_state_dict_strict
 
 FAMILIES = ("rrdb", "srvgg")
+INITS = ("random", "teacher")
+BLOCK_CHOICES = ("even", "greedy")
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -30,17 +39,30 @@ def width_label(width: float) -> str:
     return f"1/{frac.denominator}" if exact and frac.numerator == 1 and frac.denominator > 1 else f"{width:g}"
 
 
-def student_config(teacher: ModelConfig, width: float = 1.0, depth: int | None = None, family: str | None = None,
-                   num_feat: int | None = None) -> ModelConfig:
-    """The ModelConfig of a student of ``teacher`` (see module doc). ``num_feat`` overrides the scaled width."""
+def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: int | None = None,
+                   family: str | None = None, num_feat: int | None = None, *, init: str = "random",
+                   up_feat: int | None = None, blocks: str | list[int] = "even",
+                   calib_lr: Tensor | None = None) -> ModelConfig:
+    """The ModelConfig of a student of ``teacher`` (see module doc). ``num_feat`` overrides the scaled width.
+
+    ``teacher`` is a ModelConfig or a model from ``load_model`` (needed for ``init="teacher"``). ``up_feat`` is the
+    rrdb upsampler width (conv_up1/conv_up2/conv_hr); by default it is scaled like the trunk. ``blocks`` picks the
+    teacher blocks a teacher-initialised rrdb student keeps: "even", "greedy" (needs ``calib_lr``, a few LR crops)
+    or explicit indices. Provenance records ``init``, the kept ``blocks`` and ``up_feat``.
+    """
+    model, teacher = _split_teacher(teacher)
     if not isinstance(width, (int, float)) or not 0 < width <= 1:
         raise GankdError(f"width must be a fraction in (0, 1], got {width!r}")
     if depth is not None and (not isinstance(depth, int) or depth < 0):
         raise GankdError(f"depth must be a non-negative integer, got {depth!r}")
+    if up_feat is not None and (not isinstance(up_feat, int) or up_feat < 1):
+        raise GankdError(f"up_feat must be a positive integer, got {up_feat!r}")
     entry = get_arch(teacher.arch)
     family = family or entry.family
+    _check_init(init, model, entry.kind, family, blocks, up_feat)
     teacher_kw = dataclasses.asdict(make_config(teacher.arch, teacher.kwargs))  # every option, defaults filled in
     kw = dict(teacher_kw)
+    kept = None
     if entry.kind == "discriminator":
         if family != entry.family:
             raise GankdError(f"a {teacher.arch} discriminator has {entry.family} students only, not {family!r}")
@@ -49,11 +71,10 @@ def student_config(teacher: ModelConfig, width: float = 1.0, depth: int | None =
     elif family == "rrdb":
         if teacher.arch != "rrdbnet":
             raise GankdError(f"family 'rrdb' needs an RRDBNet teacher, not {teacher.arch!r}")
-        if depth is not None and not 1 <= depth <= kw["num_block"]:
-            raise GankdError(f"depth must be between 1 and the teacher's {kw['num_block']} RRDB blocks, got {depth}")
-        kw["num_feat"] = num_feat or _scaled(kw["num_feat"], width)
-        kw["num_grow_ch"] = _scaled(kw["num_grow_ch"], width)
-        kw["num_block"] = depth or kw["num_block"]
+        if init == "teacher":
+            kept = _kept_blocks(model, kw["num_block"], depth, blocks, calib_lr)
+            depth = len(kept)
+        kw = _rrdb_kwargs(teacher_kw, width, depth, num_feat, up_feat)
         arch = "rrdbnet"
     elif family == "srvgg":
         if teacher.task != "sr" or teacher.scale is None:
@@ -67,13 +88,96 @@ def student_config(teacher: ModelConfig, width: float = 1.0, depth: int | None =
         raise GankdError(f"unknown student family {family!r}; families: {', '.join(FAMILIES)}")
     provenance = {"student_of": teacher.provenance.get("source", teacher.arch), "teacher_arch": teacher.arch,
                   "teacher_kwargs": teacher.kwargs, "width": width, "depth": depth, "family": family,
-                  "init": "random"}
+                  "init": init, "blocks": kept,
+                  "up_feat": (kw.get("num_up_feat") or kw["num_feat"]) if arch == "rrdbnet" else None}
     actual_width = float(width) if num_feat is None else num_feat / teacher_kw["num_feat"]
     return dataclasses.replace(teacher, arch=arch, kwargs=kw, width=actual_width, provenance=provenance)
 
 
-def build_student(teacher: ModelConfig, width: float = 1.0, depth: int | None = None, family: str | None = None,
-                  num_feat: int | None = None) -> tuple[nn.Module, ModelConfig]:
-    """Build a randomly initialised student of ``teacher``; returns ``(model, config)`` ready for ``save_model``."""
-    config = student_config(teacher, width=width, depth=depth, family=family, num_feat=num_feat)
-    return config.build(), config
+def build_student(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: int | None = None,
+                  family: str | None = None, num_feat: int | None = None, *, init: str = "random",
+                  up_feat: int | None = None, blocks: str | list[int] = "even",
+                  calib_lr: Tensor | None = None) -> tuple[nn.Module, ModelConfig]:
+    """Build a student of ``teacher`` (options as in ``student_config``); returns ``(model, config)`` ready for
+    ``save_model``. The student is on the CPU, randomly initialised or cut from the teacher's weights."""
+    config = student_config(teacher, width, depth, family, num_feat, init=init, up_feat=up_feat, blocks=blocks,
+                            calib_lr=calib_lr)
+    student = config.build()
+    if init == "teacher":
+        load_state_dict_strict(student, _teacher_state(teacher, config), source="the teacher's cut weights")
+    return student, config
+
+
+def _split_teacher(teacher: ModelConfig | nn.Module) -> tuple[nn.Module | None, ModelConfig]:
+    if isinstance(teacher, ModelConfig):
+        return None, teacher
+    config = getattr(teacher, "gankd_config", None)
+    if not isinstance(teacher, nn.Module) or not isinstance(config, ModelConfig):
+        raise GankdError(f"teacher must be a ModelConfig or a model from gankd.distill.load_model, "
+                         f"not {type(teacher).__name__}")
+    return teacher, config
+
+
+def _check_init(init: str, model: nn.Module | None, kind: str, family: str, blocks, up_feat: int | None) -> None:
+    # Options that only mean something for one kind of student are refused rather than silently ignored.
+    if init not in INITS:
+        raise GankdError(f"unknown init {init!r}; inits: {', '.join(INITS)}")
+    if up_feat is not None and (kind != "generator" or family != "rrdb"):
+        raise GankdError("up_feat (the upsampler width) applies to rrdb students only")
+    if not (isinstance(blocks, str) and blocks == "even") and (init != "teacher" or family != "rrdb"):
+        raise GankdError("blocks (which teacher blocks to keep) applies to rrdb students with init='teacher' only")
+    if init != "teacher":
+        return
+    if model is None:
+        raise GankdError("init='teacher' needs the loaded teacher model (gankd.distill.load_model), "
+                         "not just its ModelConfig")
+    if kind == "generator" and family != "rrdb":
+        raise GankdError(f"init='teacher' cuts RRDBNet teachers into rrdb students; a {family} student "
+                         "starts from random weights (use init='random')")
+
+
+def _kept_blocks(model: nn.Module, n_total: int, depth: int | None, blocks, calib_lr: Tensor | None) -> list[int]:
+    k = n_total if depth is None else depth
+    if isinstance(blocks, str):
+        if blocks not in BLOCK_CHOICES:
+            raise GankdError(f"unknown block choice {blocks!r}; choices: {', '.join(BLOCK_CHOICES)} or a list of "
+                             "block indices")
+        if blocks == "greedy" and calib_lr is None:
+            raise GankdError("blocks='greedy' needs calib_lr, a few LR crops to measure each block's effect on")
+        _check_depth(k, n_total)
+        return surgery.even_blocks(n_total, k) if blocks == "even" else surgery.greedy_blocks(model, k, calib_lr)
+    kept = surgery.check_blocks(blocks, n_total)
+    if depth is not None and depth != len(kept):
+        raise GankdError(f"depth {depth} does not match the {len(kept)} blocks listed in blocks")
+    return kept
+
+
+def _check_depth(depth: int, n_total: int) -> None:
+    if not 1 <= depth <= n_total:
+        raise GankdError(f"depth must be between 1 and the teacher's {n_total} RRDB blocks, got {depth}")
+
+
+def _rrdb_kwargs(teacher_kw: dict, width: float, depth: int | None, num_feat: int | None,
+                 up_feat: int | None) -> dict:
+    if depth is not None:
+        _check_depth(depth, teacher_kw["num_block"])
+    kw = dict(teacher_kw)
+    kw["num_feat"] = num_feat or _scaled(teacher_kw["num_feat"], width)
+    kw["num_grow_ch"] = _scaled(teacher_kw["num_grow_ch"], width)
+    kw["num_block"] = depth or teacher_kw["num_block"]
+    # The upsampler scales like the trunk (same ratio as num_feat) unless up_feat says otherwise.
+    teacher_up = teacher_kw["num_up_feat"] or teacher_kw["num_feat"]
+    up = up_feat or max(1, round(teacher_up * kw["num_feat"] / teacher_kw["num_feat"]))
+    kw.pop("num_up_feat")
+    if up != kw["num_feat"]:  # left out when equal, so config.json stays in the official layout
+        kw["num_up_feat"] = up
+    return kw
+
+
+def _teacher_state(teacher: nn.Module, config: ModelConfig) -> dict:
+    if config.kind == "discriminator":
+        teacher_feat = make_config(teacher.gankd_config.arch, teacher.gankd_config.kwargs).num_feat
+        return surgery.select_discriminator_channels(teacher, config.kwargs["num_feat"] / teacher_feat)
+    kw = make_config(config.arch, config.kwargs)
+    return surgery.cut_rrdbnet(teacher, config.provenance["blocks"], kw.num_feat, kw.num_grow_ch,
+                               kw.num_up_feat or kw.num_feat)

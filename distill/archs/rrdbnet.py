@@ -27,6 +27,9 @@ class RRDBNetConfig:
     num_feat: int = 64
     num_block: int = 23
     num_grow_ch: int = 32
+    # Width of conv_up1/conv_up2/conv_hr. None = num_feat (the official layout); a student may keep a wider
+    # upsampler than its trunk, since HR-resolution convs are where a thin student loses detail.
+    num_up_feat: int | None = None
 
     def __post_init__(self):
         if self.scale not in (1, 2, 4):
@@ -35,6 +38,8 @@ class RRDBNetConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_up_feat is not None and (not isinstance(self.num_up_feat, int) or self.num_up_feat < 1):
+            raise ValueError(f"num_up_feat must be a positive integer or null, got {self.num_up_feat!r}")
 
 
 class ResidualDenseBlock(nn.Module):
@@ -76,10 +81,11 @@ class RRDBNet(nn.Module):
         self.conv_first = nn.Conv2d(config.num_in_ch * unshuffle * unshuffle, c, 3, 1, 1)
         self.body = nn.Sequential(*[RRDB(c, config.num_grow_ch) for _ in range(config.num_block)])
         self.conv_body = nn.Conv2d(c, c, 3, 1, 1)
-        self.conv_up1 = nn.Conv2d(c, c, 3, 1, 1)
-        self.conv_up2 = nn.Conv2d(c, c, 3, 1, 1)
-        self.conv_hr = nn.Conv2d(c, c, 3, 1, 1)
-        self.conv_last = nn.Conv2d(c, config.num_out_ch, 3, 1, 1)
+        up = config.num_up_feat or c
+        self.conv_up1 = nn.Conv2d(c, up, 3, 1, 1)
+        self.conv_up2 = nn.Conv2d(up, up, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(up, up, 3, 1, 1)
+        self.conv_last = nn.Conv2d(up, config.num_out_ch, 3, 1, 1)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The trunk output before upsampling (num_feat channels at LR size): what feature KD matches."""
