@@ -1,0 +1,73 @@
+"""Losses of SDAKD distillation, as pure functions returning a scalar.
+
+Weights (λ1 for the MLP feature term, λ2 for the adversarial term, the L1 and perceptual weights) are applied in one
+place, :func:`gankd.distill.stages.generator_loss`; nothing here knows about stages or modules.
+
+Adversarial losses take the discriminator's raw outputs (logits; the U-Net discriminator gives one per pixel) and
+average over every element:
+
+- ``vanilla``  — Real-ESRGAN's ``GANLoss('vanilla')``: BCE with logits, real → 1, fake → 0; G: fake → 1.
+- ``logistic`` — GCFSR / StyleGAN2: softplus form of the same logistic loss plus an R1 penalty on real inputs
+  (:func:`r1_penalty`, weighted by ``r1_gamma / 2`` in the stage). Without R1 it equals ``vanilla``.
+- ``wgan``     — Wasserstein critic: D maximises E[D(real)] − E[D(fake)]; spectral norm keeps D roughly 1-Lipschitz.
+- ``lsgan``    — least squares: D pushes real → 1, fake → 0; G pushes fake → 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ADVERSARIAL = ("vanilla", "logistic", "wgan", "lsgan")
+
+
+def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(output, target)
+
+
+def perceptual_loss(feats_out: list[torch.Tensor], feats_target: list[torch.Tensor],
+                    layer_weights: list[float]) -> torch.Tensor:
+    """Real-ESRGAN's perceptual term: weighted L1 between VGG feature maps (features from ``VGGFeatures``)."""
+    terms = [w * F.l1_loss(a, b) for a, b, w in zip(feats_out, feats_target, layer_weights, strict=True)]
+    return torch.stack(terms).sum()
+
+
+def mlp_feature_loss(adapted_student: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """SDAKD L_MLP: L2 between the teacher's last backbone map and the student's map after the MLP adapter."""
+    return F.mse_loss(adapted_student, teacher_feat)
+
+
+def d_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """SDAKD stage 2 for D_S: L2 between the student and teacher discriminators' outputs on the same input."""
+    return F.mse_loss(student_logits, teacher_logits)
+
+
+def d_adversarial_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """The discriminator's loss on a real and a fake batch (see the module doc for ``kind``)."""
+    if kind in ("vanilla", "logistic"):
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    if kind == "wgan":
+        return fake_logits.mean() - real_logits.mean()
+    if kind == "lsgan":
+        return 0.5 * ((real_logits - 1).pow(2).mean() + fake_logits.pow(2).mean())
+    raise ValueError(f"unknown adversarial loss {kind!r}; choose from {', '.join(ADVERSARIAL)}")
+
+
+def g_adversarial_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """The generator's adversarial loss (non-saturating for the logistic kinds)."""
+    if kind in ("vanilla", "logistic"):
+        return F.softplus(-fake_logits).mean()
+    if kind == "wgan":
+        return -fake_logits.mean()
+    if kind == "lsgan":
+        return 0.5 * (fake_logits - 1).pow(2).mean()
+    raise ValueError(f"unknown adversarial loss {kind!r}; choose from {', '.join(ADVERSARIAL)}")
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): squared gradient norm of D at real images, per sample, averaged.
+
+    ``real_images`` must have ``requires_grad=True`` and ``real_logits`` must come from them.
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()

@@ -1,0 +1,227 @@
+"""Recipes: a YAML file (safe loader) validated into one frozen dataclass, plus ``key=value`` overrides.
+
+Every option is a field of :class:`Recipe`; its type and the checks in ``__post_init__`` are the schema. An unknown
+key or a bad value is a one-line :class:`GankdError` naming it. The resolved recipe is written to the run folder as
+``config.resolved.yaml`` so a run can be repeated from its folder alone.
+
+A recipe may be a path or the name of a shipped recipe (``quickstart``, ``realesrgan_x4_sdakd_c025``, …), looked up
+in ``gankd/distill/recipes/``. Relative paths inside a recipe (teacher, data folders) are relative to the directory
+the command runs in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import GankdError
+from .losses import ADVERSARIAL
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+CHOICES = {
+    "mode": ("sdakd", "scratch"),
+    "family": ("rrdb", "srvgg"),
+    "init": ("random", "teacher"),
+    "blocks": ("even", "greedy"),
+    "discriminator": ("student", "teacher"),
+    "adversarial": ADVERSARIAL,
+    "teacher_adversarial": ADVERSARIAL,
+    "degradation": ("bicubic", "realesrgan"),
+    "select_by": ("auto", "fid", "psnr"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "run"
+    teacher: str = "teachers/x4plus"  # teacher model folder (gankd-distill import-teacher)
+    teacher_d: str | None = None  # a trained teacher discriminator folder; None = train it in stage 1
+    out_dir: str | None = None  # default runs/<name>
+    mode: str = "sdakd"  # sdakd | scratch (the paper's baselines: the small GAN trained on ground truth, no KD)
+    # student generator
+    family: str = "rrdb"
+    width: float = 0.25  # C: fraction of the teacher's channels (student G and student D)
+    depth: int | None = None  # RRDB blocks kept (None: all)
+    up_feat: int | None = None  # upsampler channels (None: scaled like the trunk)
+    num_feat: int | None = None  # SRVGG width override
+    init: str = "random"  # random (paper) | teacher (copy/select the teacher's weights; also D_S from D_T)
+    blocks: str = "even"  # which teacher blocks a depth cut keeps: even | greedy
+    # discriminators
+    discriminator: str = "student"  # student: D_S of width d_width | teacher: D_T itself in stage 3 (Ablation 3)
+    d_width: float | None = None  # None: = width; scratch baselines: (C,C) d_width=C, (C,1) d_width=1
+    teacher_d_feat: int = 64  # num_feat of the teacher U-Net discriminator trained in stage 1
+    # schedule: epochs of each stage (the paper: n1 = n2 = n3)
+    n1: int = 1
+    n2: int = 1
+    n3: int = 1
+    steps_per_epoch: int | None = None  # None: one pass over the train crop pool
+    batch_size: int = 4
+    # data
+    train_images: str = "sample"  # a folder of HR images, or "sample" (scikit-image photos, fixed split)
+    val_images: str = "sample"
+    hr_size: int = 128  # HR crop side (multiple of scale and of 8)
+    train_crops: int = 256  # size of the fixed train crop pool
+    val_crops_per_image: int = 4
+    degradation: str = "bicubic"  # bicubic | realesrgan (second-order, fixed per crop)
+    cache_teacher: bool = True  # teacher outputs/features of the pool computed once (the teacher is frozen)
+    max_cache_mb: float = 4096.0
+    # losses
+    adversarial: str = "vanilla"  # stages 3 (G_S vs D_S)
+    teacher_adversarial: str = "vanilla"  # stage 1: the teacher's own GAN loss (Real-ESRGAN: vanilla)
+    lambda_mlp: float = 1.0  # λ1
+    lambda_adv: float = 0.1  # λ2
+    feature_kd: bool = True
+    l1_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    perceptual_weights: str | None = None  # local torchvision VGG19 weights; None: the term is skipped (logged)
+    perceptual_layers: dict[str, float] = field(default_factory=lambda: {
+        "conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0})
+    r1_gamma: float = 10.0  # only for adversarial: logistic
+    # optimisation (Real-ESRGAN: Adam 1e-4, betas 0.9/0.99, EMA 0.999)
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    lr_mlp: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    ema_decay: float = 0.999  # 0 disables; warm-up min(decay, (1+step)/(10+step))
+    # validation, logging, checkpoints
+    select_by: str = "auto"  # auto: FID when the offline Inception is installed, else PSNR to the teacher
+    val_every: int | None = None  # steps between validations (None: once per epoch)
+    checkpoint_every: int = 50  # steps between state/last.pt writes (and at every epoch end)
+    log_every: int = 10
+    max_minutes: float | None = None  # wall-clock budget: stops after the step that crosses it (not reproducible)
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    report_size: int = 64  # LR side used for params/GMACs in the report
+
+    def __post_init__(self):
+        for key, choices in CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise GankdError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(choices)}")
+        if not 0 < self.width <= 1:
+            raise GankdError(f"width: must be in (0, 1], got {self.width}")
+        if self.d_width is not None and not 0 < self.d_width <= 1:
+            raise GankdError(f"d_width: must be in (0, 1], got {self.d_width}")
+        for key in ("n1", "n2", "n3"):
+            if getattr(self, key) < 0:
+                raise GankdError(f"{key}: must be >= 0 epochs, got {getattr(self, key)}")
+        for key in ("batch_size", "hr_size", "train_crops", "val_crops_per_image", "checkpoint_every", "log_every",
+                    "teacher_d_feat", "report_size"):
+            if getattr(self, key) < 1:
+                raise GankdError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("steps_per_epoch", "val_every", "depth", "up_feat", "num_feat", "threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise GankdError(f"{key}: must be >= 1 or null, got {value}")
+        for key in ("lambda_mlp", "lambda_adv", "l1_weight", "perceptual_weight", "r1_gamma", "max_cache_mb"):
+            if getattr(self, key) < 0:
+                raise GankdError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("lr_g", "lr_d", "lr_mlp"):
+            if not getattr(self, key) > 0:
+                raise GankdError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and 0 <= self.ema_decay < 1):
+            raise GankdError("beta1, beta2 and ema_decay must be in [0, 1)")
+        if self.mode == "scratch" and self.discriminator == "teacher":
+            raise GankdError("discriminator: 'teacher' needs mode: sdakd (scratch baselines train their own D)")
+        if self.blocks == "greedy" and self.init != "teacher":
+            raise GankdError("blocks: greedy chooses teacher blocks to copy: it needs init: teacher")
+        if self.n2 + self.n3 == 0:
+            raise GankdError("n2 + n3 is 0: nothing would train the student")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.name}")
+
+    @property
+    def student_d_width(self) -> float:
+        return self.width if self.d_width is None else self.d_width
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _coerce(key: str, value):
+    """Check ``value`` against a field annotation (str/int/float/bool, optional, dict[str, float])."""
+    hint = typing.get_type_hints(Recipe)[key]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise GankdError(f"{key}: null is not allowed")
+    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+    if typing.get_origin(base) is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in value.values()):
+            raise GankdError(f"{key}: expected a mapping of names to numbers, got {value!r}")
+        return {str(k): float(v) for k, v in value.items()}
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise GankdError(f"{key}: expected {base.__name__}{' or null' if optional else ''}, got {value!r}")
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    names = {f.name for f in dataclasses.fields(Recipe)}
+    for key in data:
+        if key not in names:
+            raise GankdError(f"unknown recipe key {key!r}")
+    values = {key: _coerce(key, value) for key, value in data.items()}
+    return Recipe(**values)
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file() and path.suffix == "":
+        return shipped
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise GankdError(f"recipe {name_or_path!r} is neither a file nor a shipped recipe ({names})")
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with the value parsed as YAML (``width=0.125``, ``depth=null``, ``feature_kd=false``)."""
+    if "=" not in text:
+        raise GankdError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise GankdError(f"override {text!r}: the value is not valid YAML") from None
+    return key.strip(), value
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+    path = resolve_recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise GankdError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise GankdError(f"{path}: a recipe is a mapping of keys to values")
+    data = dict(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        data[key] = value
+    return recipe_from_dict(data)

@@ -1,0 +1,177 @@
+"""SDAKD stages as data, and one step function that runs any of them.
+
+A :class:`Stage` names what its generator step optimises (target and loss terms) and which discriminator its
+discriminator step trains and how. :func:`plan_stages` turns a recipe into the list of stages:
+
+- **stage1** — D_T learns, adversarially, to tell real HR crops from the frozen teacher's outputs (only when no
+  trained teacher discriminator is given and a later stage needs one).
+- **stage2** — supervised only: G_S minimises L_sup + λ1·L_MLP against the teacher's outputs and last backbone map;
+  D_S minimises L2(D_S(x), D_T(x)) on real crops, teacher outputs and student outputs.
+- **stage3** — G_S adds λ2·L_adv against D_S; D_S trains adversarially (real HR vs student outputs).
+
+``mode: scratch`` (the paper's (C,C) and (C,1) baselines) trains the same small GAN on ground truth without KD:
+stage 2 supervised on HR, stage 3 adding the adversarial term against a randomly initialised D.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import losses
+from .errors import GankdError
+from .recipe import Recipe
+
+
+class NonFiniteLoss(GankdError):
+    """A loss became NaN or Inf: the step is not applied and the run stops with the last good checkpoint kept."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    epochs: int
+    g_target: str | None = None  # "teacher" | "gt"; None: no generator step
+    g_terms: tuple[str, ...] = ()  # from "l1", "perceptual", "mlp", "adv"
+    adv_net: str | None = None  # the discriminator the generator's adversarial term uses
+    d_net: str | None = None  # the discriminator this stage trains
+    d_mode: str | None = None  # "adv" (real HR vs fake) | "distill" (match D_T's outputs)
+    d_fake: str = "student"  # what "fake" is in an adversarial D step: "student" | "teacher" outputs
+
+    @property
+    def trains(self) -> tuple[str, ...]:
+        """Names of the modules whose parameters this stage updates."""
+        names = ("student",) if self.g_target else ()
+        names += ("adapter",) if "mlp" in self.g_terms else ()
+        return names + ((self.d_net,) if self.d_net else ())
+
+
+def needs_teacher_d(recipe: Recipe) -> bool:
+    if recipe.mode == "scratch":
+        return False
+    distills_d = recipe.n2 > 0 and recipe.discriminator == "student"
+    return distills_d or recipe.discriminator == "teacher" or recipe.init == "teacher"
+
+
+def plan_stages(recipe: Recipe, have_teacher_d: bool) -> list[Stage]:
+    sup = ("l1", "perceptual")
+    if recipe.mode == "scratch":
+        return [Stage("stage2", recipe.n2, g_target="gt", g_terms=sup),
+                Stage("stage3", recipe.n3, g_target="gt", g_terms=sup + ("adv",), adv_net="student_d",
+                      d_net="student_d", d_mode="adv")]
+    stages = []
+    if needs_teacher_d(recipe) and not have_teacher_d:
+        if recipe.n1 == 0:
+            raise GankdError("n1 is 0 but no teacher_d is given: the teacher discriminator must be trained "
+                             "(set n1 > 0) or loaded (set teacher_d)")
+        stages.append(Stage("stage1", recipe.n1, d_net="teacher_d", d_mode="adv", d_fake="teacher"))
+    kd = sup + (("mlp",) if recipe.feature_kd else ())
+    adversary = "student_d" if recipe.discriminator == "student" else "teacher_d"
+    stage2_d = {"d_net": "student_d", "d_mode": "distill"} if recipe.discriminator == "student" else {}
+    stages.append(Stage("stage2", recipe.n2, g_target="teacher", g_terms=kd, **stage2_d))
+    stages.append(Stage("stage3", recipe.n3, g_target="teacher", g_terms=kd + ("adv",), adv_net=adversary,
+                        d_net=adversary, d_mode="adv"))
+    return [s for s in stages if s.epochs > 0]
+
+
+@dataclass
+class Nets:
+    """Every module of a run; the teacher is frozen, ``vgg`` is None when the perceptual term is skipped."""
+
+    teacher: nn.Module
+    student: nn.Module
+    adapter: nn.Module | None = None
+    teacher_d: nn.Module | None = None
+    student_d: nn.Module | None = None
+    vgg: nn.Module | None = None
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+
+    def get(self, name: str) -> nn.Module:
+        module = getattr(self, name)
+        if module is None:
+            raise GankdError(f"this stage needs the {name} module, which the run does not have")
+        return module
+
+
+@dataclass
+class Batch:
+    lr: torch.Tensor
+    hr: torch.Tensor
+    teacher_out: torch.Tensor
+    teacher_feat: torch.Tensor
+
+
+def _check_finite(terms: dict[str, torch.Tensor], where: str) -> None:
+    for name, value in terms.items():
+        if not math.isfinite(value.item()):
+            raise NonFiniteLoss(f"{where}: loss {name!r} is {value.item()}; the step was not applied")
+
+
+def generator_loss(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The weighted generator objective of ``stage``; returns (total, unweighted terms, student output)."""
+    out, feats = nets.student.forward_with_features(batch.lr)
+    target = batch.teacher_out if stage.g_target == "teacher" else batch.hr
+    terms, weights = {"l1": losses.l1_loss(out, target)}, {"l1": recipe.l1_weight}
+    if "perceptual" in stage.g_terms and nets.vgg is not None and recipe.perceptual_weight > 0:
+        with torch.no_grad():
+            target_feats = nets.vgg(target)
+        terms["perceptual"] = losses.perceptual_loss(nets.vgg(out), target_feats,
+                                                     list(recipe.perceptual_layers.values()))
+        weights["perceptual"] = recipe.perceptual_weight
+    if "mlp" in stage.g_terms:
+        terms["mlp"] = losses.mlp_feature_loss(nets.get("adapter")(feats[-1]), batch.teacher_feat)
+        weights["mlp"] = recipe.lambda_mlp
+    if "adv" in stage.g_terms:
+        adversary = nets.get(stage.adv_net)
+        adversary.requires_grad_(False)
+        terms["adv"] = losses.g_adversarial_loss(adversary(out), recipe.adversarial)
+        adversary.requires_grad_(True)
+        weights["adv"] = recipe.lambda_adv
+    total = sum(weights[name] * value for name, value in terms.items())
+    return total, terms, out
+
+
+def discriminator_loss(stage: Stage, nets: Nets, batch: Batch, fake: torch.Tensor, recipe: Recipe
+                       ) -> dict[str, torch.Tensor]:
+    d = nets.get(stage.d_net)
+    if stage.d_mode == "distill":
+        inputs = torch.cat([batch.hr, batch.teacher_out, fake])
+        with torch.no_grad():
+            target = nets.get("teacher_d")(inputs)
+        return {"d_distill": losses.d_distill_loss(d(inputs), target)}
+    kind = recipe.teacher_adversarial if stage.name == "stage1" else recipe.adversarial
+    real = batch.hr.detach().requires_grad_(kind == "logistic" and recipe.r1_gamma > 0)
+    real_logits = d(real)
+    terms = {"d_adv": losses.d_adversarial_loss(real_logits, d(fake), kind)}
+    if real.requires_grad:
+        terms["d_r1"] = 0.5 * recipe.r1_gamma * losses.r1_penalty(real_logits, real)
+    return terms
+
+
+def step(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe, where: str) -> dict[str, float]:
+    """One optimisation step of ``stage``: the generator step, then the discriminator step. Returns the losses."""
+    logs: dict[str, float] = {}
+    fake = batch.teacher_out
+    if stage.g_target:
+        total, terms, out = generator_loss(stage, nets, batch, recipe)
+        _check_finite(terms, where)
+        optimizer = nets.optimizers["g"]
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        logs.update({f"g_{name}": value.item() for name, value in terms.items()}, g_total=total.item())
+        fake = out.detach()
+    if stage.d_net:
+        terms = discriminator_loss(stage, nets, batch, fake if stage.d_fake == "student" else batch.teacher_out,
+                                   recipe)
+        _check_finite(terms, where)
+        optimizer = nets.optimizers[stage.d_net]
+        optimizer.zero_grad(set_to_none=True)
+        sum(terms.values()).backward()
+        optimizer.step()
+        logs.update({name: value.item() for name, value in terms.items()})
+    return logs

@@ -1,0 +1,101 @@
+"""Recipes: shipped ones load, bad keys and values are one-line errors naming them, overrides apply."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from gankd.distill.errors import GankdError
+from gankd.distill.recipe import RECIPES_DIR, Recipe, load_recipe, recipe_from_dict
+from gankd.distill.stages import plan_stages
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_load_and_plan(path):
+    recipe = load_recipe(str(path))
+    assert recipe.name == path.stem
+    stages = plan_stages(recipe, have_teacher_d=False)
+    assert [s.name for s in stages] == ["stage1", "stage2", "stage3"]
+
+
+@pytest.mark.parametrize("tag,width", [("c050", 0.5), ("c025", 0.25), ("c0125", 0.125)])
+def test_paper_recipes_use_the_paper_settings(tag, width):
+    recipe = load_recipe(f"realesrgan_x4_sdakd_{tag}")
+    assert recipe.width == width and recipe.init == "random" and recipe.mode == "sdakd"
+    assert (recipe.lambda_mlp, recipe.lambda_adv) == (1.0, 0.1)
+    assert recipe.n1 == recipe.n2 == recipe.n3 > 0
+    assert recipe.adversarial == "vanilla" and recipe.feature_kd and recipe.discriminator == "student"
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    recipe = load_recipe("quickstart", ["width=0.125", "depth=null", "feature_kd=false", "name=x", "n2=0"])
+    assert (recipe.width, recipe.depth, recipe.feature_kd, recipe.name, recipe.n2) == (0.125, None, False, "x", 0)
+    assert recipe.run_dir.as_posix() == "runs/x"
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"widht": 0.5}, "unknown recipe key 'widht'"),
+    ({"width": "half"}, "width: expected float, got 'half'"),
+    ({"width": 0}, r"width: must be in \(0, 1\]"),
+    ({"mode": "kd"}, "mode: 'kd' is not one of sdakd, scratch"),
+    ({"adversarial": "hinge"}, "adversarial: 'hinge' is not one of"),
+    ({"n1": -1}, "n1: must be >= 0"),
+    ({"n2": 0, "n3": 0}, "nothing would train the student"),
+    ({"batch_size": True}, "batch_size: expected int, got True"),
+    ({"depth": 0}, "depth: must be >= 1 or null"),
+    ({"teacher": None}, "teacher: null is not allowed"),
+    ({"perceptual_layers": ["conv1_2"]}, "perceptual_layers: expected a mapping"),
+    ({"mode": "scratch", "discriminator": "teacher"}, "needs mode: sdakd"),
+    ({"ema_decay": 1.0}, "ema_decay must be in"),
+])
+def test_bad_recipes_name_the_problem(data, message):
+    with pytest.raises(GankdError, match=message):
+        recipe_from_dict(data)
+
+
+def test_bad_files_and_overrides(tmp_path):
+    (tmp_path / "bad.yaml").write_text("width: [0.5\n")
+    with pytest.raises(GankdError, match="not valid YAML"):
+        load_recipe(str(tmp_path / "bad.yaml"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(GankdError, match="a recipe is a mapping"):
+        load_recipe(str(tmp_path / "list.yaml"))
+    with pytest.raises(GankdError, match="is not key=value"):
+        load_recipe("quickstart", ["width"])
+    with pytest.raises(GankdError, match="neither a file nor a shipped recipe"):
+        load_recipe("missing_recipe")
+    (tmp_path / "evil.yaml").write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(GankdError, match="not valid YAML"):
+        load_recipe(str(tmp_path / "evil.yaml"))
+
+
+def test_resolved_yaml_round_trips():
+    recipe = load_recipe("quickstart", ["width=0.5"])
+    assert recipe_from_dict(yaml.safe_load(recipe.to_yaml())) == recipe
+    assert isinstance(recipe, Recipe)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ({}, [("stage1", ("teacher_d",)), ("stage2", ("student", "adapter", "student_d")),
+          ("stage3", ("student", "adapter", "student_d"))]),
+    ({"teacher_d": "some/dir"}, [("stage2", ("student", "adapter", "student_d")),
+                                 ("stage3", ("student", "adapter", "student_d"))]),
+    ({"feature_kd": False}, [("stage1", ("teacher_d",)), ("stage2", ("student", "student_d")),
+                             ("stage3", ("student", "student_d"))]),
+    ({"n2": 0}, [("stage3", ("student", "adapter", "student_d"))]),  # random D_S: no D_T needed
+    ({"discriminator": "teacher"}, [("stage1", ("teacher_d",)), ("stage2", ("student", "adapter")),
+                                    ("stage3", ("student", "adapter", "teacher_d"))]),
+    ({"mode": "scratch"}, [("stage2", ("student",)), ("stage3", ("student", "student_d"))]),
+])
+def test_stage_plans_of_the_ablations(overrides, expected):
+    recipe = recipe_from_dict({"init": "random", **overrides})
+    stages = plan_stages(recipe, have_teacher_d="teacher_d" in overrides)
+    assert [(s.name, s.trains) for s in stages] == expected
+    scratch = recipe.mode == "scratch"
+    assert all(s.g_target == ("gt" if scratch else "teacher") for s in stages if s.name != "stage1")
+    assert all(("adv" in s.g_terms) == (s.name == "stage3") for s in stages)
+
+
+def test_stage1_cannot_be_skipped_without_a_teacher_d():
+    with pytest.raises(GankdError, match="n1 is 0 but no teacher_d"):
+        plan_stages(recipe_from_dict({"n1": 0}), have_teacher_d=False)
