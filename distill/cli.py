@@ -1,4 +1,4 @@
-"""``gankd-distill``: import teachers into model folders and inspect them.
+"""``gankd-distill``: import teachers into model folders, inspect them, and distil students (``run``).
 
 Every bad input ends in one line on stderr naming the problem and a non-zero exit; nothing saved is overwritten
 unless ``--force`` is given.
@@ -91,12 +91,38 @@ def inspect_cmd(model_dir: Path, input_shape: tuple[int, ...], latency: bool, ru
     click.echo(format_table(rows))
 
 
+@cli.command("run", context_settings={"ignore_unknown_options": False})
+@click.argument("recipe")
+@click.argument("overrides", nargs=-1)
+@click.option("--resume", is_flag=True, help="Continue the run in the recipe's run folder from state/last.pt.")
+@click.option("--dry-run", is_flag=True, help="Validate the recipe, print it resolved and the planned stages; train nothing.")
+def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool) -> None:
+    """Distil a student from RECIPE (a YAML file or a shipped recipe name: quickstart, realesrgan_x4_sdakd_c025, ...)
+    with optional key=value OVERRIDES, e.g. `gankd-distill run quickstart width=0.125 n2=0`."""
+    from .recipe import load_recipe
+    from .stages import plan_stages
+
+    resolved = load_recipe(recipe, list(overrides))
+    if dry_run:
+        click.echo(resolved.to_yaml().rstrip())
+        for stage in plan_stages(resolved, have_teacher_d=bool(resolved.teacher_d)):
+            click.echo(f"# {stage.name}: {stage.epochs} epoch(s); trains {', '.join(stage.trains)}; "
+                       f"G terms {', '.join(stage.g_terms) or '-'}; D step {stage.d_mode or '-'}")
+        return
+    from .train import run
+
+    run_dir = run(resolved, resume=resume, log=lambda msg: click.echo(msg, err=True))
+    click.echo(f"done: {run_dir / 'report.md'} (best student in {run_dir / 'student'})")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="gankd-distill", standalone_mode=False)
     except GankdError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 2
+        from .train import RunInterrupted
+
+        click.echo(f"{'stopped' if isinstance(exc, RunInterrupted) else 'error'}: {exc}", err=True)
+        return 130 if isinstance(exc, RunInterrupted) else 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

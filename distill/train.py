@@ -1,0 +1,447 @@
+"""``gankd-distill run``: build a run from a recipe, run its stages, keep the best student, write the report.
+
+The loop owns no networks or losses of its own: :mod:`.stages` says what each step does, :mod:`.checkpoint` what
+is saved, :mod:`.report` what is written at the end. Batches are a function of (seed, stage, epoch), so a resumed
+run replays the same batches and reaches the same losses; ``metrics.jsonl`` is cut back to the resumed step.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from . import data
+from .adapters import FeatureMLP
+from .checkpoint import Position, Progress, load_state, save_state
+from .errors import GankdError
+from .modelio import ModelConfig, load_model, save_model
+from .recipe import Recipe, recipe_from_dict
+from .stages import Batch, Nets, NonFiniteLoss, Stage, needs_teacher_d, plan_stages, step
+from .students import build_student
+
+RESUME_MAY_CHANGE = {"max_minutes", "device", "threads"}
+
+
+class RunInterrupted(GankdError):
+    """Ctrl-C / SIGTERM: the state was saved; ``--resume`` continues."""
+
+
+@dataclass
+class Pools:
+    train: data.CropPool
+    val: data.CropPool
+    train_teacher: tuple[torch.Tensor, torch.Tensor] | None  # cached (outputs, last features)
+    val_teacher_out: torch.Tensor
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GankdError("device: cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _images(source: str, split: str) -> list[torch.Tensor]:
+    if source == "sample":
+        return [image for _, image in data.sample_images(split)]
+    return [data.load_image(path) for path in data.list_images(source)]
+
+
+def build_pools(recipe: Recipe, teacher: nn.Module, scale: int, log) -> Pools:
+    train = data.CropPool.build(_images(recipe.train_images, "train"), count=recipe.train_crops,
+                                hr_size=recipe.hr_size, scale=scale, degradation=recipe.degradation, seed=recipe.seed)
+    val = data.validation_pool(_images(recipe.val_images, "validation"), hr_size=recipe.hr_size, scale=scale,
+                               degradation=recipe.degradation, seed=recipe.seed + 1,
+                               per_image=recipe.val_crops_per_image)
+    cached = None
+    if recipe.cache_teacher:
+        log(f"caching teacher outputs for {len(train)} train crops (the teacher is frozen in every stage)")
+        cached = data.cache_teacher(teacher, train.lr, recipe.batch_size, recipe.max_cache_mb)
+    val_out, _ = data.cache_teacher(teacher, val.lr, recipe.batch_size, recipe.max_cache_mb)
+    return Pools(train, val, cached, val_out)
+
+
+def _feature_channels(model: nn.Module, channels_in: int) -> int:
+    with torch.no_grad():
+        return model.forward_features(torch.zeros(1, channels_in, 8, 8))[-1].shape[1]
+
+
+def _discriminator_config(recipe: Recipe, num_feat: int) -> ModelConfig:
+    return ModelConfig(arch="unet_discriminator_sn", kwargs={"num_in_ch": 3, "num_feat": num_feat}, task="sr",
+                       scale=None, provenance={"trained_by": f"gankd-distill run {recipe.name}"})
+
+
+def build_nets(recipe: Recipe, teacher: nn.Module, calib_lr: torch.Tensor, log) -> tuple[Nets, ModelConfig, ModelConfig | None]:
+    tconf = teacher.gankd_config
+    student, sconf = build_student(teacher if recipe.init == "teacher" else tconf, width=recipe.width,
+                                   depth=recipe.depth, family=recipe.family, num_feat=recipe.num_feat,
+                                   init=recipe.init, up_feat=recipe.up_feat, blocks=recipe.blocks, calib_lr=calib_lr)
+    nets = Nets(teacher=teacher, student=student)
+    in_ch = tconf.kwargs.get("num_in_ch", 3)
+    if recipe.mode == "sdakd" and recipe.feature_kd:
+        nets.adapter = FeatureMLP(_feature_channels(student, in_ch), _feature_channels(teacher, in_ch))
+    dt_conf = None
+    if needs_teacher_d(recipe):
+        if recipe.teacher_d:
+            nets.teacher_d = load_model(recipe.teacher_d)
+            dt_conf = nets.teacher_d.gankd_config
+            if dt_conf.kind != "discriminator":
+                raise GankdError(f"teacher_d: {recipe.teacher_d} holds a {dt_conf.arch}, not a discriminator")
+        else:
+            dt_conf = _discriminator_config(recipe, recipe.teacher_d_feat)
+            nets.teacher_d = dt_conf.build()
+            nets.teacher_d.gankd_config = dt_conf  # as load_model would: build_student(init="teacher") reads it
+    if recipe.mode == "scratch" or recipe.discriminator == "student":
+        d_feat = max(1, round((dt_conf.kwargs["num_feat"] if dt_conf else recipe.teacher_d_feat)
+                              * recipe.student_d_width))
+        nets.student_d = _discriminator_config(recipe, d_feat).build()
+    if recipe.perceptual_weight > 0 and recipe.perceptual_weights:
+        from .perceptual import VGGFeatures
+
+        nets.vgg = VGGFeatures.from_file(recipe.perceptual_weights, list(recipe.perceptual_layers))
+    elif recipe.perceptual_weight > 0:
+        log("notice: no perceptual_weights (a local VGG19 file) given: the perceptual term is skipped")
+    betas = (recipe.beta1, recipe.beta2)
+    nets.optimizers["g"] = torch.optim.Adam([
+        {"params": list(student.parameters()), "lr": recipe.lr_g},
+        *([{"params": list(nets.adapter.parameters()), "lr": recipe.lr_mlp}] if nets.adapter else []),
+    ], betas=betas)
+    for name in ("teacher_d", "student_d"):
+        module = getattr(nets, name)
+        if module is not None:
+            nets.optimizers[name] = torch.optim.Adam(module.parameters(), lr=recipe.lr_d, betas=betas)
+    return nets, sconf, dt_conf
+
+
+class EMA:
+    """Exponential moving average of the student (what is validated and saved), with a warm-up so short runs work."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False) if decay > 0 else model
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        if self.decay == 0:
+            return
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p, 1 - decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+    def reset_to(self, model: nn.Module) -> None:
+        if self.decay > 0:
+            self.model.load_state_dict(model.state_dict())
+
+
+def epoch_order(recipe: Recipe, stage_index: int, epoch: int, n: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + stage_index * 10_007 + epoch)
+    return data.epoch_batches(n, recipe.batch_size, generator)
+
+
+def make_batch(indices: torch.Tensor, pools: Pools, teacher: nn.Module, device: torch.device) -> Batch:
+    lr, hr = pools.train.lr[indices].to(device), pools.train.hr[indices].to(device)
+    if pools.train_teacher is not None:
+        out, feat = (t[indices].to(device) for t in pools.train_teacher)
+    else:
+        with torch.inference_mode():
+            out, feats = teacher.forward_with_features(lr)
+        out, feat = out.clone(), feats[-1].clone()
+    return Batch(lr=lr, hr=hr, teacher_out=out, teacher_feat=feat)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, lr: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    model.eval()
+    outs = [model(lr[i:i + batch_size].to(device)).cpu() for i in range(0, len(lr), batch_size)]
+    return torch.cat(outs)
+
+
+class Validator:
+    """PSNR to the teacher on the validation crops, or FID to the real HR crops when the Inception is installed."""
+
+    def __init__(self, recipe: Recipe, pools: Pools, device: torch.device, log):
+        from . import metrics
+
+        self.metrics, self.pools, self.device, self.batch_size = metrics, pools, device, recipe.batch_size
+        available, why = metrics.FidScorer.available()
+        if recipe.select_by == "fid" and not available:
+            raise GankdError(f"select_by: fid, but {why}")
+        self.metric = "fid" if recipe.select_by == "fid" or (recipe.select_by == "auto" and available) else "psnr"
+        if recipe.select_by == "auto" and not available:
+            log(f"notice: {why}; the best student is chosen by PSNR to the teacher")
+        self.fid = metrics.FidScorer.load(device=str(device)) if self.metric == "fid" else None
+        self.real_feats = self.fid.features(pools.val.hr) if self.fid else None
+
+    def __call__(self, student: nn.Module) -> dict[str, float]:
+        out = predict(student, self.pools.val.lr, self.batch_size, self.device).clamp(0, 1)
+        scores = {"psnr_teacher": self.metrics.mean_psnr(out, self.pools.val_teacher_out.clamp(0, 1)),
+                  "psnr_gt": self.metrics.mean_psnr(out, self.pools.val.hr)}
+        if self.fid:
+            scores["fid"] = self.fid.fid(self.fid.features(out), self.real_feats)
+        return scores
+
+    def better(self, score: float, best: float | None) -> bool:
+        return best is None or (score < best if self.metric == "fid" else score > best)
+
+
+class StopFlag:
+    """Ctrl-C and SIGTERM set a flag the loop reads between steps, so a step is never cut in half."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal_name:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one line per logged step and per validation; cut back to the resumed step on resume."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None:
+            path.write_text("")
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def check_resume_compatible(run_dir: Path, recipe: Recipe) -> None:
+    saved_path = run_dir / "config.resolved.yaml"
+    if not saved_path.is_file():
+        return
+    saved = recipe_from_dict(yaml.safe_load(saved_path.read_text()))
+    for key, value in vars(recipe).items():
+        if key not in RESUME_MAY_CHANGE and getattr(saved, key) != value:
+            raise GankdError(f"--resume: {key} is {value!r} but the run was started with {getattr(saved, key)!r}")
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
+    run_dir = recipe.run_dir
+    state = run_dir / "state" / "last.pt"
+    if resume:
+        if not state.is_file():
+            raise GankdError(f"--resume: no saved state at {state}")
+        check_resume_compatible(run_dir, recipe)
+    elif state.exists():
+        raise GankdError(f"run folder {run_dir} already holds a run: pass --resume to continue it, "
+                         "or set out_dir / name to start another")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.resolved.yaml").write_text(recipe.to_yaml())
+    return run_dir
+
+
+def run(recipe: Recipe, resume: bool = False, log=print) -> Path:
+    """Run (or continue) ``recipe``; returns the run folder. Raises GankdError subclasses on bad input, NaN, Ctrl-C."""
+    run_dir = prepare_run_dir(recipe, resume)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    device = pick_device(recipe.device)
+    teacher = load_model(recipe.teacher).to(device).requires_grad_(False)
+    tconf = teacher.gankd_config
+    if tconf.kind != "generator" or tconf.task != "sr" or not tconf.scale:
+        raise GankdError(f"teacher {recipe.teacher} is a {tconf.arch} ({tconf.task}); SDAKD runs need an SR generator")
+    pools = build_pools(recipe, teacher, tconf.scale, log)
+    nets, sconf, dt_conf = build_nets(recipe, teacher, pools.train.lr[:8].to(device), log)
+    for name in ("student", "adapter", "teacher_d", "student_d", "vgg"):
+        if getattr(nets, name) is not None:
+            setattr(nets, name, getattr(nets, name).to(device))
+    stages = plan_stages(recipe, have_teacher_d=bool(recipe.teacher_d))
+    ema = EMA(nets.student, recipe.ema_decay)
+    modules = {"student": nets.student, "student_ema": ema.model if recipe.ema_decay > 0 else None,
+               "adapter": nets.adapter, "teacher_d": nets.teacher_d, "student_d": nets.student_d}
+    state_path = run_dir / "state" / "last.pt"
+    progress = load_state(state_path, modules, nets.optimizers) if resume else Progress()
+    if resume:
+        log(f"resumed at step {progress.position.step} ({stages[progress.position.stage].name} "
+            f"epoch {progress.position.epoch} batch {progress.position.batch})")
+    validator = Validator(recipe, pools, device, log)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress.position.step if resume else None)
+    loop = Loop(recipe, run_dir, stages, nets, ema, modules, pools, validator, metrics_log, progress, device, log,
+                sconf, dt_conf)
+    loop.run()
+    from .report import write_report
+
+    write_report(run_dir, recipe, loop, log)
+    return run_dir
+
+
+class Loop:
+    """The training loop over planned stages, with checkpoints, validation, budget and signal handling."""
+
+    def __init__(self, recipe, run_dir, stages, nets, ema, modules, pools, validator, metrics_log, progress, device,
+                 log, student_config, teacher_d_config):
+        self.recipe, self.run_dir, self.stages, self.nets, self.ema = recipe, run_dir, stages, nets, ema
+        self.modules, self.pools, self.validator, self.metrics_log = modules, pools, validator, metrics_log
+        self.progress, self.device, self.log = progress, device, log
+        self.student_config, self.teacher_d_config = student_config, teacher_d_config
+        self.state_path = run_dir / "state" / "last.pt"
+        self.steps_per_epoch = recipe.steps_per_epoch or max(1, len(pools.train) // recipe.batch_size)
+        self.started = time.monotonic()
+        self.elapsed_before = progress.elapsed_s
+        self.tb = self._tensorboard()
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.log("notice: tensorboard is not installed: no tb/ scalars (pip install tensorboard)")
+            return None
+        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.progress.position.step + 1)
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def save(self) -> None:
+        self.progress.elapsed_s = self.elapsed_s
+        save_state(self.state_path, self.modules, self.nets.optimizers, self.progress)
+
+    def total_steps(self) -> int:
+        return sum(s.epochs for s in self.stages) * self.steps_per_epoch
+
+    def run(self) -> None:
+        from tqdm import tqdm
+
+        pos = self.progress.position
+        bar = tqdm(total=self.total_steps(), initial=pos.step, desc="distill", unit="step", dynamic_ncols=True,
+                   disable=None)
+        try:
+            with StopFlag() as stop:
+                while pos.stage < len(self.stages):
+                    stage = self.stages[pos.stage]
+                    if pos.epoch == 0 and pos.batch == 0:
+                        self.begin_stage(stage)
+                    if self.run_epoch(stage, pos, stop, bar) == "stop":
+                        return
+                    pos.epoch, pos.batch = pos.epoch + 1, 0
+                    if pos.epoch >= stage.epochs:
+                        self.end_stage(stage)
+                        pos.stage, pos.epoch = pos.stage + 1, 0
+                    self.save()
+        finally:
+            bar.close()
+            if self.tb:
+                self.tb.close()
+
+    def run_epoch(self, stage: Stage, pos: Position, stop: StopFlag, bar) -> str | None:
+        order = epoch_order(self.recipe, pos.stage, pos.epoch, len(self.pools.train))
+        while pos.batch < self.steps_per_epoch:
+            indices = order[pos.batch % len(order)]
+            batch = make_batch(indices, self.pools, self.nets.teacher, self.device)
+            where = f"{stage.name} step {pos.step + 1}"
+            for name in ("student", "adapter", "teacher_d", "student_d"):
+                module = getattr(self.nets, name)
+                if module is not None:  # frozen ones in eval: no spectral-norm power iterations on them
+                    module.train(name in stage.trains)
+            try:
+                logs = step(stage, self.nets, batch, self.recipe, where)
+            except NonFiniteLoss as exc:
+                kept = f"state/last.pt (step {self._saved_step()}) and student/ are kept" \
+                    if self.state_path.exists() else "nothing was saved yet"
+                raise NonFiniteLoss(f"{exc}; the run stopped: {kept}") from None
+            pos.step, pos.batch = pos.step + 1, pos.batch + 1
+            if stage.g_target:
+                self.ema.update(self.nets.student, pos.step)
+            bar.update(1)
+            self.log_step(stage, pos.step, logs)
+            if stop.signal_name:
+                self.save()
+                raise RunInterrupted(f"{stop.signal_name} at step {pos.step}: state saved to {self.state_path}; "
+                                     "continue with --resume")
+            if self.recipe.max_minutes is not None and self.elapsed_s > 60 * self.recipe.max_minutes:
+                self.log(f"max_minutes={self.recipe.max_minutes} reached at step {pos.step}: validating and stopping")
+                if stage.g_target:
+                    self.validate(stage, pos.step)
+                self.save()
+                return "stop"
+            if self.recipe.val_every and stage.g_target and pos.step % self.recipe.val_every == 0:
+                self.validate(stage, pos.step)
+            if pos.batch < self.steps_per_epoch and pos.step % self.recipe.checkpoint_every == 0:
+                self.save()
+        if stage.g_target and not (self.recipe.val_every and pos.step % self.recipe.val_every == 0):
+            self.validate(stage, pos.step)
+        return None
+
+    def _saved_step(self) -> int:
+        return torch.load(self.state_path, map_location="cpu", weights_only=True)["progress"]["position"]["step"]
+
+    def log_step(self, stage: Stage, step_no: int, logs: dict[str, float]) -> None:
+        self.metrics_log.write({"step": step_no, "stage": stage.name, **logs})
+        if self.tb and step_no % self.recipe.log_every == 0:
+            for name, value in logs.items():
+                self.tb.add_scalar(f"{stage.name}/{name}", value, step_no)
+
+    def begin_stage(self, stage: Stage) -> None:
+        self.log(f"{stage.name}: {stage.epochs} epoch(s) x {self.steps_per_epoch} steps; trains {', '.join(stage.trains)}")
+        if stage.name == "stage2" and self.recipe.init == "teacher" and self.nets.student_d is not None \
+                and self.recipe.mode == "sdakd":
+            self.init_student_d_from_teacher_d()
+
+    def init_student_d_from_teacher_d(self) -> None:
+        from .students import build_student as _build
+
+        d_s, _ = _build(self.nets.teacher_d, width=self.recipe.student_d_width, init="teacher")
+        self.nets.student_d.load_state_dict(d_s.state_dict())
+        self.log("student discriminator initialised from the teacher discriminator by channel selection")
+
+    def end_stage(self, stage: Stage) -> None:
+        if stage.name == "stage1":
+            config = replace(self.teacher_d_config, provenance={
+                **self.teacher_d_config.provenance, "stage1_steps": self.progress.position.step,
+                "teacher": str(self.recipe.teacher)})
+            save_model(self.run_dir / "teacher_d", self.nets.teacher_d, config)
+            self.log(f"stage1 done: teacher discriminator saved to {self.run_dir / 'teacher_d'}")
+
+    def validate(self, stage: Stage, step_no: int) -> None:
+        scores = self.validator(self.ema.model)
+        metric = self.validator.metric
+        score = scores["fid"] if metric == "fid" else scores["psnr_teacher"]
+        record = {"step": step_no, "stage": stage.name, "val": scores}
+        self.metrics_log.write(record)
+        self.progress.history.append(record)
+        if self.tb:
+            for name, value in scores.items():
+                self.tb.add_scalar(f"val/{name}", value, step_no)
+        if not math.isfinite(score):
+            self.log(f"validation at step {step_no}: {metric} is {score}; not kept")
+            return
+        if self.validator.better(score, self.progress.best_score):
+            self.progress.best_score, self.progress.best_step = score, step_no
+            self.save_student(step_no, scores)
+        self.log(f"step {step_no} {stage.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+                 + f" (best {metric} {self.progress.best_score:.3f} at step {self.progress.best_step})")
+
+    def save_student(self, step_no: int, scores: dict[str, float]) -> None:
+        config = replace(self.student_config, provenance={
+            **self.student_config.provenance, "run": self.recipe.name, "step": step_no,
+            "selected_by": self.validator.metric, "validation": scores,
+            "ema_decay": self.recipe.ema_decay})
+        save_model(self.run_dir / "student", self.ema.model, config)

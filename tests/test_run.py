@@ -1,0 +1,172 @@
+"""`gankd-distill run` end to end on a tiny teacher: run folder contract, ablations, resume after kill -9,
+Ctrl-C, NaN, and refusals. Real sample photos, tiny crops, a few steps each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gankd.distill import ModelConfig, load_model, save_model
+from gankd.distill.errors import GankdError
+from gankd.distill.recipe import recipe_from_dict
+from gankd.distill.stages import NonFiniteLoss, needs_teacher_d
+from gankd.distill.train import run
+
+CLI = [sys.executable, "-c", "import sys; from gankd.distill.cli import main; sys.exit(main())"]
+TINY = {"scale": 4, "num_feat": 16, "num_block": 2, "num_grow_ch": 8}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("teacher") / "tiny"
+    config = ModelConfig(arch="rrdbnet", kwargs=TINY, task="sr", scale=4)
+    torch.manual_seed(1)
+    save_model(path, config.build(), config)
+    return path
+
+
+def tiny_recipe(teacher_dir: Path, out_dir: Path, **overrides) -> dict:
+    return {"name": "tiny", "teacher": str(teacher_dir), "out_dir": str(out_dir), "width": 0.5,
+            "teacher_d_feat": 8, "n1": 1, "n2": 1, "n3": 1, "steps_per_epoch": 3, "batch_size": 2, "hr_size": 32,
+            "train_crops": 6, "val_crops_per_image": 1, "select_by": "psnr", "checkpoint_every": 2, "log_every": 1,
+            "threads": 1, "ema_decay": 0.9, **overrides}
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"init": "teacher"},
+    {"init": "random", "feature_kd": False, "adversarial": "lsgan"},
+    {"init": "random", "n2": 0},
+    {"init": "random", "discriminator": "teacher"},
+    {"init": "random", "mode": "scratch", "d_width": 1.0},
+    {"init": "teacher", "depth": 1, "width": 1.0, "blocks": "greedy", "degradation": "realesrgan"},
+], ids=["sdakd-teacher-init", "no-feature-kd-lsgan", "n2-0", "teacher-d", "scratch-C-1", "depth-cut-greedy"])
+def test_run_writes_the_run_folder_contract(teacher_dir, tmp_path, overrides):
+    recipe = recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "run", **overrides))
+    run_dir = run(recipe, log=lambda msg: None)
+    for name in ("config.resolved.yaml", "state/last.pt", "report.md", "strip.png", "metrics.jsonl"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tb").iterdir())
+    student = load_model(run_dir / "student")
+    assert student.gankd_config.provenance["init"] == recipe.init
+    assert student(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+    assert recipe_from_dict(yaml.safe_load((run_dir / "config.resolved.yaml").read_text())) == recipe
+    lines = _lines(run_dir / "metrics.jsonl")
+    stages = [line["stage"] for line in lines if "val" not in line]
+    if recipe.mode == "scratch":
+        assert stages == ["stage2"] * 3 + ["stage3"] * 3 and not (run_dir / "teacher_d").exists()
+    elif recipe.n2 == 0:
+        assert stages == ["stage3"] * 3
+    else:
+        assert stages == ["stage1"] * 3 + ["stage2"] * 3 + ["stage3"] * 3
+        assert load_model(run_dir / "teacher_d").gankd_config.kind == "discriminator"
+    report = (run_dir / "report.md").read_text()
+    assert "| student (best) |" in report and "PSNR→teacher" in report
+    has_both_ds = needs_teacher_d(recipe) and recipe.discriminator == "student"  # SDAKD Fig. 3 needs D_T and D_S
+    assert ("d_outputs.png" in report) == has_both_ds == (run_dir / "d_outputs.png").exists()
+
+
+def test_resume_after_kill_9_replays_the_same_losses(teacher_dir, tmp_path):
+    base = tiny_recipe(teacher_dir, tmp_path / "a", steps_per_epoch=12, checkpoint_every=3, init="teacher")
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({**base, "out_dir": str(tmp_path / "b")}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run([*CLI, "run", str(tmp_path / "a.yaml")], check=True, capture_output=True, env=env, timeout=600)
+
+    proc = subprocess.Popen([*CLI, "run", str(tmp_path / "b.yaml")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    state = tmp_path / "b" / "state" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not (state.exists() and len(_lines(tmp_path / "b" / "metrics.jsonl")) > 14):
+        assert proc.poll() is None and time.monotonic() < deadline, "run B ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "report.md").exists(), "run B finished before the kill"
+    saved_step = torch.load(state, weights_only=True)["progress"]["position"]["step"]
+    assert 0 < saved_step < 36
+
+    resumed = subprocess.run([*CLI, "run", str(tmp_path / "b.yaml"), "--resume"], capture_output=True, text=True,
+                             env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at step {saved_step}" in resumed.stderr
+    a, b = _lines(tmp_path / "a" / "metrics.jsonl"), _lines(tmp_path / "b" / "metrics.jsonl")
+    assert len(a) == len(b) and a == b  # every loss and validation score, bit for bit
+    assert torch.equal(load_model(tmp_path / "a" / "student").conv_first.weight,
+                       load_model(tmp_path / "b" / "student").conv_first.weight)
+
+
+def test_ctrl_c_saves_and_resume_finishes(teacher_dir, tmp_path):
+    recipe = tiny_recipe(teacher_dir, tmp_path / "run", steps_per_epoch=200, checkpoint_every=1000)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    proc = subprocess.Popen([*CLI, "run", str(tmp_path / "r.yaml")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "stopped: SIGINT at step" in err and "continue with --resume" in err
+    assert "Traceback" not in err
+    step = int(err.split("SIGINT at step ")[1].split(":")[0])
+    assert torch.load(tmp_path / "run" / "state" / "last.pt", weights_only=True)["progress"]["position"]["step"] == step
+    refused = subprocess.run([*CLI, "run", str(tmp_path / "r.yaml")], capture_output=True, text=True)
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    changed = subprocess.run([*CLI, "run", str(tmp_path / "r.yaml"), "--resume", "width=0.25"], capture_output=True,
+                             text=True)
+    assert changed.returncode == 2 and "--resume: width is 0.25 but the run was started with 0.5" in changed.stderr
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_state(teacher_dir, tmp_path, monkeypatch):
+    from gankd.distill import losses
+
+    recipe = recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "run", n3=2))
+    real_l1, calls = losses.l1_loss, {"n": 0}
+
+    def l1_turning_nan(out, target):
+        calls["n"] += 1
+        value = real_l1(out, target)
+        return value * float("nan") if calls["n"] == 5 else value  # 5th G step = stage3 step 8 (3 D-only steps first)
+
+    monkeypatch.setattr(losses, "l1_loss", l1_turning_nan)
+    with pytest.raises(NonFiniteLoss) as info:
+        run(recipe, log=lambda msg: None)
+    message = str(info.value)
+    assert "stage3 step 8: loss 'l1' is nan" in message and "state/last.pt (step 6)" in message
+    assert "\n" not in message
+    state = torch.load(tmp_path / "run" / "state" / "last.pt", weights_only=True)
+    assert state["progress"]["position"]["step"] == 6
+    student = load_model(tmp_path / "run" / "student")
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    assert student.gankd_config.provenance["step"] == 6
+
+
+def test_bad_run_inputs_are_one_line_errors(teacher_dir, tmp_path):
+    with pytest.raises(GankdError, match="does not exist|not a model folder|no such"):
+        run(recipe_from_dict(tiny_recipe(tmp_path / "missing", tmp_path / "r1")), log=lambda m: None)
+    with pytest.raises(GankdError, match="no saved state"):
+        run(recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "r2")), resume=True, log=lambda m: None)
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(GankdError, match="photos"):
+        run(recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "r3", train_images=str(tmp_path / "photos"))),
+            log=lambda m: None)
+    d_dir = tmp_path / "d"
+    d_conf = ModelConfig(arch="unet_discriminator_sn", kwargs={"num_feat": 8}, task="sr", scale=None)
+    save_model(d_dir, d_conf.build(), d_conf)
+    with pytest.raises(GankdError, match="SDAKD runs need an SR generator"):
+        run(recipe_from_dict(tiny_recipe(d_dir, tmp_path / "r4")), log=lambda m: None)
