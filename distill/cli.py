@@ -115,6 +115,58 @@ def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool
     click.echo(f"done: {run_dir / 'report.md'} (best student in {run_dir / 'student'})")
 
 
+@cli.command("search")
+@click.argument("teacher_dir", type=click.Path(path_type=Path))
+@click.option("--budget-ms", type=float, required=True,
+              help="Latency budget of one forward pass at --shape, in ms, as measured on this machine.")
+@click.option("--shape", default="1x3x64x64", show_default=True,
+              help="Input NxCxHxW at which latency and GMACs are measured.")
+@click.option("--minutes", type=float, default=None,
+              help="Training time shared by the trained candidates, each getting minutes*60/len(trained) s "
+                   "(a slow candidate does fewer steps) [default: 10].")
+@click.option("--steps", type=int, default=None,
+              help="Fixed training steps per candidate instead of a time budget (deterministic).")
+@click.option("--threads", type=int, default=None,
+              help="Threads for ONNX Runtime (intra-op) and for training [default: all cores].")
+@click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), default=None,
+              help="A YAML/JSON list of candidates (family, width, depth, up_feat, num_feat, init, name) "
+                   "that replaces the built-in grid.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: runs/search-<teacher folder name>].")
+@click.option("--force", is_flag=True, help="Replace the results of an earlier search in --out.")
+def search_cmd(teacher_dir: Path, budget_ms: float, shape: str, minutes: float | None, steps: int | None,
+               threads: int | None, candidates_file: Path | None, out_dir: Path | None, force: bool) -> None:
+    """Latency-vs-fidelity search over students of TEACHER_DIR: each candidate is timed with ONNX Runtime here,
+    those within --budget-ms (and the 2 fastest above it) get the same short L1 distillation and are scored by PSNR
+    to the teacher. Writes search.json, search.md, pareto.png and best.yaml (a recipe fragment for `run`)."""
+    import dataclasses
+
+    import torch
+
+    from . import search
+    from .modelio import load_model
+
+    settings = search.SearchSettings(budget_ms=budget_ms, minutes=minutes, steps=steps, threads=threads)
+    out_dir = out_dir or Path("runs") / f"search-{teacher_dir.resolve().name}"
+    if (out_dir / "search.json").exists() and not force:
+        raise GankdError(f"{str(out_dir)!r} already holds a search; pass --force to replace it")
+    teacher = load_model(teacher_dir)
+    search.check_teacher(teacher.gankd_config)
+    settings = dataclasses.replace(settings, shape=search.check_shape(teacher.gankd_config, shape))
+    grid = search.load_candidates(candidates_file, teacher) if candidates_file else None
+    if threads:
+        torch.set_num_threads(threads)
+    result = search.run_search(teacher_dir, settings, grid, log=lambda msg: click.echo(msg, err=True),
+                               teacher=teacher)
+    written = search.write_outputs(result, out_dir)
+    click.echo(search.format_table(result) + "\n")
+    for line in search.summary_lines(result):
+        click.echo(line)
+    if result.best is None:
+        raise GankdError(search.no_candidate_message(result))
+    click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="gankd-distill", standalone_mode=False)

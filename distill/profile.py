@@ -44,8 +44,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 def _to_meta(model: nn.Module) -> nn.Module:
     import copy
 
-    clone = copy.deepcopy(model) if not any(p.is_meta for p in model.parameters()) else model
-    return clone.to("meta").eval()
+    if any(p.is_meta for p in model.parameters()):
+        return model.eval()
+    config = getattr(model, "config", None)
+    if config is not None:  # rebuild: a spectral-norm module that has run forward cannot be deep-copied
+        with torch.device("meta"):
+            return type(model)(config).eval()
+    return copy.deepcopy(model).to("meta").eval()
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
