@@ -167,6 +167,23 @@ def search_cmd(teacher_dir: Path, budget_ms: float, shape: str, minutes: float |
     click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
 
 
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table to this Markdown file.")
+def compare_cmd(run_dirs: tuple[Path, ...], out_file: Path | None) -> None:
+    """Compare finished runs (ablations: init random vs teacher, SDAKD vs scratch at equal max_minutes, ...):
+    steps, wall time, GMACs and the best student's validation scores."""
+    from .plots import markdown_table
+    from .report import compare_runs
+
+    rows = compare_runs(list(run_dirs))
+    table = markdown_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
+    click.echo(table)
+    if out_file:
+        out_file.write_text(table + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="gankd-distill", standalone_mode=False)

@@ -172,6 +172,10 @@ def _coerce(key: str, value):
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        try:  # PyYAML (YAML 1.1) reads 5e-4, without a dot, as a string
+            return float(value) if isinstance(value, str) else None
+        except ValueError:
+            pass
     elif base is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

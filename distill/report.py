@@ -116,3 +116,33 @@ def write_report(run_dir: Path, recipe, loop, log) -> Path:
     path.write_text("\n".join(lines))
     log(f"report: {path}")
     return path
+
+
+def compare_runs(run_dirs: list[Path], input_size: int = 64) -> list[dict]:
+    """One row per run folder: what was trained and its best validation scores (for ablations such as random vs
+    teacher init, or SDAKD vs the scratch baselines at the same ``max_minutes``)."""
+    import json
+
+    import yaml
+
+    from .errors import GankdError
+    from .modelio import load_config
+
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        resolved, student = run_dir / "config.resolved.yaml", run_dir / "student"
+        if not resolved.is_file() or not student.is_dir():
+            raise GankdError(f"{run_dir} is not a finished run folder (no config.resolved.yaml or student/)")
+        recipe = yaml.safe_load(resolved.read_text())
+        config = load_config(student)
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        best_step = config.provenance.get("step")
+        best = next((r["val"] for r in records if "val" in r and r["step"] == best_step), {})
+        state = torch.load(run_dir / "state" / "last.pt", map_location="cpu", weights_only=True)["progress"]
+        model = config.build()
+        rows.append({"run": run_dir.name, "mode": recipe["mode"], "init": recipe["init"],
+                     "C": width_label(recipe["width"]), "depth": recipe["depth"] or "all",
+                     "steps": state["position"]["step"], "minutes": state["elapsed_s"] / 60,
+                     f"GMACs @{input_size}²": count_macs(model, (1, 3, input_size, input_size)) / 1e9,
+                     "best step": best_step, **{k: v for k, v in best.items()}})
+    return rows

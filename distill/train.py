@@ -279,7 +279,9 @@ def run(recipe: Recipe, resume: bool = False, log=print) -> Path:
                "adapter": nets.adapter, "teacher_d": nets.teacher_d, "student_d": nets.student_d}
     state_path = run_dir / "state" / "last.pt"
     progress = load_state(state_path, modules, nets.optimizers) if resume else Progress()
-    if resume:
+    if resume and progress.position.stage >= len(stages):
+        log(f"resumed at step {progress.position.step}: the run had finished; rewriting its report")
+    elif resume:
         log(f"resumed at step {progress.position.step} ({stages[progress.position.stage].name} "
             f"epoch {progress.position.epoch} batch {progress.position.batch})")
     validator = Validator(recipe, pools, device, log)

@@ -28,14 +28,17 @@ def test_paper_recipes_use_the_paper_settings(tag, width):
 
 
 def test_overrides_are_parsed_as_yaml_values():
-    recipe = load_recipe("quickstart", ["width=0.125", "depth=null", "feature_kd=false", "name=x", "n2=0"])
+    recipe = load_recipe("quickstart", ["width=0.125", "depth=null", "feature_kd=false", "name=x", "n2=0",
+                                        "lr_g=5e-4"])
     assert (recipe.width, recipe.depth, recipe.feature_kd, recipe.name, recipe.n2) == (0.125, None, False, "x", 0)
+    assert recipe.lr_g == 5e-4  # YAML 1.1 reads 5e-4 as a string; the float field takes it
     assert recipe.run_dir.as_posix() == "runs/x"
 
 
 @pytest.mark.parametrize("data,message", [
     ({"widht": 0.5}, "unknown recipe key 'widht'"),
     ({"width": "half"}, "width: expected float, got 'half'"),
+    ({"lr_g": "5e-4x"}, "lr_g: expected float"),
     ({"width": 0}, r"width: must be in \(0, 1\]"),
     ({"mode": "kd"}, "mode: 'kd' is not one of sdakd, scratch"),
     ({"adversarial": "hinge"}, "adversarial: 'hinge' is not one of"),

@@ -170,3 +170,34 @@ def test_bad_run_inputs_are_one_line_errors(teacher_dir, tmp_path):
     save_model(d_dir, d_conf.build(), d_conf)
     with pytest.raises(GankdError, match="SDAKD runs need an SR generator"):
         run(recipe_from_dict(tiny_recipe(d_dir, tmp_path / "r4")), log=lambda m: None)
+
+
+def test_compare_lists_each_run_with_its_best_validation(teacher_dir, tmp_path):
+    for init in ("random", "teacher"):
+        run(recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / init, init=init, n3=2)), log=lambda m: None)
+    out = subprocess.run([*CLI, "compare", str(tmp_path / "random"), str(tmp_path / "teacher"), "--out",
+                          str(tmp_path / "cmp.md")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| random") or line.startswith("| teacher")]
+    assert [r.split("|")[3].strip() for r in rows] == ["random", "teacher"]
+    best = {}
+    for init in ("random", "teacher"):
+        records = _lines(tmp_path / init / "metrics.jsonl")
+        step = load_model(tmp_path / init / "student").gankd_config.provenance["step"]
+        best[init] = next(r["val"]["psnr_teacher"] for r in records if "val" in r and r["step"] == step)
+        assert f"{best[init]:.2f}" in out.stdout
+    assert (tmp_path / "cmp.md").read_text().strip() == out.stdout.strip()
+    missing = subprocess.run([*CLI, "compare", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not a finished run folder" in missing.stderr
+
+
+@pytest.mark.real_weights
+def test_fid_selection_with_the_offline_inception(teacher_dir, tmp_path):
+    recipe = recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "run", select_by="fid", n1=1, n2=1, n3=1))
+    run_dir = run(recipe, log=lambda msg: None)
+    vals = [r["val"] for r in _lines(run_dir / "metrics.jsonl") if "val" in r]
+    assert len(vals) == 2 and all("fid" in v and v["fid"] >= 0 for v in vals)
+    best = load_model(run_dir / "student").gankd_config.provenance
+    assert best["selected_by"] == "fid" and best["validation"]["fid"] == min(v["fid"] for v in vals)
+    report = (run_dir / "report.md").read_text()
+    assert "chosen by FID" in report and "| FID |" in report
