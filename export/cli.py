@@ -1,16 +1,183 @@
-"""``gankd-export`` and ``gankd-bench`` entry points (the export issue builds them)."""
+"""``gankd-export`` and ``gankd-bench``.
 
+Every bad input ends in one line on stderr (``error: ...``) and exit status 2, as in ``gankd-distill``; nothing
+saved is replaced unless ``--force`` is given.
+"""
+
+from __future__ import annotations
+
+import json
 import sys
+from pathlib import Path
 
-_NOT_YET = "{prog}: not built yet: the exporter and benchmark arrive with the export issue; " \
-           "this release imports and inspects teachers (gankd-distill)"
+import click
+
+from gankd.distill.errors import GankdError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-def export_main() -> int:
-    print(_NOT_YET.format(prog="gankd-export"), file=sys.stderr)
-    return 2
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def bench_main() -> int:
-    print(_NOT_YET.format(prog="gankd-bench"), file=sys.stderr)
-    return 2
+class _ShapeList(click.ParamType):
+    name = "NxCxHxW[,NxCxHxW...]"
+
+    def convert(self, value, param, ctx):
+        from gankd.distill.profile import parse_shape
+
+        if not isinstance(value, str):
+            return value
+        try:
+            shapes = tuple(parse_shape(part) for part in _split(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if not shapes:
+            self.fail("give at least one shape, e.g. 1x3x64x64", param, ctx)
+        return shapes
+
+
+class _Shape(click.ParamType):
+    """Checked here for form only; the export checks it against the model (channels, multiples)."""
+
+    name = "NxCxHxW"
+
+    def convert(self, value, param, ctx):
+        from gankd.distill.profile import parse_shape
+
+        try:
+            parse_shape(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Artifact folder to write (manifest.json + model files).")
+@click.option("--formats", "formats_text", default="onnx,pt2", show_default=True,
+              help="Comma-separated: onnx, pt2, trt (trt also writes model.onnx, the engine's source).")
+@click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (float32 I/O); fp16 TensorRT engine.")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx: ONNX Runtime static QDQ quantization "
+                                           "(per-channel int8 weights, uint8 activations).")
+@click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--calib", default="sample", show_default=True,
+              help="INT8 calibration images: 'sample' (the embedded train photos, downscaled to LR) or a folder "
+                   "of LR images.")
+@click.option("--calib-count", type=click.IntRange(1, 10_000), default=16, show_default=True,
+              help="Random crops (at the --opt-shape H x W) used to calibrate INT8.")
+@click.option("--min-shape", type=_Shape(), default=None,
+              help="TensorRT profile minimum NxCxHxW [default: the opt shape].")
+@click.option("--opt-shape", type=_Shape(), default="1x3x64x64", show_default=True,
+              help="TensorRT profile optimum; also the size of the INT8 calibration crops.")
+@click.option("--max-shape", type=_Shape(), default=None,
+              help="TensorRT profile maximum NxCxHxW [default: the opt shape].")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TensorRT timing cache file [default: ~/.cache/gankd/trt/<gpu>.<version>.timing-cache].")
+@click.option("--no-simplify", is_flag=True, help="Keep the exported ONNX graph as is (no onnxslim).")
+@click.option("--force", is_flag=True,
+              help="Replace a non-empty --out, and keep the artifacts when a parity tolerance is broken "
+                   "(recorded as failed in the manifest).")
+def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, int8: bool, opset: int, calib: str,
+               calib_count: int, min_shape: str | None, opt_shape: str, max_shape: str | None,
+               timing_cache: Path | None, no_simplify: bool, force: bool) -> None:
+    """Export MODEL_DIR (a teacher or student model folder) to deployable files with parity checks against the
+    PyTorch model on real photos, and a manifest.json describing them.
+
+    Tolerances: fp32 ONNX and pt2 max abs error <= 1e-4 on [0, 1] outputs; fp16 >= 40 dB and INT8 >= 25 dB PSNR to
+    the fp32 output. A broken tolerance exits with status 2 and writes nothing, unless --force. With trt in
+    --formats, a missing tensorrt package or GPU fails before anything is exported."""
+    from .exporter import ExportSettings, export_model
+
+    settings = ExportSettings(formats=_split(formats_text), fp16=fp16, int8=int8, opset=opset, calib=calib,
+                              calib_count=calib_count, min_shape=min_shape, opt_shape=opt_shape,
+                              max_shape=max_shape, simplify=not no_simplify, force=force, timing_cache=timing_cache)
+    manifest = export_model(model_dir, out_dir, settings, log=lambda msg: click.echo(msg, err=True))
+    files = ", ".join(entry["path"] for entry in manifest["files"].values())
+    status = "parity ok" if manifest["parity"]["passed"] else "PARITY FAILED (kept: --force)"
+    click.echo(f"exported {model_dir} -> {out_dir}: {files}, manifest.json ({status})")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("artifact_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--backends", "backends_text", default="torch,ort", show_default=True,
+              help="Comma-separated: torch (model.pt2), ort (model.onnx on CPU, plus int8/fp16 rows), ort-cuda, trt.")
+@click.option("--shapes", type=_ShapeList(), default="1x3x64x64", show_default=True,
+              help="Comma-separated input shapes NxCxHxW.")
+@click.option("--variants", "variants_text", default="fp32,int8,fp16", show_default=True,
+              help="Which ONNX files the ort backends run, where the artifact has them.")
+@click.option("--warmup-ms", type=click.FloatRange(0, None), default=200.0, show_default=True,
+              help="Warm-up time per row before timing.")
+@click.option("--duration-s", type=click.FloatRange(0, None, min_open=True), default=None,
+              help="Timed phase: rounds until duration x rows seconds have passed [default: 3].")
+@click.option("--iterations", type=click.IntRange(1, None), default=None,
+              help="Timed phase: exactly this many rounds instead of a duration.")
+@click.option("--threads", type=click.IntRange(1, None), default=None,
+              help="CPU threads for torch and ONNX Runtime [default: the physical cores].")
+@click.option("--peak-gflops", type=click.FloatRange(0, None, min_open=True), default=None,
+              help="Use this FP32 peak instead of the one computed from /proc/cpuinfo.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the full results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG of latency versus PSNR to the first artifact.")
+@click.option("--write-manifest", is_flag=True, help="Store the results in each artifact's manifest.json.")
+def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, variants_text: str, warmup_ms: float,
+              duration_s: float | None, iterations: int | None, threads: int | None, peak_gflops: float | None,
+              json_path: Path | None, plot_path: Path | None, write_manifest: bool) -> None:
+    """Measure ARTIFACT_DIRs the way trtexec does: latency min/mean/median/p90/p95/p99 and throughput per
+    (artifact, backend, shape), artifacts interleaved (A B A B ...) so ratios hold on a noisy machine. The first
+    artifact is the reference (the teacher): speed-up and PSNR are against it.
+
+    Achieved GFLOP/s = 2 x MACs / median latency; % FP32 peak divides by cores x clock x 2 FMA units x fp32 lanes
+    (16 with AVX-512, 8 with AVX2) x 2, read from /proc/cpuinfo (see the note under the table)."""
+    from . import bench
+
+    if duration_s is not None and iterations is not None:
+        raise GankdError("give --duration-s or --iterations, not both")
+    if duration_s is None and iterations is None:
+        duration_s = 3.0
+    settings = bench.BenchSettings(backends=_split(backends_text), shapes=shapes, variants=_split(variants_text),
+                                   warmup_ms=warmup_ms, duration_s=duration_s, iterations=iterations,
+                                   threads=threads, peak_gflops=peak_gflops)
+    result = bench.benchmark(list(artifact_dirs), settings, log=lambda msg: click.echo(msg, err=True))
+    click.echo(bench.format_table(result))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path}", err=True)
+    if plot_path:
+        saved = bench.save_plot(result, plot_path)
+        click.echo(f"wrote {saved}" if saved else "no plot: no row has a PSNR to the first artifact (give the "
+                                                  "teacher first, then students of the same scale)", err=True)
+    if write_manifest:
+        for path in bench.write_to_manifests(result):
+            click.echo(f"updated {path}", err=True)
+
+
+def _main(command: click.Command, prog: str, argv: list[str] | None) -> int:
+    try:
+        command.main(args=argv, prog_name=prog, standalone_mode=False)
+    except GankdError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    return _main(export_cmd, "gankd-export", argv)
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    return _main(bench_cmd, "gankd-bench", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(export_main())

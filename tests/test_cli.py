@@ -74,12 +74,23 @@ def test_bad_shape_option():
     assert proc.returncode == 2 and "NxCxHxW" in proc.stderr
 
 
-@pytest.mark.parametrize("script", ["gankd-export", "gankd-bench", "gankd-demo"])
+@pytest.mark.parametrize("script", ["gankd-demo"])
 def test_later_stage_scripts_say_they_are_not_built(script):
     exe = shutil.which(script, path=str(BIN))
     assert exe
     proc = subprocess.run([exe], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not built yet" in proc.stderr
+
+
+@pytest.mark.parametrize("script, words", [("gankd-export", ("--formats", "--int8", "--opt-shape")),
+                                           ("gankd-bench", ("--backends", "--shapes", "--warmup-ms"))])
+def test_export_and_bench_scripts_are_built(script, words):
+    exe = shutil.which(script, path=str(BIN))
+    assert exe
+    help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert all(word in help_text for word in words)
+    proc = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Missing argument" in proc.stderr
 
 
 def test_import_from_ncnn_files_and_inspect_a_discriminator(tmp_path):

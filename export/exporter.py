@@ -1,0 +1,309 @@
+"""``export_model``: a model folder in, an artifact folder out (files + parity + manifest), all or nothing.
+
+The artifact is assembled in a temporary folder beside ``out`` and moved into place at the end, so a failed export
+(a broken tolerance without ``force``, a crash, Ctrl-C) leaves an existing artifact folder untouched.
+
+Order: check everything that can fail cheaply first (formats, shapes, TensorRT availability, the output folder),
+then ONNX (simplified with onnxslim unless asked not to; onnx.checker; no custom ops) → fp16 → INT8 → pt2 →
+TensorRT → parity of every file → manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gankd.distill.errors import GankdError
+from gankd.distill.modelio import WEIGHTS_FILE, load_model, sha256_file
+
+from . import formats, parity, trt
+from .manifest import FORMAT, FORMAT_VERSION, io_specs, write_manifest
+
+FORMATS = ("onnx", "pt2", "trt")
+FILE_NAMES = {"onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "onnx-int8": "model.int8.onnx",
+              "pt2": "model.pt2"}
+MACS_AT = (1, 3, 64, 64)  # conv MACs are linear in N·H·W, so one count gives the per-pixel figure
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    formats: tuple[str, ...] = ("onnx", "pt2")
+    fp16: bool = False
+    int8: bool = False
+    opset: int = 17
+    calib: str = "sample"  # "sample" (the embedded train photos) or an image folder
+    calib_count: int = 16
+    min_shape: str | None = None
+    opt_shape: str = "1x3x64x64"
+    max_shape: str | None = None
+    simplify: bool = True
+    force: bool = False
+    timing_cache: Path | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown:
+            raise GankdError(f"unknown format {unknown[0]!r}; formats: {', '.join(FORMATS)}")
+        if not self.formats:
+            raise GankdError(f"--formats is empty; choose from {', '.join(FORMATS)}")
+        if (self.fp16 or self.int8) and "onnx" not in self.formats and "trt" not in self.formats:
+            raise GankdError("--fp16 and --int8 make ONNX variants: add onnx to --formats")
+        if self.calib_count < 1:
+            raise GankdError(f"--calib-count must be at least 1, got {self.calib_count}")
+
+
+@dataclass
+class _Build:
+    """What the steps produce, gathered for the manifest."""
+
+    tmp: Path
+    files: dict = field(default_factory=dict)
+    exporter: dict = field(default_factory=dict)
+    runners: dict = field(default_factory=dict)  # artifact kind -> callable(np input) -> np output
+
+    def add_file(self, kind: str, name: str, **extra) -> Path:
+        path = self.tmp / name
+        self.files[kind] = {"path": name, "sha256": sha256_file(path), "bytes": path.stat().st_size, **extra}
+        return path
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, settings: ExportSettings,
+                 log: Callable[[str], None] = print) -> dict:
+    """Export ``model_dir`` into ``out_dir``; returns the manifest. Raises GankdError (one line) on bad input and
+    on a broken parity tolerance unless ``settings.force`` (then the manifest records ``passed: false``)."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    formats_wanted = tuple(dict.fromkeys(settings.formats + (("onnx",) if "trt" in settings.formats else ())))
+    if "trt" in formats_wanted:
+        trt.require("TensorRT export")  # fail fast: nothing is exported when the engine cannot be built
+    _check_out_dir(out_dir, settings.force)
+    model = load_model(model_dir)
+    config = model.gankd_config
+    if config.kind != "generator" or not config.scale:
+        raise GankdError(f"gankd-export exports image-to-image generators; {config.arch!r} in {str(model_dir)!r} is "
+                         f"a {config.kind} without an output scale")
+    multiple = formats.spatial_multiple(model)
+    profile = trt.ShapeProfile.parse(settings.min_shape, settings.opt_shape, settings.max_shape,
+                                     channels=int(config.kwargs.get("num_in_ch", 3)), multiple=multiple)
+    calib = _calibration_batches(settings, profile.opt, config.scale) if settings.int8 else None
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the published folder gets the usual mode
+    try:
+        build = _Build(tmp)
+        simplify = _export_onnx_family(model, build, settings, calib, log) if "onnx" in formats_wanted else None
+        if "pt2" in formats_wanted:
+            log("exporting model.pt2 (torch.export)")
+            formats.export_pt2(model, tmp / FILE_NAMES["pt2"], multiple)
+            build.add_file("pt2", FILE_NAMES["pt2"])
+            build.exporter["pt2"] = f"{formats.PT2_EXPORTER}, torch {torch.__version__}"
+            build.runners["pt2"] = _pt2_runner(tmp / FILE_NAMES["pt2"])
+        if "trt" in formats_wanted:
+            _build_trt(build, settings, profile, log)
+        parity_section = _parity(model, config.scale, build.runners, profile, settings.force, log)
+        manifest = _manifest(model_dir, model, config, multiple, settings, build, simplify, parity_section)
+        write_manifest(tmp, manifest)
+        _publish(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GankdError(f"--out {str(out_dir)!r} is a file, not a folder")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise GankdError(f"{str(out_dir)!r} already exists and is not empty; pass --force to replace it")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Swap the finished folder in; the old one (``--force``) is removed only once the new one is in place."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name}")
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+
+def _export_onnx_family(model, build: _Build, settings: ExportSettings, calib, log) -> dict:
+    onnx_path = build.tmp / FILE_NAMES["onnx"]
+    log(f"exporting model.onnx (opset {settings.opset}, dynamic N/H/W)")
+    example = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    formats.export_onnx(model, onnx_path, settings.opset, example)
+    simplify = formats.simplify_onnx(onnx_path) if settings.simplify else \
+        {"applied": False, "tool": None, "reason": "--no-simplify"}
+    if settings.simplify and not simplify["applied"]:
+        log(f"graph simplification skipped: {simplify['reason']}")
+    formats.check_onnx(onnx_path, onnx_path.name)
+    build.add_file("onnx", FILE_NAMES["onnx"])
+    build.exporter["onnx"] = f"{formats.ONNX_EXPORTER}, torch {torch.__version__}"
+    build.runners["onnx"] = _ort_runner(onnx_path)
+    if settings.fp16 and "onnx" in settings.formats:
+        log("converting model.fp16.onnx")
+        formats.convert_fp16(onnx_path, build.tmp / FILE_NAMES["onnx-fp16"])
+        build.add_file("onnx-fp16", FILE_NAMES["onnx-fp16"], io_dtype="float32")
+        build.runners["onnx-fp16"] = _ort_runner(build.tmp / FILE_NAMES["onnx-fp16"])
+    if settings.int8:
+        log(f"quantizing model.int8.onnx ({len(calib)} calibration crops)")
+        info = formats.quantize_int8(onnx_path, build.tmp / FILE_NAMES["onnx-int8"], calib)
+        info["calibration"] = {"source": settings.calib, "count": len(calib), "shape": list(calib[0].shape),
+                               "seed": settings.seed}
+        build.add_file("onnx-int8", FILE_NAMES["onnx-int8"], quantization=info)
+        build.runners["onnx-int8"] = _ort_runner(build.tmp / FILE_NAMES["onnx-int8"])
+    return simplify
+
+
+def _build_trt(build: _Build, settings: ExportSettings, profile: trt.ShapeProfile, log) -> None:
+    entry = trt.build_engine(build.tmp / FILE_NAMES["onnx"], build.tmp, profile, settings.fp16,
+                             settings.timing_cache, log)
+    name = entry.pop("path")
+    build.add_file("trt", name, **entry)
+    engine = build.tmp / name
+    build.runners["trt-fp16" if settings.fp16 else "trt"] = lambda x: trt.TrtRunner(engine, x.shape)(x).copy()
+
+
+def _ort_runner(path: Path):
+    session = formats.ort_session(path)
+    return lambda x: session.run(None, {"input": x})[0]
+
+
+def _pt2_runner(path: Path):
+    module = formats.load_pt2(path)  # the saved file, not the in-memory program: parity proves the file
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def _parity(model, scale: int, runners: dict, profile: trt.ShapeProfile, force: bool, log) -> dict:
+    inputs = parity.parity_inputs(scale)
+    # an engine only takes shapes inside its profile: the parity sizes that fit, and the profile's opt shape
+    has_engine = any(kind.startswith("trt") for kind in runners)
+    engine_inputs = [x for x in inputs if profile.contains(x.shape)] + [parity.real_lr_batch(profile.opt, scale)] \
+        if has_engine else []
+    outputs: dict[int, np.ndarray] = {}  # the PyTorch model runs once per input, however many artifacts
+
+    def reference(x: torch.Tensor) -> np.ndarray:
+        if id(x) not in outputs:
+            with torch.no_grad():
+                outputs[id(x)] = model(x).numpy()
+        return outputs[id(x)]
+
+    results = []
+    for kind, run in runners.items():
+        xs = engine_inputs if kind.startswith("trt") else inputs
+        results += parity.check_artifact(kind, run, xs, [reference(x) for x in xs])
+    for r in results:
+        log(f"parity {r['artifact']:>10} @ {'x'.join(map(str, r['input_shape']))}: max_abs "
+            f"{_fmt(r['max_abs'])}, PSNR {_fmt(r['psnr_db'])} dB ({'ok' if r['passed'] else 'FAILED'}, "
+            f"{r['tolerance']})")
+    message = parity.failure_message(results)
+    if message and not force:
+        raise GankdError(message)
+    if message:
+        log(f"warning: {message.split('; pass --force')[0]} (kept: --force)")
+    return {"passed": message is None, "forced": bool(message), "reference": "the PyTorch model, fp32, CPU",
+            "tolerances": {k: t.text() for k, t in parity.TOLERANCES.items()},
+            "inputs": "embedded validation photos, centre crops bicubic-downscaled by the scale, batch 2 at "
+                      + ", ".join(f"{h}x{w}" for h, w in parity.PARITY_SIZES)
+                      + ("; TensorRT: the sizes inside its profile and the opt shape" if has_engine else ""),
+            "results": results}
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _calibration_batches(settings: ExportSettings, shape, scale: int) -> list[np.ndarray]:
+    """``calib_count`` random LR-sized crops (1×3×H×W at the opt shape's H, W), seeded.
+
+    From the embedded train photos: an HR crop bicubic-downscaled by the scale, so the crops look like the LR
+    inputs the model sees. From a user folder: LR-sized crops as they are (the folder holds the model's inputs)."""
+    from gankd.distill.data import bicubic_lr, list_images, load_image, sample_images
+
+    _, _, height, width = shape
+    rng = random.Random(settings.seed)
+    if settings.calib == "sample":
+        images, factor = [img for _, img in sample_images("train")], scale
+    else:
+        images, factor = [load_image(p) for p in list_images(settings.calib)], 1
+    batches = []
+    for i in range(settings.calib_count):
+        crop = _random_crop(images[i % len(images)], height * factor, width * factor, rng)
+        lr = bicubic_lr(crop[None], factor) if factor > 1 else crop[None]
+        batches.append(np.ascontiguousarray(lr.numpy(), dtype=np.float32))
+    return batches
+
+
+def _random_crop(image: torch.Tensor, height: int, width: int, rng: random.Random) -> torch.Tensor:
+    if image.shape[-2] < height or image.shape[-1] < width:
+        grow = max(height / image.shape[-2], width / image.shape[-1])
+        size = (math.ceil(image.shape[-2] * grow), math.ceil(image.shape[-1] * grow))
+        image = torch.nn.functional.interpolate(image[None], size=size, mode="bicubic", align_corners=False)[0]
+        image = image.clamp(0, 1)
+    top = rng.randint(0, image.shape[-2] - height)
+    left = rng.randint(0, image.shape[-1] - width)
+    return image[:, top:top + height, left:left + width]
+
+
+# ----------------------------------------------------------------------------------------------- manifest
+
+
+def _manifest(model_dir: Path, model, config, multiple: int, settings: ExportSettings, build: _Build,
+              simplify: dict | None, parity_section: dict) -> dict:
+    from gankd.distill.profile import count_macs, count_params
+
+    inputs, outputs = io_specs(config, multiple)
+    macs = count_macs(model, MACS_AT)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"gankd-export {_version()}",
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"model_dir": str(model_dir.resolve()), "weights_sha256": sha256_file(model_dir / WEIGHTS_FILE)},
+        "config": config.to_json(),
+        "scale": config.scale,
+        "inputs": inputs,
+        "outputs": outputs,
+        "opset": settings.opset if "onnx" in build.files else None,
+        "exporter": {"onnx": build.exporter.get("onnx"), "pt2": build.exporter.get("pt2"), "simplify": simplify},
+        "compute": {"macs_per_input_pixel": macs / (MACS_AT[0] * MACS_AT[2] * MACS_AT[3]),
+                    "params": count_params(model), "counts": "convolution and linear MACs"},
+        "files": build.files,
+        "parity": parity_section,
+        "bench": {"results": []},
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gankd")
+    except PackageNotFoundError:
+        return "unknown"

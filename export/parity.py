@@ -1,0 +1,127 @@
+"""Parity: every exported artifact against the PyTorch model, on real photos at two input sizes.
+
+Inputs (:func:`parity_inputs`): the embedded validation photos (astronaut, motorcycle_right), a centre HR crop of
+each bicubic-downscaled by the model's scale — LR images like the ones the model is made for — at 32×32 and 48×40
+(both multiples of 4, so pixel-unshuffling models take them), as one batch of 2 per size: this also exercises the
+dynamic batch, height and width of every artifact.
+
+Measures, on outputs clamped to the output range [0, 1]:
+
+- ``max_abs``: the largest absolute difference to the PyTorch output.
+- ``psnr_db``: 10·log10(1 / MSE) on the float outputs (not 8-bit: parity must see differences below 1/255),
+  capped at 100 dB.
+
+Tolerances (:data:`TOLERANCES`): fp32 artifacts (ONNX, pt2) max_abs ≤ 1e-4; an fp32 TensorRT engine ≤ 1e-3 (GPU
+kernels sum in another order); fp16 ≥ 40 dB and int8 ≥ 25 dB PSNR to the fp32 output — loose floors that catch a
+broken conversion (a wrong range, an fp16 overflow: typically < 20 dB), not a quality target. Measured here: the
+x4plus teacher's MinMax INT8 reaches 28.9 / 31.0 dB (its trunk activations have wide ranges), a briefly distilled
+C=1/4 RRDB student 48 dB; x4plus fp16 72-74 dB.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gankd.distill.errors import GankdError
+
+PARITY_SIZES: tuple[tuple[int, int], ...] = ((32, 32), (48, 40))
+PSNR_CAP_DB = 100.0
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs: float | None = None
+    min_psnr_db: float | None = None
+
+    def passes(self, max_abs: float, psnr_db: float) -> bool:
+        if not (math.isfinite(max_abs) and not math.isnan(psnr_db)):
+            return False
+        if self.max_abs is not None and max_abs > self.max_abs:
+            return False
+        return self.min_psnr_db is None or psnr_db >= self.min_psnr_db
+
+    def text(self) -> str:
+        return f"max_abs <= {self.max_abs:g}" if self.max_abs is not None else f"PSNR >= {self.min_psnr_db:g} dB"
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "onnx": Tolerance(max_abs=1e-4),
+    "pt2": Tolerance(max_abs=1e-4),
+    "onnx-fp16": Tolerance(min_psnr_db=40.0),
+    "onnx-int8": Tolerance(min_psnr_db=25.0),
+    "trt": Tolerance(max_abs=1e-3),
+    "trt-fp16": Tolerance(min_psnr_db=40.0),
+}
+
+
+def real_lr_batch(shape, scale: int, split: str = "validation") -> torch.Tensor:
+    """N×3×H×W LR images from the embedded photos: a centre crop of (H·scale)×(W·scale) bicubic-downscaled by
+    ``scale``; a photo too small for the crop is resized to it first. Photos repeat when N exceeds them."""
+    from gankd.distill.data import bicubic_lr, sample_images
+
+    n, channels, height, width = shape
+    if channels != 3:
+        raise GankdError(f"real test images have 3 channels; the shape asks for {channels}")
+    photos = [img for _, img in sample_images(split)]
+    crops = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        hr_h, hr_w = height * scale, width * scale
+        if photo.shape[-2] < hr_h or photo.shape[-1] < hr_w:
+            photo = F.interpolate(photo[None], size=(hr_h, hr_w), mode="bicubic", antialias=True,
+                                  align_corners=False)[0].clamp(0, 1)
+        top, left = (photo.shape[-2] - hr_h) // 2, (photo.shape[-1] - hr_w) // 2
+        crops.append(photo[:, top:top + hr_h, left:left + hr_w])
+    hr = torch.stack(crops)
+    return bicubic_lr(hr, scale) if scale > 1 else hr.contiguous()
+
+
+def parity_inputs(scale: int) -> list[torch.Tensor]:
+    return [real_lr_batch((2, 3, h, w), scale) for h, w in PARITY_SIZES]
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """(max_abs, psnr_db) between two outputs clamped to [0, 1]."""
+    if reference.shape != candidate.shape:
+        raise GankdError(f"output shape {list(candidate.shape)} differs from the PyTorch model's "
+                         f"{list(reference.shape)}")
+    if not np.isfinite(candidate).all():
+        return math.inf, -math.inf
+    ref = np.clip(reference.astype(np.float64), 0.0, 1.0)
+    out = np.clip(candidate.astype(np.float64), 0.0, 1.0)
+    diff = ref - out
+    mse = float(np.mean(diff * diff))
+    psnr = PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10.0 * math.log10(1.0 / mse))
+    return float(np.abs(diff).max()), psnr
+
+
+def check_artifact(kind: str, run: Callable[[np.ndarray], np.ndarray], inputs: list[torch.Tensor],
+                   references: list[np.ndarray]) -> list[dict]:
+    """One result per input size for the artifact ``kind`` (a key of :data:`TOLERANCES`)."""
+    tolerance = TOLERANCES[kind]
+    results = []
+    for x, ref in zip(inputs, references):
+        max_abs, psnr_db = compare(ref, run(x.numpy()))
+        finite = math.isfinite(max_abs)  # JSON has no inf: a NaN/inf output is recorded as null
+        results.append({"artifact": kind, "input_shape": list(x.shape), "max_abs": max_abs if finite else None,
+                        "psnr_db": round(psnr_db, 2) if finite else None, "tolerance": tolerance.text(),
+                        "passed": tolerance.passes(max_abs, psnr_db)})
+    return results
+
+
+def failure_message(results: list[dict]) -> str | None:
+    failed = [r for r in results if not r["passed"]]
+    if not failed:
+        return None
+    worst = failed[0]
+    shape = "x".join(map(str, worst["input_shape"]))
+    found = ("NaN or inf in its output" if worst["max_abs"] is None
+             else f"max_abs {worst['max_abs']:.3g}, PSNR {worst['psnr_db']:.2f} dB")
+    return (f"parity failed for {', '.join(dict.fromkeys(r['artifact'] for r in failed))}: {worst['artifact']} at "
+            f"{shape} has {found} (needs {worst['tolerance']}); pass --force to keep the artifacts anyway")
