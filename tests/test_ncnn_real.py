@@ -104,6 +104,7 @@ def test_real_x4plus_through_the_official_pth_path(tmp_path):
 def test_quickstart_script(tmp_path):
     """`make quickstart`'s script, as a user runs it: imports the real x4plus teacher, prints the table, distils
     (shortened here to a few steps on tiny crops) and prints the report's quality table; a second run resumes."""
+    import json
     import os
     import subprocess
     import sys
@@ -114,7 +115,9 @@ def test_quickstart_script(tmp_path):
     env = {**os.environ, "TEACHER": str(tmp_path / "x4plus"), "RUN": str(run_dir),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "QUICKSTART_RUNS": "1",
            "QUICKSTART_OVERRIDES": "steps_per_epoch=1 n2=1 n3=1 train_crops=4 hr_size=32 val_crops_per_image=1 "
-                                   "teacher_d_feat=8"}
+                                   "teacher_d_feat=8",
+           "EXPORTS": str(tmp_path / "exports"), "QUICKSTART_EXPORT_ARGS": "", "QUICKSTART_SHAPE": "1x3x16x16",
+           "QUICKSTART_BENCH_ARGS": "--iterations 2 --warmup-ms 0", "QUICKSTART_THREADS": "1"}
     proc = subprocess.run(["bash", str(root / "demos" / "quickstart.sh")], capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -123,6 +126,10 @@ def test_quickstart_script(tmp_path):
     student = load_model(run_dir / "student").gankd_config
     assert student.kwargs["num_block"] == 2 and student.provenance["init"] == "teacher"
     assert "| student (best) |" in proc.stdout and (run_dir / "strip.png").is_file()
+    report = (run_dir / "report.md").read_text()
+    assert "## Export and benchmark" in report and (run_dir / "bench.png").is_file()
+    manifest = json.loads((tmp_path / "exports" / "student" / "manifest.json").read_text())
+    assert manifest["bench"]["results"], "gankd-bench --write-manifest stored nothing"
     again = subprocess.run(["bash", str(root / "demos" / "quickstart.sh")], capture_output=True, text=True, env=env,
                            timeout=600)
     assert again.returncode == 0 and "resuming it" in again.stdout, again.stderr
