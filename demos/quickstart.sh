@@ -53,3 +53,6 @@ gankd-bench "$EXPORTS/teacher" "$EXPORTS/student" --backends torch,ort --shapes 
 
 echo "== report: $RUN/report.md"
 sed -n '/## Quality/,/^PSNR/p' "$RUN/report.md"
+echo
+echo "== open the demo on these artifacts (teacher vs student, in your browser):"
+echo "   gankd-demo $EXPORTS/teacher $EXPORTS/student --host 127.0.0.1 --port 7860"

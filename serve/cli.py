@@ -1,5 +1,5 @@
-"""``gankd-demo``: ``upscale`` (batch over a folder) now; the Gradio app (``gankd-demo [ARTIFACT_DIR ...]``) comes
-with the rest of the serve issue."""
+"""``gankd-demo``: ``serve`` (the Gradio app; ``gankd-demo [ARTIFACT_DIR ...]`` is short for
+``gankd-demo serve [ARTIFACT_DIR ...]``) and ``upscale`` (batch over a folder)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,31 @@ import click
 
 from .errors import ServeError
 
-NOT_BUILT = ("gankd-demo: the Gradio demo is not built yet; for folders use "
-             "`gankd-demo upscale ARTIFACT_DIR IN_DIR OUT_DIR`")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
-    """gankd demo and serving tools."""
+    """gankd demo and serving tools. `gankd-demo [ARTIFACT_DIR ...] [--host H] [--port P]` runs `serve`."""
+
+
+@cli.command()
+@click.argument("artifact_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--max-pixels", type=click.IntRange(min=1), default=1024 * 1024, show_default=True,
+              help="refuse uploads with more pixels than this")
+@click.option("--tile", type=click.IntRange(min=0), default=256, show_default=True,
+              help="default LR tile size in px (0: whole image)")
+def serve(artifact_dirs, host, port, max_pixels, tile):
+    """The Gradio demo over ARTIFACT_DIRs (teacher first, then students); none: exports/teacher and
+    exports/student from `make quickstart`."""
+    from .app import launch
+    from .session import read_manifest
+
+    for artifact_dir in artifact_dirs:
+        read_manifest(artifact_dir)  # a missing or wrong folder fails here in one line, before gradio loads
+    launch(list(artifact_dirs) or None, host=host, port=port, max_pixels=max_pixels, default_tile=tile)
 
 
 @cli.command()
@@ -95,8 +112,7 @@ def _first_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in cli.commands and argv[0] not in ("-h", "--help")):
-        print(NOT_BUILT, file=sys.stderr)  # `gankd-demo [ARTIFACT_DIR ...]`, the Gradio app, arrives later
-        return 2
+        argv.insert(0, "serve")  # `gankd-demo [ARTIFACT_DIR ...] [--host H] [--port P]`
     try:
         code = cli.main(args=argv, prog_name="gankd-demo", standalone_mode=False)
     except ServeError as exc:

@@ -74,12 +74,14 @@ def test_bad_shape_option():
     assert proc.returncode == 2 and "NxCxHxW" in proc.stderr
 
 
-@pytest.mark.parametrize("script", ["gankd-demo"])
-def test_later_stage_scripts_say_they_are_not_built(script):
-    exe = shutil.which(script, path=str(BIN))
+def test_demo_script_lists_serve_and_upscale_and_checks_folders(tmp_path):
+    exe = shutil.which("gankd-demo", path=str(BIN))
     assert exe
-    proc = subprocess.run([exe], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "not built yet" in proc.stderr
+    help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "serve" in help_text and "upscale" in help_text
+    proc = subprocess.run([exe, str(tmp_path / "missing"), "--port", "7999"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
 
 
 @pytest.mark.parametrize("script, words", [("gankd-export", ("--formats", "--int8", "--opt-shape")),

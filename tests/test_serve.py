@@ -285,7 +285,7 @@ def test_upscale_cli_errors_and_the_demo_stub(artifacts, tmp_path, capsys):
     assert demo_main(["upscale", str(artifacts["srvgg4"][1]), str(tmp_path / "nope"), str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     exe = shutil.which("gankd-demo", path=str(BIN))
-    for args in ([], [str(artifacts["srvgg4"][1])]):
-        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 2 and "the Gradio demo is not built yet" in proc.stderr
+    for args, message in (([str(tmp_path / "nope")], "does not exist"), ([str(tmp_path)], "manifest.json")):
+        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)  # the demo's folder check
+        assert proc.returncode == 2 and message in proc.stderr
         assert proc.stderr.count("\n") == 1

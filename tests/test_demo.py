@@ -1,0 +1,134 @@
+"""The Gradio demo live on 127.0.0.1, driven by gradio_client: one request per model configuration, bad uploads
+with their messages (the server stays up), concurrent requests each getting their own output, and the
+`make quickstart` hint when there are no artifacts."""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gankd.distill import ModelConfig, save_model
+from gankd.export import exporter
+from gankd.serve import Session
+from gankd.serve.app import QUICKSTART_HINT, build_app
+
+gradio_client = pytest.importorskip("gradio_client")
+
+TEACHER = ModelConfig(arch="rrdbnet", kwargs={"scale": 4, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
+                      task="sr", scale=4)
+STUDENT = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
+MAX_PIXELS = 64 * 64
+TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _photo(i: int, size: int = 24) -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[40 + 7 * i:40 + 7 * i + size, 150 + 5 * i:150 + 5 * i + size])
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    dirs = []
+    for name, config in (("teacher", TEACHER), ("student", STUDENT)):
+        torch.manual_seed(0)
+        model = config.build()
+        with torch.no_grad():
+            (model.conv_last if hasattr(model, "conv_last") else model.body[-1]).bias.add_(0.5)
+        model_dir = save_model(root / "models" / name, model, config)
+        exporter.export_model(model_dir, root / name, exporter.ExportSettings(), log=lambda _msg: None)
+        dirs.append(root / name)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def client(artifacts):
+    demo = build_app(artifacts, max_pixels=MAX_PIXELS, default_tile=16)
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False,
+                                   httpx_kwargs={"timeout": TIMEOUT_S})
+    finally:
+        demo.close()
+
+
+def _upscale(client, path, backend="auto", tile=0, teacher="teacher", student="student"):
+    job = client.submit(gradio_client.handle_file(str(path)), teacher, student, backend, tile, api_name="/upscale")
+    return job.result(timeout=TIMEOUT_S)
+
+
+def _save(array: np.ndarray, path: Path) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.mark.parametrize("backend, tile", [("ort", 0), ("torch", 16), ("auto", 16)])
+def test_each_model_configuration(client, tmp_path, backend, tile):
+    photo = _photo(0, 20)
+    out_teacher, out_student, report = _upscale(client, _save(photo, tmp_path / "in.png"), backend, tile)
+    for out in (out_teacher, out_student):
+        assert np.asarray(Image.open(out)).shape == (80, 80, 3)
+    assert report.count(" ms") == 2 and "teacher" in report and "student" in report
+    assert "PSNR to teacher" in report and " dB" in report
+
+
+def _bad_uploads(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all\n")
+    good = _save(_photo(1), tmp_path / "good.png").read_bytes()
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good[:len(good) // 2])
+    big = _save(np.zeros((80, 80, 3), np.uint8), tmp_path / "big.png")
+    tiny = _save(np.zeros((1, 1, 3), np.uint8), tmp_path / "tiny.png")
+    bomb = tmp_path / "bomb.png"  # a few KB on disk, 400 Mpx once decoded: refused from the header
+    Image.new("1", (20000, 20000)).save(bomb)
+    return {"text": (text, "not an image"), "truncated": (truncated, "cannot decode"),
+            "too many pixels": (big, "over the limit"), "1x1": (tiny, "at least 8 px"),
+            "decompression bomb": (bomb, "too large")}
+
+
+def test_bad_uploads_get_a_message_and_the_server_stays_up(client, tmp_path):
+    for kind, (path, message) in _bad_uploads(tmp_path).items():
+        with pytest.raises(Exception) as info:
+            _upscale(client, path)
+        assert message in str(info.value), (kind, str(info.value))
+    out_teacher, _, _ = _upscale(client, _save(_photo(2), tmp_path / "ok.png"))
+    assert np.asarray(Image.open(out_teacher)).shape == (96, 96, 3)
+
+
+def test_concurrent_requests_each_get_their_own_output(client, artifacts, tmp_path):
+    photos = [_photo(i) for i in range(10)]
+    paths = [_save(p, tmp_path / f"in{i}.png") for i, p in enumerate(photos)]
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda path: _upscale(client, path, "ort", 16), paths))
+    teacher, student = (Session(d, backend="ort") for d in artifacts)
+    for photo, (out_teacher, out_student, _) in zip(photos, results):
+        assert np.array_equal(np.asarray(Image.open(out_teacher)), teacher.run(photo, tile=16))
+        assert np.array_equal(np.asarray(Image.open(out_student)), student.run(photo, tile=16))
+
+
+def _markdown_values(demo) -> list[str]:
+    import gradio as gr
+
+    return [str(block.value) for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
+
+
+def test_no_artifacts_shows_the_quickstart_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no exports/ here
+    for demo in (build_app(None), build_app([])):
+        assert any("make quickstart" in value for value in _markdown_values(demo))
+        assert QUICKSTART_HINT in _markdown_values(demo)
