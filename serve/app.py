@@ -88,7 +88,7 @@ def _super_resolution_tab(models: dict[str, Path], max_pixels: int, default_tile
     names = list(models)
     with gr.Row():
         with gr.Column():
-            image = _upload_image(label="Input image (low resolution)")
+            image = _upload_image(label="Input image (low resolution)", elem_id="input-image")
             examples = _example_files()
             if examples:
                 gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Real photos")
@@ -97,11 +97,11 @@ def _super_resolution_tab(models: dict[str, Path], max_pixels: int, default_tile
             student = gr.Dropdown(names, value=names[-1], label="Student model")
             backend = gr.Radio(list(UI_BACKENDS), value="auto", label="Backend")
             tile = gr.Slider(0, 1024, value=default_tile, step=16, label="Tile size, LR px (0: whole image)")
-            run = gr.Button("Run", variant="primary")
+            run = gr.Button("Run", variant="primary", elem_id="run-button")
     with gr.Row():
-        out_teacher = gr.Image(label="Teacher", format="png", type="numpy", interactive=False)
-        out_student = gr.Image(label="Student", format="png", type="numpy", interactive=False)
-    report = gr.Markdown()
+        out_teacher = gr.Image(label="Teacher", format="png", type="numpy", interactive=False, elem_id="out-teacher")
+        out_student = gr.Image(label="Student", format="png", type="numpy", interactive=False, elem_id="out-student")
+    report = gr.Markdown(elem_id="report")
 
     def upscale(path, teacher_name, student_name, backend_name, tile_px):
         picture = _load_upload(path, max_pixels)
