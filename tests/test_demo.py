@@ -111,9 +111,9 @@ def test_bad_uploads_get_a_message_and_the_server_stays_up(client, tmp_path):
 
 
 def test_concurrent_requests_each_get_their_own_output(client, artifacts, tmp_path):
-    photos = [_photo(i) for i in range(10)]
+    photos = [_photo(i) for i in range(50)]  # different crops: a mixed-up response cannot match
     paths = [_save(p, tmp_path / f"in{i}.png") for i, p in enumerate(photos)]
-    with ThreadPoolExecutor(10) as pool:
+    with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(lambda path: _upscale(client, path, "ort", 16), paths))
     teacher, student = (Session(d, backend="ort") for d in artifacts)
     for photo, (out_teacher, out_student, _) in zip(photos, results):
