@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .errors import GankdError
+from .errors import GankdError, RunInterrupted
 
 
 class _ShapeType(click.ParamType):
@@ -184,12 +184,14 @@ def compare_cmd(run_dirs: tuple[Path, ...], out_file: Path | None) -> None:
         out_file.write_text(table + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cli.main(args=argv, prog_name="gankd-distill", standalone_mode=False)
-    except GankdError as exc:
-        from .train import RunInterrupted
+def run_click(command: click.Command, prog_name: str, argv: list[str] | None = None) -> int:
+    """Run a click command as a console script: GankdError -> one line + exit 2, Ctrl-C during a run -> 130.
 
+    Shared by gankd-distill, gankd-export and gankd-bench (gankd.serve has its own: it must not import distill).
+    """
+    try:
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except GankdError as exc:
         click.echo(f"{'stopped' if isinstance(exc, RunInterrupted) else 'error'}: {exc}", err=True)
         return 130 if isinstance(exc, RunInterrupted) else 2
     except click.exceptions.Abort:
@@ -199,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_click(cli, "gankd-distill", argv)
 
 
 if __name__ == "__main__":

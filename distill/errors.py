@@ -9,3 +9,7 @@ class GankdError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class RunInterrupted(GankdError):
+    """Ctrl-C / SIGTERM stopped a run after saving its state; ``--resume`` continues (exit status 130)."""

@@ -22,17 +22,13 @@ from torch import nn
 from . import data
 from .adapters import FeatureMLP
 from .checkpoint import Position, Progress, load_state, save_state
-from .errors import GankdError
+from .errors import GankdError, RunInterrupted
 from .modelio import ModelConfig, load_model, save_model
 from .recipe import Recipe, recipe_from_dict
 from .stages import Batch, Nets, NonFiniteLoss, Stage, needs_teacher_d, plan_stages, step
 from .students import build_student
 
 RESUME_MAY_CHANGE = {"max_minutes", "device", "threads"}
-
-
-class RunInterrupted(GankdError):
-    """Ctrl-C / SIGTERM: the state was saved; ``--resume`` continues."""
 
 
 @dataclass
@@ -309,6 +305,7 @@ class Loop:
         self.started = time.monotonic()
         self.elapsed_before = progress.elapsed_s
         self.tb = self._tensorboard()
+        self.saved_step = progress.position.step if self.state_path.exists() else None  # what last.pt holds
 
     def _tensorboard(self):
         try:
@@ -325,6 +322,7 @@ class Loop:
     def save(self) -> None:
         self.progress.elapsed_s = self.elapsed_s
         save_state(self.state_path, self.modules, self.nets.optimizers, self.progress)
+        self.saved_step = self.progress.position.step
 
     def total_steps(self) -> int:
         return sum(s.epochs for s in self.stages) * self.steps_per_epoch
@@ -366,8 +364,8 @@ class Loop:
             try:
                 logs = step(stage, self.nets, batch, self.recipe, where)
             except NonFiniteLoss as exc:
-                kept = f"state/last.pt (step {self._saved_step()}) and student/ are kept" \
-                    if self.state_path.exists() else "nothing was saved yet"
+                kept = f"state/last.pt (step {self.saved_step}) and student/ are kept" \
+                    if self.saved_step is not None else "nothing was saved yet"
                 raise NonFiniteLoss(f"{exc}; the run stopped: {kept}") from None
             pos.step, pos.batch = pos.step + 1, pos.batch + 1
             if stage.g_target:
@@ -391,9 +389,6 @@ class Loop:
         if stage.g_target and not (self.recipe.val_every and pos.step % self.recipe.val_every == 0):
             self.validate(stage, pos.step)
         return None
-
-    def _saved_step(self) -> int:
-        return torch.load(self.state_path, map_location="cpu", weights_only=True)["progress"]["position"]["step"]
 
     def log_step(self, stage: Stage, step_no: int, logs: dict[str, float]) -> None:
         self.metrics_log.write({"step": step_no, "stage": stage.name, **logs})

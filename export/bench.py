@@ -420,24 +420,7 @@ class OrtCudaRunner:
         self.timings: list[dict] = []
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        host_in = torch.from_numpy(x).pin_memory()
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-        with torch.cuda.stream(self.stream):
-            events[0].record()
-            self.device_in.copy_(host_in, non_blocking=True)
-            events[1].record()
-            start = time.perf_counter()
-            self.session.run_with_iobinding(self.binding)
-            enqueue_ms = (time.perf_counter() - start) * 1e3
-            events[2].record()
-            self.host_out.copy_(self.device_out, non_blocking=True)
-            events[3].record()
-        self.stream.synchronize()
-        self.timings.append({"h2d_ms": events[0].elapsed_time(events[1]),
-                             "compute_ms": events[1].elapsed_time(events[2]),
-                             "d2h_ms": events[2].elapsed_time(events[3]), "enqueue_ms": enqueue_ms})
-        return self.host_out.numpy()
+        return trt.timed_cuda_call(self, x, lambda: self.session.run_with_iobinding(self.binding))
 
 
 # ----------------------------------------------------------------------------------------------- benchmark

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from gankd.distill.cli import run_click
 from gankd.distill.errors import GankdError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -156,27 +157,12 @@ def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, varia
             click.echo(f"updated {path}", err=True)
 
 
-def _main(command: click.Command, prog: str, argv: list[str] | None) -> int:
-    try:
-        command.main(args=argv, prog_name=prog, standalone_mode=False)
-    except GankdError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    return 0
-
-
 def export_main(argv: list[str] | None = None) -> int:
-    return _main(export_cmd, "gankd-export", argv)
+    return run_click(export_cmd, "gankd-export", argv)
 
 
 def bench_main(argv: list[str] | None = None) -> int:
-    return _main(bench_cmd, "gankd-bench", argv)
+    return run_click(bench_cmd, "gankd-bench", argv)
 
 
 if __name__ == "__main__":

@@ -204,22 +204,34 @@ class TrtRunner:
         self.timings: list[dict] = []
 
     def __call__(self, x):
-        torch = self._torch
-        host_in = torch.from_numpy(x).pin_memory()
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-        with torch.cuda.stream(self.stream):
-            events[0].record()
-            self.device_in.copy_(host_in, non_blocking=True)
-            events[1].record()
-            start = time.perf_counter()
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise GankdError("TensorRT execute_async_v3 failed")
-            enqueue_ms = (time.perf_counter() - start) * 1e3
-            events[2].record()
-            self.host_out.copy_(self.device_out, non_blocking=True)
-            events[3].record()
-        self.stream.synchronize()
-        self.timings.append({"h2d_ms": events[0].elapsed_time(events[1]),
-                             "compute_ms": events[1].elapsed_time(events[2]),
-                             "d2h_ms": events[2].elapsed_time(events[3]), "enqueue_ms": enqueue_ms})
-        return self.host_out.numpy()
+        return timed_cuda_call(self, x, self._enqueue)
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise GankdError("TensorRT execute_async_v3 failed")
+
+
+def timed_cuda_call(runner, x, enqueue):
+    """One timed run of a CUDA runner (the TensorRT and ORT-CUDA ones): H2D copy, ``enqueue()``, D2H copy on the
+    runner's stream, with CUDA events around each part; appends h2d/compute/d2h/enqueue ms to ``runner.timings``.
+
+    The runner holds ``_torch``, ``stream``, ``device_in``, ``device_out`` and pinned ``host_out``.
+    """
+    torch = runner._torch
+    host_in = torch.from_numpy(x).pin_memory()
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+    with torch.cuda.stream(runner.stream):
+        events[0].record()
+        runner.device_in.copy_(host_in, non_blocking=True)
+        events[1].record()
+        start = time.perf_counter()
+        enqueue()
+        enqueue_ms = (time.perf_counter() - start) * 1e3
+        events[2].record()
+        runner.host_out.copy_(runner.device_out, non_blocking=True)
+        events[3].record()
+    runner.stream.synchronize()
+    runner.timings.append({"h2d_ms": events[0].elapsed_time(events[1]),
+                           "compute_ms": events[1].elapsed_time(events[2]),
+                           "d2h_ms": events[2].elapsed_time(events[3]), "enqueue_ms": enqueue_ms})
+    return runner.host_out.numpy()

@@ -47,3 +47,12 @@ def input_for(config: ModelConfig, size: int = 16, batch: int = 2) -> torch.Tens
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a loaded 2-core machine two OpenMP threads can wait on each other for hundreds of ms."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -29,13 +29,7 @@ SRVGG_X4 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 
                        scale=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the machine is shared: two OpenMP threads on a loaded 2-core box wait on each other for hundreds of ms
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save(path, config: ModelConfig, seed: int = 0):

@@ -27,12 +27,7 @@ RRDB_X2 = ModelConfig(arch="rrdbnet", kwargs={"scale": 2, "num_feat": 8, "num_bl
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _photo(height: int = 80, width: int = 96, top: int = 60, left: int = 150) -> np.ndarray:
