@@ -1,0 +1,1 @@
+"""GCFSR in pure PyTorch (placeholder: being written)."""

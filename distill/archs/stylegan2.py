@@ -1,0 +1,1 @@
+"""StyleGAN2 in pure PyTorch (placeholder: being written)."""
