@@ -1,12 +1,15 @@
 """The one loader for weight files (after timm ``_helpers.py``).
 
 safetensors is preferred; ``.pth``/``.pt``/``.ckpt`` go through ``torch.load(weights_only=True)``. There is never a
-fallback to full pickle: a file that needs it is refused. Key-prefix cleaning and the choice between the
-containers that training codes wrap state dicts in (``params_ema``, ``params``, ``state_dict`` ...) live here too.
+fallback to full pickle: a file that needs it is refused; the one class allowed beyond tensors and containers is
+``argparse.Namespace`` (rosinality StyleGAN2 checkpoints pickle their training args in one; it holds data only).
+Key-prefix cleaning and the choice between the containers that training codes wrap state dicts in (``params_ema``,
+``params``, ``state_dict`` ...) live here too.
 """
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import re
 from pathlib import Path
@@ -19,6 +22,8 @@ from .errors import GankdError
 # BasicSR/Real-ESRGAN/GCFSR save {"params_ema": ..., "params": ...}; EMA weights are the ones to serve.
 STATE_DICT_CONTAINERS = ("params_ema", "params", "g_ema", "state_dict", "model")
 _PREFIXES = ("module.", "_orig_mod.")
+# The only non-tensor class a weight file may hold: rosinality checkpoints pickle their argparse args.
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 def read_weights(path: str | Path) -> dict:
@@ -31,7 +36,8 @@ def read_weights(path: str | Path) -> dict:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found or "weights only load failed" in str(exc).lower():

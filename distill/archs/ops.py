@@ -38,8 +38,12 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[
     x = F.pad(x, (max(pad0, 0), max(pad1, 0), max(pad0, 0), max(pad1, 0)))
     x = x[:, :, max(-pad0, 0):x.shape[2] - max(-pad1, 0), max(-pad0, 0):x.shape[3] - max(-pad1, 0)]
     kh, kw = kernel.shape
-    weight = torch.flip(kernel, [0, 1]).to(x.dtype).reshape(1, 1, kh, kw).expand(c, 1, kh, kw)
-    x = F.conv2d(x, weight, groups=c)
+    # Channels folded into the batch so the filter has a static shape: with a C-channel depthwise filter built from
+    # x.shape, ONNX export with a dynamic batch fails ("convolution for kernel of unknown shape").
+    height, width = x.shape[2], x.shape[3]
+    weight = torch.flip(kernel, [0, 1]).to(x.dtype).reshape(1, 1, kh, kw)
+    x = F.conv2d(x.reshape(-1, 1, height, width), weight)
+    x = x.reshape(n, c, x.shape[2], x.shape[3])
     return x[:, :, ::down, ::down] if down > 1 else x
 
 
