@@ -86,10 +86,16 @@ def main(recipe: str, overrides: tuple[str, ...], steps: int) -> None:
     scale = teacher.gankd_config.scale
     lr_side = resolved.hr_size // scale
     lr = torch.rand(resolved.batch_size, 3, lr_side, lr_side)
-    nets, _, _ = build_nets(resolved, teacher, lr, log=lambda msg: None)
+    from types import SimpleNamespace
+
+    from .tasks import SRTask
+
+    task = SimpleNamespace(kind="sr", example_inputs=lambda n=1: (lr[:n],),
+                           discriminator_config=lambda *args: SRTask.discriminator_config(None, *args))
+    nets, _, _ = build_nets(resolved, teacher, task, torch.device("cpu"), log=lambda msg: None)
     with torch.no_grad():
         out, feats = teacher.forward_with_features(lr)
-    batch = Batch(lr=lr, hr=torch.rand_like(out).clamp(0, 1), teacher_out=out, teacher_feat=feats[-1])
+    batch = Batch(inputs=(lr,), hr=torch.rand_like(out).clamp(0, 1), teacher_out=out, teacher_feat=feats[-1])
     peak = matmul_gflops()
     click.echo(f"recipe {resolved.name}: batch {resolved.batch_size}, LR {lr_side}², HR {resolved.hr_size}², "
                f"{torch.get_num_threads()} threads; this machine's FP32 matmul: {peak:.0f} GFLOP/s")

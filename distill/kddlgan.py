@@ -66,13 +66,22 @@ class CLIPImageTeacher(nn.Module):
     @classmethod
     def from_files(cls, model_name: str, weights: str | Path | None,
                    device: str | torch.device = "cpu") -> CLIPImageTeacher:
-        """Build ``model_name`` (an open_clip config name) and load a local checkpoint file; never downloads."""
+        """Build ``model_name`` and load a local checkpoint file; never downloads. ``model_name`` is an open_clip
+        config name (``ViT-B-32``) or the path of a model-config JSON in open_clip's format (its file stem becomes
+        the name), for custom or shrunken CLIPs."""
         if not weights:
             raise GankdError(MISSING_WEIGHTS)
         path = Path(weights).expanduser()
         if not path.is_file():
             raise GankdError(f"CLIP weights not found at {path} (clip_weights must be a local open_clip checkpoint)")
         import open_clip
+
+        if str(model_name).endswith(".json"):
+            config_path = Path(model_name).expanduser()
+            if not config_path.is_file():
+                raise GankdError(f"clip_model: model config {config_path} not found")
+            open_clip.add_model_config(config_path)
+            model_name = config_path.stem
 
         try:
             # An absolute path is never mistaken for a pretrained tag, which open_clip would download.

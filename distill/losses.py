@@ -25,6 +25,11 @@ def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(output, target)
 
 
+def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error: the compression loss of Aguinaldo et al. (student vs teacher image for the same z)."""
+    return F.mse_loss(output, target)
+
+
 def perceptual_loss(feats_out: list[torch.Tensor], feats_target: list[torch.Tensor],
                     layer_weights: list[float]) -> torch.Tensor:
     """Real-ESRGAN's perceptual term: weighted L1 between VGG feature maps (features from ``VGGFeatures``)."""

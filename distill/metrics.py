@@ -246,3 +246,44 @@ def _low_rank_trace_sqrt(centred_a: np.ndarray, centred_b: np.ndarray) -> float:
     """
     cross = centred_a @ centred_b.T / np.sqrt((len(centred_a) - 1) * (len(centred_b) - 1))
     return float(np.linalg.svd(cross, compute_uv=False).sum())
+
+
+# ------------------------------------------------------------------------------------ sharpness and sample diversity
+
+LAPLACIAN_3X3 = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+# ITU-R BT.601 luma (0.299, 0.587, 0.114) in the 15-bit fixed point cv2.cvtColor(COLOR_RGB2GRAY) uses on uint8
+# (checked against cv2 4.x on 262k random pixels), so gray levels equal cv2's exactly.
+LUMA_WEIGHTS_Q15 = (9798.0, 19235.0, 3735.0)
+
+
+def laplacian_variance(images: Tensor) -> float:
+    """Variance of the Laplacian (sharpness; lower = blurrier), mean over the batch of N×C×H×W images in [0, 1].
+
+    The blur measure Aguinaldo et al. ("Compressing GANs using Knowledge Distillation", 2019) report, computed as
+    ``cv2.Laplacian(gray, cv2.CV_64F).var()``: images are quantized to 8 bits, converted to grayscale on the
+    **0-255 scale** (BT.601 luma, integer levels exactly as cv2 on uint8; C = 1 is taken as gray), filtered with
+    the 3×3 Laplacian with reflect-101 borders (cv2's default), and the population variance is taken per image.
+    Matches ``cv2`` on the same 8-bit images to round-off.
+    """
+    if images.dim() != 4 or images.shape[1] not in (1, 3) or min(images.shape[-2:]) < 2:
+        shape = tuple(images.shape)
+        raise GankdError(f"laplacian_variance needs N×1×H×W or N×3×H×W images (H, W ≥ 2), got {shape}")
+    x = quantize_8bit(images)
+    if x.shape[1] == 3:
+        weights = torch.tensor(LUMA_WEIGHTS_Q15, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = torch.floor(((x * weights).sum(1, keepdim=True) + 16384) / 32768)
+    kernel = torch.tensor(LAPLACIAN_3X3, dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
+    response = F.conv2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), kernel)
+    return float(response.flatten(1).var(dim=1, unbiased=False).mean())
+
+
+def feature_diversity(features: Tensor | np.ndarray) -> float:
+    """Mean pairwise L2 distance between N feature vectors (e.g. Inception features), over pairs i ≠ j.
+
+    Higher means more varied samples; N identical vectors give exactly 0. The mean over unordered pairs equals the
+    mean over ordered pairs i ≠ j.
+    """
+    feats = torch.as_tensor(np.asarray(features) if not isinstance(features, Tensor) else features)
+    if feats.dim() != 2 or feats.shape[0] < 2:
+        raise GankdError(f"feature_diversity needs an N×D array with N ≥ 2, got shape {tuple(feats.shape)}")
+    return float(torch.pdist(feats.detach().to(torch.float64)).mean())

@@ -43,6 +43,8 @@ class ModelConfig:
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        # kwargs as config.json will hold them (tuples become lists), so a saved and reloaded config compares equal
+        object.__setattr__(self, "kwargs", json.loads(json.dumps(self.kwargs)))
         make_config(self.arch, self.kwargs)  # unknown arch / option / bad value -> GankdError
         if self.task not in TASKS:
             raise GankdError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")

@@ -15,8 +15,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass at ``input_shape`` (N, C, H, W)."""
+def count_macs(model: nn.Module, input_shape: tuple) -> int:
+    """Multiply-accumulates of one forward pass at ``input_shape`` (N, C, H, W), or at several input shapes given
+    as a tuple of shapes (GCFSR: ((N, 3, S, S), (N,)); StyleGAN2: ((N, style_dim),))."""
     total = 0
 
     def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
@@ -34,7 +35,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     handles += [m.register_forward_hook(linear_hook) for m in meta.modules() if isinstance(m, nn.Linear)]
     try:
         with torch.no_grad():
-            meta(torch.empty(input_shape, device="meta"))
+            shapes = input_shape if isinstance(input_shape[0], tuple) else (input_shape,)
+            meta(*(torch.empty(shape, device="meta") for shape in shapes))
     finally:
         for handle in handles:
             handle.remove()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +26,12 @@ from .losses import ADVERSARIAL
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 CHOICES = {
-    "mode": ("sdakd", "scratch"),
-    "family": ("rrdb", "srvgg"),
+    "mode": ("sdakd", "scratch", "train"),
+    "family": ("rrdb", "srvgg", "stylegan2", "gcfsr"),
     "init": ("random", "teacher"),
     "blocks": ("even", "greedy"),
-    "discriminator": ("student", "teacher"),
+    "discriminator": ("student", "teacher", "none"),
+    "sup_loss": ("l1", "mse"),
     "adversarial": ADVERSARIAL,
     "teacher_adversarial": ADVERSARIAL,
     "degradation": ("bicubic", "realesrgan"),
@@ -45,6 +47,9 @@ class Recipe:
     teacher_d: str | None = None  # a trained teacher discriminator folder; None = train it in stage 1
     out_dir: str | None = None  # default runs/<name>
     mode: str = "sdakd"  # sdakd | scratch (the paper's baselines: the small GAN trained on ground truth, no KD)
+    # | train: train a GAN (G and D) from scratch on real images: a teacher (and its D) for later distillation
+    arch: str | None = None  # mode train: the generator's registered arch
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # mode train: its options
     # student generator
     family: str = "rrdb"
     width: float = 0.25  # C: fraction of the teacher's channels (student G and student D)
@@ -55,8 +60,11 @@ class Recipe:
     blocks: str = "even"  # which teacher blocks a depth cut keeps: even | greedy
     # discriminators
     discriminator: str = "student"  # student: D_S of width d_width | teacher: D_T itself in stage 3 (Ablation 3)
+    # | none: no discriminator at all (generator compression in MSE mode)
     d_width: float | None = None  # None: = width; scratch baselines: (C,C) d_width=C, (C,1) d_width=1
-    teacher_d_feat: int = 64  # num_feat of the teacher U-Net discriminator trained in stage 1
+    teacher_d_feat: int = 64  # num_feat of the teacher U-Net discriminator trained in stage 1 (sr)
+    teacher_d_narrow: float = 1.0  # channel fraction of the teacher StyleGAN2 discriminator (generate, face_sr)
+    d_channel_multiplier: int = 2  # StyleGAN2 discriminator channel multiplier
     # schedule: epochs of each stage (the paper: n1 = n2 = n3)
     n1: int = 1
     n2: int = 1
@@ -70,6 +78,9 @@ class Recipe:
     train_crops: int = 256  # size of the fixed train crop pool
     val_crops_per_image: int = 4
     degradation: str = "bicubic"  # bicubic | realesrgan (second-order, fixed per crop)
+    factors: list[int] = field(default_factory=lambda: [32, 32, 32, 32, 16, 16, 8, 8, 4])  # face_sr train scales
+    val_scales: list[int] = field(default_factory=lambda: [16, 32, 64])  # face_sr validation scales
+    val_samples: int = 64  # generate: fixed latents sampled at each validation
     cache_teacher: bool = True  # teacher outputs/features of the pool computed once (the teacher is frozen)
     max_cache_mb: float = 4096.0
     # losses
@@ -78,12 +89,25 @@ class Recipe:
     lambda_mlp: float = 1.0  # λ1
     lambda_adv: float = 0.1  # λ2
     feature_kd: bool = True
-    l1_weight: float = 1.0
+    sup_loss: str = "l1"  # the supervised term against the target: l1 | mse (Aguinaldo et al. compression)
+    l1_weight: float = 1.0  # weight of the supervised term (l1 or mse)
     perceptual_weight: float = 1.0
     perceptual_weights: str | None = None  # local torchvision VGG19 weights; None: the term is skipped (logged)
     perceptual_layers: dict[str, float] = field(default_factory=lambda: {
         "conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0})
     r1_gamma: float = 10.0  # only for adversarial: logistic
+    r1_every: int = 1  # lazy R1 (StyleGAN2: 16): the penalty every N D steps, scaled by N
+    diffaugment: str = ""  # DiffAugment policy on every image D sees, e.g. "color,translation,cutout"; "" = off
+    # KD-DLGAN: CLIP distilled into the discriminator (needs a local open_clip checkpoint)
+    kd_dlgan: bool = False
+    clip_model: str | None = None  # open_clip model name, e.g. ViT-B-32
+    clip_weights: str | None = None  # local checkpoint file of that model
+    clip_labels: str = "face_expressions"  # comma-separated class names, or the preset face_expressions
+    clip_template: str = "A photo of a {label}"
+    lambda_agkd: float = 1.0
+    lambda_cgkd: float = 1.0  # the CGKD match term |C_T - C_S| (discriminator)
+    lambda_div: float = 1.0  # the CGKD diversity term (generator: it is a function of G(z) only)
+    agkd_p: float = 0.7  # probability of the aggregated AGKD terms in a step
     # optimisation (Real-ESRGAN: Adam 1e-4, betas 0.9/0.99, EMA 0.999)
     lr_g: float = 1e-4
     lr_d: float = 1e-4
@@ -114,14 +138,15 @@ class Recipe:
             if getattr(self, key) < 0:
                 raise GankdError(f"{key}: must be >= 0 epochs, got {getattr(self, key)}")
         for key in ("batch_size", "hr_size", "train_crops", "val_crops_per_image", "checkpoint_every", "log_every",
-                    "teacher_d_feat", "report_size"):
+                    "teacher_d_feat", "report_size",
+                    "r1_every", "val_samples", "d_channel_multiplier"):
             if getattr(self, key) < 1:
                 raise GankdError(f"{key}: must be >= 1, got {getattr(self, key)}")
         for key in ("steps_per_epoch", "val_every", "depth", "up_feat", "num_feat", "threads"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise GankdError(f"{key}: must be >= 1 or null, got {value}")
-        for key in ("lambda_mlp", "lambda_adv", "l1_weight", "perceptual_weight", "r1_gamma", "max_cache_mb"):
+        for key in ("lambda_agkd", "lambda_cgkd", "lambda_div", "lambda_mlp", "lambda_adv", "l1_weight", "perceptual_weight", "r1_gamma", "max_cache_mb"):
             if getattr(self, key) < 0:
                 raise GankdError(f"{key}: must be >= 0, got {getattr(self, key)}")
         for key in ("lr_g", "lr_d", "lr_mlp"):
@@ -133,8 +158,24 @@ class Recipe:
             raise GankdError("discriminator: 'teacher' needs mode: sdakd (scratch baselines train their own D)")
         if self.blocks == "greedy" and self.init != "teacher":
             raise GankdError("blocks: greedy chooses teacher blocks to copy: it needs init: teacher")
-        if self.n2 + self.n3 == 0:
+        if self.mode == "train":
+            if not self.arch:
+                raise GankdError("mode: train builds a generator from arch and arch_kwargs: set arch")
+            if self.n1 < 1:
+                raise GankdError("mode: train runs stage 1 (G and D from scratch): n1 must be >= 1")
+        elif self.n2 + self.n3 == 0:
             raise GankdError("n2 + n3 is 0: nothing would train the student")
+        if self.discriminator == "none" and self.n3 > 0 and self.mode != "train":
+            raise GankdError("discriminator: none has no adversarial stage: set n3: 0 (MSE-only compression)")
+        if not 0 <= self.agkd_p <= 1:
+            raise GankdError(f"agkd_p: must be in [0, 1], got {self.agkd_p}")
+        for key in ("factors", "val_scales"):
+            if not getattr(self, key) or min(getattr(self, key)) < 1:
+                raise GankdError(f"{key}: must be a non-empty list of positive integers")
+        if self.diffaugment:
+            from .augment import parse_policy
+
+            parse_policy(self.diffaugment)
 
     @property
     def run_dir(self) -> Path:
@@ -158,6 +199,14 @@ def _coerce(key: str, value):
             return None
         raise GankdError(f"{key}: null is not allowed")
     base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+    if typing.get_origin(base) is dict and typing.get_args(base)[1] is Any:
+        if not isinstance(value, dict):
+            raise GankdError(f"{key}: expected a mapping of option names to values, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+    if typing.get_origin(base) is list:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return list(value)
+        raise GankdError(f"{key}: expected a list of integers, got {value!r}")
     if typing.get_origin(base) is dict:
         if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                    for v in value.values()):

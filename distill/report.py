@@ -16,16 +16,16 @@ from .students import width_label
 def _quality_rows(loop, student: torch.nn.Module) -> tuple[list[dict], torch.Tensor]:
     from . import metrics
 
-    pools, device, batch = loop.pools, loop.device, loop.recipe.batch_size
-    from .train import predict
+    task, device, batch = loop.task, loop.device, loop.recipe.batch_size
+    from .tasks import predict
 
-    lr, hr = pools.val.lr, pools.val.hr
-    teacher_out = pools.val_teacher_out.clamp(0, 1)
-    student_out = predict(student, lr, batch, device).clamp(0, 1)
+    lr, hr = task.val.lr, task.val.hr
+    teacher_out = task.val_teacher_out.clamp(0, 1)
+    student_out = predict(student, (lr,), batch, device).clamp(0, 1)
     scale = loop.nets.teacher.gankd_config.scale
     bicubic = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
-    fid = loop.validator.fid
-    real = loop.validator.real_feats
+    fid = task.fid
+    real = task.real_feats
     shape = (1, lr.shape[1], loop.recipe.report_size, loop.recipe.report_size)
     rows = []
     for name, out, model in (("bicubic", bicubic, None), ("teacher", teacher_out, loop.nets.teacher),
@@ -73,18 +73,22 @@ def _d_histograms(path: Path, loop, student_out: torch.Tensor) -> bool:
 def write_report(run_dir: Path, recipe, loop, log) -> Path:
     from . import plots
 
-    student_dir = run_dir / "student"
+    student_dir = loop.g_dir
     lines = [f"# gankd-distill run `{recipe.name}`", ""]
     if not student_dir.is_dir():
-        lines.append("No student was validated (the run stopped before a generator stage finished).")
+        lines.append("No generator was validated (the run stopped before a generator stage finished).")
         (run_dir / "report.md").write_text("\n".join(lines) + "\n")
         return run_dir / "report.md"
+    if loop.task.kind != "sr":
+        from .report_gan import write_gan_report
+
+        return write_gan_report(run_dir, recipe, loop, load_model(student_dir, device=loop.device), lines, log)
     student = load_model(student_dir, device=loop.device)
     sconf = student.gankd_config
     rows, images = _quality_rows(loop, student)
     _strip(run_dir / "strip.png", images, recipe.val_crops_per_image)
     has_hist = _d_histograms(run_dir / "d_outputs.png", loop, images[:, 3])
-    metric = loop.validator.metric
+    metric = loop.task.metric
     prov = sconf.provenance
     tconf = loop.nets.teacher.gankd_config
     stages = ", ".join(f"{s.name} {s.epochs}x{loop.steps_per_epoch} steps" for s in loop.stages)
@@ -98,7 +102,7 @@ def write_report(run_dir: Path, recipe, loop, log) -> Path:
         f"- stages: {stages}; batch {recipe.batch_size}; HR crops {recipe.hr_size}², degradation {recipe.degradation}",
         f"- best student: step {loop.progress.best_step}, chosen by "
         + ("FID to the validation HR crops (offline Inception)" if metric == "fid" else "PSNR to the teacher"),
-        f"- validation: {len(loop.pools.val)} crops ({recipe.val_crops_per_image} per image) of "
+        f"- validation: {len(loop.task.val)} crops ({recipe.val_crops_per_image} per image) of "
         + ("the embedded sample photos" if recipe.val_images == "sample" else f"`{recipe.val_images}`"),
         f"- wall time: {loop.elapsed_s / 60:.1f} min on {loop.device}", "",
         "## Quality on the validation crops", "",

@@ -11,6 +11,13 @@ discriminator step trains and how. :func:`plan_stages` turns a recipe into the l
 
 ``mode: scratch`` (the paper's (C,C) and (C,1) baselines) trains the same small GAN on ground truth without KD:
 stage 2 supervised on HR, stage 3 adding the adversarial term against a randomly initialised D.
+
+``mode: train`` is stage 1 for families without a published teacher pair: G and D trained from scratch on real
+images (the StyleGAN2 teacher on the 100-shot faces), G in the generator slot and D as the teacher discriminator, so
+the run leaves a teacher and its D for later distillation. DiffAugment (``recipe.diffaugment``) transforms every
+image a discriminator sees, in both steps; KD-DLGAN (``recipe.kd_dlgan``) adds CLIP distillation to the
+discriminator step (AGKD, CGKD match) and the CGKD diversity term to the generator step (the term is a function of
+G(z) alone: in L_D it would be a constant for D, so the generator step is the only place it acts).
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ class NonFiniteLoss(GankdError):
 class Stage:
     name: str
     epochs: int
-    g_target: str | None = None  # "teacher" | "gt"; None: no generator step
-    g_terms: tuple[str, ...] = ()  # from "l1", "perceptual", "mlp", "adv"
+    g_target: str | None = None  # "teacher" | "gt" | "none" (adversarial only); None: no generator step
+    g_terms: tuple[str, ...] = ()  # from "l1" | "mse", "perceptual", "mlp", "adv", "div" (CGKD diversity)
     adv_net: str | None = None  # the discriminator the generator's adversarial term uses
     d_net: str | None = None  # the discriminator this stage trains
     d_mode: str | None = None  # "adv" (real HR vs fake) | "distill" (match D_T's outputs)
@@ -50,14 +57,21 @@ class Stage:
 
 
 def needs_teacher_d(recipe: Recipe) -> bool:
-    if recipe.mode == "scratch":
+    if recipe.mode == "train":
+        return True
+    if recipe.mode == "scratch" or recipe.discriminator == "none":
         return False
     distills_d = recipe.n2 > 0 and recipe.discriminator == "student"
     return distills_d or recipe.discriminator == "teacher" or recipe.init == "teacher"
 
 
-def plan_stages(recipe: Recipe, have_teacher_d: bool) -> list[Stage]:
-    sup = ("l1", "perceptual")
+def plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str = "sr") -> list[Stage]:
+    sup = (recipe.sup_loss, "perceptual")
+    div = ("div",) if recipe.kd_dlgan else ()
+    if recipe.mode == "train":  # generation: adversarial only; restoration: supervised on the GT + adversarial
+        target, terms = ("none", ()) if task_kind == "generate" else ("gt", sup)
+        return [Stage("stage1", recipe.n1, g_target=target, g_terms=terms + ("adv",) + div, adv_net="teacher_d",
+                      d_net="teacher_d", d_mode="adv")]
     if recipe.mode == "scratch":
         return [Stage("stage2", recipe.n2, g_target="gt", g_terms=sup),
                 Stage("stage3", recipe.n3, g_target="gt", g_terms=sup + ("adv",), adv_net="student_d",
@@ -69,24 +83,31 @@ def plan_stages(recipe: Recipe, have_teacher_d: bool) -> list[Stage]:
                              "(set n1 > 0) or loaded (set teacher_d)")
         stages.append(Stage("stage1", recipe.n1, d_net="teacher_d", d_mode="adv", d_fake="teacher"))
     kd = sup + (("mlp",) if recipe.feature_kd else ())
+    if recipe.discriminator == "none":
+        return [s for s in [Stage("stage2", recipe.n2, g_target="teacher", g_terms=kd)] if s.epochs > 0]
     adversary = "student_d" if recipe.discriminator == "student" else "teacher_d"
     stage2_d = {"d_net": "student_d", "d_mode": "distill"} if recipe.discriminator == "student" else {}
     stages.append(Stage("stage2", recipe.n2, g_target="teacher", g_terms=kd, **stage2_d))
-    stages.append(Stage("stage3", recipe.n3, g_target="teacher", g_terms=kd + ("adv",), adv_net=adversary,
+    stages.append(Stage("stage3", recipe.n3, g_target="teacher", g_terms=kd + ("adv",) + div, adv_net=adversary,
                         d_net=adversary, d_mode="adv"))
     return [s for s in stages if s.epochs > 0]
 
 
 @dataclass
 class Nets:
-    """Every module of a run; the teacher is frozen, ``vgg`` is None when the perceptual term is skipped."""
+    """Every module of a run; the teacher is frozen (None when a run trains a GAN from scratch), ``vgg`` is None
+    when the perceptual term is skipped, ``clip`` (frozen) and ``d_head`` (D^f, trained with the discriminator)
+    exist in KD-DLGAN runs."""
 
-    teacher: nn.Module
+    teacher: nn.Module | None
     student: nn.Module
     adapter: nn.Module | None = None
     teacher_d: nn.Module | None = None
     student_d: nn.Module | None = None
     vgg: nn.Module | None = None
+    clip: nn.Module | None = None
+    d_head: nn.Module | None = None
+    text_features: torch.Tensor | None = None
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
 
     def get(self, name: str) -> nn.Module:
@@ -98,10 +119,28 @@ class Nets:
 
 @dataclass
 class Batch:
-    lr: torch.Tensor
+    """One step's data. ``inputs`` are what G takes: (lr,) for sr, (lq, scale) for face_sr, (z,) for generate;
+    ``hr`` are the real images a discriminator sees; ``seed`` drives this step's augmentation and KD-DLGAN gate
+    (replayed on resume); ``step`` clocks lazy regularisation."""
+
+    inputs: tuple[torch.Tensor, ...]
     hr: torch.Tensor
-    teacher_out: torch.Tensor
-    teacher_feat: torch.Tensor
+    teacher_out: torch.Tensor | None
+    teacher_feat: torch.Tensor | None
+    seed: int = 0
+    step: int = 1
+
+    @property
+    def lr(self) -> torch.Tensor:
+        return self.inputs[0]
+
+
+def _augment(images: torch.Tensor, recipe: Recipe, seed: int) -> torch.Tensor:
+    if not recipe.diffaugment:
+        return images
+    from .augment import diff_augment
+
+    return diff_augment(images, recipe.diffaugment, generator=torch.Generator().manual_seed(seed))
 
 
 def _check_finite(terms: dict[str, torch.Tensor], where: str) -> None:
@@ -113,9 +152,13 @@ def _check_finite(terms: dict[str, torch.Tensor], where: str) -> None:
 def generator_loss(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The weighted generator objective of ``stage``; returns (total, unweighted terms, student output)."""
-    out, feats = nets.student.forward_with_features(batch.lr)
+    out, feats = nets.student.forward_with_features(*batch.inputs)
     target = batch.teacher_out if stage.g_target == "teacher" else batch.hr
-    terms, weights = {"l1": losses.l1_loss(out, target)}, {"l1": recipe.l1_weight}
+    terms, weights = {}, {}
+    for name in ("l1", "mse"):
+        if name in stage.g_terms:
+            terms[name] = losses.l1_loss(out, target) if name == "l1" else losses.mse_loss(out, target)
+            weights[name] = recipe.l1_weight
     if "perceptual" in stage.g_terms and nets.vgg is not None and recipe.perceptual_weight > 0:
         with torch.no_grad():
             target_feats = nets.vgg(target)
@@ -128,9 +171,15 @@ def generator_loss(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe
     if "adv" in stage.g_terms:
         adversary = nets.get(stage.adv_net)
         adversary.requires_grad_(False)
-        terms["adv"] = losses.g_adversarial_loss(adversary(out), recipe.adversarial)
+        kind = recipe.teacher_adversarial if stage.name == "stage1" else recipe.adversarial  # stage 1: the teacher's
+        terms["adv"] = losses.g_adversarial_loss(adversary(_augment(out, recipe, batch.seed)), kind)
         adversary.requires_grad_(True)
-        weights["adv"] = recipe.lambda_adv
+        weights["adv"] = 1.0 if stage.g_target == "none" else recipe.lambda_adv
+    if "div" in stage.g_terms:
+        from . import kddlgan
+
+        terms["div"] = kddlgan.cgkd_diversity_loss(kddlgan.correlation(nets.get("clip")(out), nets.text_features))
+        weights["div"] = recipe.lambda_div
     total = sum(weights[name] * value for name, value in terms.items())
     return total, terms, out
 
@@ -144,11 +193,36 @@ def discriminator_loss(stage: Stage, nets: Nets, batch: Batch, fake: torch.Tenso
             target = nets.get("teacher_d")(inputs)
         return {"d_distill": losses.d_distill_loss(d(inputs), target)}
     kind = recipe.teacher_adversarial if stage.name == "stage1" else recipe.adversarial
-    real = batch.hr.detach().requires_grad_(kind == "logistic" and recipe.r1_gamma > 0)
+    lazy_r1 = kind == "logistic" and recipe.r1_gamma > 0 and batch.step % recipe.r1_every == 0
+    real = _augment(batch.hr, recipe, batch.seed + 1).detach().requires_grad_(lazy_r1)
+    fake = _augment(fake, recipe, batch.seed + 2)
+    if nets.clip is not None:
+        return _kddlgan_d_terms(d, nets, real, fake, kind, recipe, batch.seed)
     real_logits = d(real)
     terms = {"d_adv": losses.d_adversarial_loss(real_logits, d(fake), kind)}
     if real.requires_grad:
-        terms["d_r1"] = 0.5 * recipe.r1_gamma * losses.r1_penalty(real_logits, real)
+        terms["d_r1"] = 0.5 * recipe.r1_gamma * recipe.r1_every * losses.r1_penalty(real_logits, real)
+    return terms
+
+
+def _kddlgan_d_terms(d: nn.Module, nets: Nets, real: torch.Tensor, fake: torch.Tensor, kind: str, recipe: Recipe,
+                     seed: int) -> dict[str, torch.Tensor]:
+    """L_D = L_d + λ·L_AGKD + λ·L_CGKD-match, D^f = the projection head on D's last-layer feature."""
+    from . import kddlgan
+
+    real_logits, real_feat = d.forward_with_features(real)
+    fake_logits, fake_feat = d.forward_with_features(fake)
+    terms = {"d_adv": losses.d_adversarial_loss(real_logits, fake_logits, kind)}
+    if real.requires_grad:
+        terms["d_r1"] = 0.5 * recipe.r1_gamma * recipe.r1_every * losses.r1_penalty(real_logits, real)
+    aggregate = kddlgan.agkd_gate(torch.Generator().manual_seed(seed + 3), recipe.agkd_p)
+    with torch.no_grad():  # CLIP is the teacher here: D learns towards it
+        i_real, i_fake = nets.clip(real.detach()), nets.clip(fake)
+    head = nets.get("d_head")
+    d_real, d_fake = head(real_feat), head(fake_feat)
+    terms["d_agkd"] = recipe.lambda_agkd * kddlgan.agkd_loss(i_real, i_fake, d_real, d_fake, aggregate)
+    terms["d_cgkd"] = recipe.lambda_cgkd * kddlgan.cgkd_match_loss(
+        kddlgan.correlation(i_fake, nets.text_features), kddlgan.correlation(d_fake, nets.text_features))
     return terms
 
 

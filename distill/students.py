@@ -23,7 +23,7 @@ from .modelio import ModelConfig
 from .registry import get_arch, make_config
 from .weights import load_state_dict_strict
 
-FAMILIES = ("rrdb", "srvgg")
+FAMILIES = ("rrdb", "srvgg", "stylegan2", "gcfsr")
 INITS = ("random", "teacher")
 BLOCK_CHOICES = ("even", "greedy")
 
@@ -66,7 +66,23 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
     if entry.kind == "discriminator":
         if family != entry.family:
             raise GankdError(f"a {teacher.arch} discriminator has {entry.family} students only, not {family!r}")
-        kw["num_feat"] = num_feat or _scaled(kw["num_feat"], width)
+        if entry.family == "stylegan2_d":
+            from .archs.stylegan2 import stylegan2_discriminator_student_kwargs
+
+            kw = stylegan2_discriminator_student_kwargs(teacher_kw, width)
+        else:
+            kw["num_feat"] = num_feat or _scaled(kw["num_feat"], width)
+        arch = teacher.arch
+    elif family in ("stylegan2", "gcfsr"):
+        # width via the arch's own `narrow` (every channel count x C); depth: StyleGAN2 mapping layers
+        if entry.family != family:
+            raise GankdError(f"family {family!r} needs a {family} teacher, not {teacher.arch!r}")
+        if num_feat is not None:
+            raise GankdError(f"num_feat applies to rrdb/srvgg students; {family} students take width only")
+        from .archs.gcfsr import gcfsr_student_kwargs
+        from .archs.stylegan2 import stylegan2_student_kwargs
+
+        kw = (stylegan2_student_kwargs if family == "stylegan2" else gcfsr_student_kwargs)(teacher_kw, width, depth)
         arch = teacher.arch
     elif family == "rrdb":
         if teacher.arch != "rrdbnet":
@@ -90,7 +106,8 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
                   "teacher_kwargs": teacher.kwargs, "width": width, "depth": depth, "family": family,
                   "init": init, "blocks": kept,
                   "up_feat": (kw.get("num_up_feat") or kw["num_feat"]) if arch == "rrdbnet" else None}
-    actual_width = float(width) if num_feat is None else num_feat / teacher_kw["num_feat"]
+    actual_width = float(width) if num_feat is None or "num_feat" not in teacher_kw else \
+        num_feat / teacher_kw["num_feat"]
     return dataclasses.replace(teacher, arch=arch, kwargs=kw, width=actual_width, provenance=provenance)
 
 

@@ -31,14 +31,6 @@ from .students import build_student
 RESUME_MAY_CHANGE = {"max_minutes", "device", "threads"}
 
 
-@dataclass
-class Pools:
-    train: data.CropPool
-    val: data.CropPool
-    train_teacher: tuple[torch.Tensor, torch.Tensor] | None  # cached (outputs, last features)
-    val_teacher_out: torch.Tensor
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -47,45 +39,57 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _images(source: str, split: str) -> list[torch.Tensor]:
-    if source == "sample":
-        return [image for _, image in data.sample_images(split)]
-    return [data.load_image(path) for path in data.list_images(source)]
-
-
-def build_pools(recipe: Recipe, teacher: nn.Module, scale: int, log) -> Pools:
-    train = data.CropPool.build(_images(recipe.train_images, "train"), count=recipe.train_crops,
-                                hr_size=recipe.hr_size, scale=scale, degradation=recipe.degradation, seed=recipe.seed)
-    val = data.validation_pool(_images(recipe.val_images, "validation"), hr_size=recipe.hr_size, scale=scale,
-                               degradation=recipe.degradation, seed=recipe.seed + 1,
-                               per_image=recipe.val_crops_per_image)
-    cached = None
-    if recipe.cache_teacher:
-        log(f"caching teacher outputs for {len(train)} train crops (the teacher is frozen in every stage)")
-        cached = data.cache_teacher(teacher, train.lr, recipe.batch_size, recipe.max_cache_mb)
-    val_out, _ = data.cache_teacher(teacher, val.lr, recipe.batch_size, recipe.max_cache_mb)
-    return Pools(train, val, cached, val_out)
-
-
-def _feature_channels(model: nn.Module, channels_in: int) -> int:
+def _feature_channels(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     with torch.no_grad():
-        return model.forward_features(torch.zeros(1, channels_in, 8, 8))[-1].shape[1]
+        return model.forward_features(*inputs)[-1].shape[1]
 
 
-def _discriminator_config(recipe: Recipe, num_feat: int) -> ModelConfig:
-    return ModelConfig(arch="unet_discriminator_sn", kwargs={"num_in_ch": 3, "num_feat": num_feat}, task="sr",
-                       scale=None, provenance={"trained_by": f"gankd-distill run {recipe.name}"})
+def generator_config(recipe: Recipe, teacher: nn.Module | None) -> ModelConfig:
+    """The teacher's config, or for ``mode: train`` the config of the generator built from ``arch``."""
+    if teacher is not None:
+        return teacher.gankd_config
+    from .registry import get_arch
+
+    entry = get_arch(recipe.arch)
+    if entry.kind != "generator":
+        raise GankdError(f"arch: {recipe.arch} is a {entry.kind}, not a generator")
+    task = {"stylegan2": "generate", "gcfsr": "face_sr"}.get(entry.family, "sr")
+    kwargs = dict(recipe.arch_kwargs)
+    scale = kwargs.get("scale", kwargs.get("upscale", 4)) if task == "sr" else None
+    return ModelConfig(arch=recipe.arch, kwargs=kwargs, task=task, scale=scale,
+                       input_range=(0.0, 1.0) if task == "sr" else (-1.0, 1.0),
+                       provenance={"trained_by": f"gankd-distill run {recipe.name} (mode train)"})
 
 
-def build_nets(recipe: Recipe, teacher: nn.Module, calib_lr: torch.Tensor, log) -> tuple[Nets, ModelConfig, ModelConfig | None]:
-    tconf = teacher.gankd_config
-    student, sconf = build_student(teacher if recipe.init == "teacher" else tconf, width=recipe.width,
-                                   depth=recipe.depth, family=recipe.family, num_feat=recipe.num_feat,
-                                   init=recipe.init, up_feat=recipe.up_feat, blocks=recipe.blocks, calib_lr=calib_lr)
+def _clip_teacher(recipe: Recipe, device: torch.device, log):
+    """KD-DLGAN's frozen CLIP image encoder and the text features of its labels (computed once)."""
+    from . import kddlgan
+
+    clip = kddlgan.CLIPImageTeacher.from_files(recipe.clip_model, recipe.clip_weights).to(device)
+    labels = kddlgan.FACE_EXPRESSIONS if recipe.clip_labels == "face_expressions" else \
+        tuple(label.strip() for label in recipe.clip_labels.split(",") if label.strip())
+    text = clip.text_features(list(labels), template=recipe.clip_template).to(device)
+    log(f"KD-DLGAN: CLIP {recipe.clip_model} from {recipe.clip_weights}; {len(labels)} texts "
+        f"({recipe.clip_template.format(label=labels[0])!r}, ...)")
+    return clip, text
+
+
+def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.device, log
+               ) -> tuple[Nets, ModelConfig, ModelConfig | None]:
+    gconf = generator_config(recipe, teacher)
+    if recipe.mode == "train":
+        student, sconf = gconf.build(), gconf
+    else:
+        calib = task.example_inputs(8)[0].to(device) if task.kind == "sr" else None
+        student, sconf = build_student(teacher if recipe.init == "teacher" else gconf, width=recipe.width,
+                                       depth=recipe.depth, family=recipe.family, num_feat=recipe.num_feat,
+                                       init=recipe.init, up_feat=recipe.up_feat, blocks=recipe.blocks,
+                                       calib_lr=calib)
     nets = Nets(teacher=teacher, student=student)
-    in_ch = tconf.kwargs.get("num_in_ch", 3)
     if recipe.mode == "sdakd" and recipe.feature_kd:
-        nets.adapter = FeatureMLP(_feature_channels(student, in_ch), _feature_channels(teacher, in_ch))
+        example = task.example_inputs(1)
+        nets.adapter = FeatureMLP(_feature_channels(student, example), _feature_channels(teacher, example))
+    provenance = {"trained_by": f"gankd-distill run {recipe.name}"}
     dt_conf = None
     if needs_teacher_d(recipe):
         if recipe.teacher_d:
@@ -94,18 +98,32 @@ def build_nets(recipe: Recipe, teacher: nn.Module, calib_lr: torch.Tensor, log) 
             if dt_conf.kind != "discriminator":
                 raise GankdError(f"teacher_d: {recipe.teacher_d} holds a {dt_conf.arch}, not a discriminator")
         else:
-            dt_conf = _discriminator_config(recipe, recipe.teacher_d_feat)
+            dt_conf = task.discriminator_config(recipe, 1.0, provenance)
             nets.teacher_d = dt_conf.build()
             nets.teacher_d.gankd_config = dt_conf  # as load_model would: build_student(init="teacher") reads it
-    if recipe.mode == "scratch" or recipe.discriminator == "student":
-        d_feat = max(1, round((dt_conf.kwargs["num_feat"] if dt_conf else recipe.teacher_d_feat)
-                              * recipe.student_d_width))
-        nets.student_d = _discriminator_config(recipe, d_feat).build()
+    if recipe.mode == "scratch" or (recipe.mode == "sdakd" and recipe.discriminator == "student"):
+        if dt_conf is not None:
+            _, ds_conf = build_student(dt_conf, width=recipe.student_d_width)
+            ds_conf = replace(ds_conf, provenance=provenance)
+        else:
+            ds_conf = task.discriminator_config(recipe, recipe.student_d_width, provenance)
+        nets.student_d = ds_conf.build()
+    if recipe.kd_dlgan:
+        from .kddlgan import ProjectionHead
+
+        if task.kind != "generate":
+            raise GankdError("kd_dlgan: KD-DLGAN distils CLIP into the discriminator of a generation run "
+                             "(a StyleGAN2 generator), not a {task.kind} run")
+        nets.clip, nets.text_features = _clip_teacher(recipe, device, log)
+        d = nets.teacher_d if recipe.mode == "train" else nets.student_d
+        with torch.no_grad():
+            feat_dim = d.forward_with_features(task.batch(torch.arange(2), 0, 1).hr.cpu())[1].shape[1]
+        nets.d_head = ProjectionHead(feat_dim, nets.clip.embed_dim)
     if recipe.perceptual_weight > 0 and recipe.perceptual_weights:
         from .perceptual import VGGFeatures
 
         nets.vgg = VGGFeatures.from_file(recipe.perceptual_weights, list(recipe.perceptual_layers))
-    elif recipe.perceptual_weight > 0:
+    elif recipe.perceptual_weight > 0 and task.kind == "sr":
         log("notice: no perceptual_weights (a local VGG19 file) given: the perceptual term is skipped")
     betas = (recipe.beta1, recipe.beta2)
     nets.optimizers["g"] = torch.optim.Adam([
@@ -115,7 +133,10 @@ def build_nets(recipe: Recipe, teacher: nn.Module, calib_lr: torch.Tensor, log) 
     for name in ("teacher_d", "student_d"):
         module = getattr(nets, name)
         if module is not None:
-            nets.optimizers[name] = torch.optim.Adam(module.parameters(), lr=recipe.lr_d, betas=betas)
+            head = nets.d_head if nets.d_head is not None and module is (
+                nets.teacher_d if recipe.mode == "train" else nets.student_d) else None
+            params = list(module.parameters()) + (list(head.parameters()) if head is not None else [])
+            nets.optimizers[name] = torch.optim.Adam(params, lr=recipe.lr_d, betas=betas)
     return nets, sconf, dt_conf
 
 
@@ -141,55 +162,14 @@ class EMA:
             self.model.load_state_dict(model.state_dict())
 
 
+def step_seed(recipe: Recipe, pos: Position) -> int:
+    """The seed of one step's randomness (latents, augmentation, KD-DLGAN gate): a function of where the step is."""
+    return ((recipe.seed * 1_000_003 + pos.stage) * 10_007 + pos.epoch) * 100_003 + pos.batch
+
+
 def epoch_order(recipe: Recipe, stage_index: int, epoch: int, n: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + stage_index * 10_007 + epoch)
     return data.epoch_batches(n, recipe.batch_size, generator)
-
-
-def make_batch(indices: torch.Tensor, pools: Pools, teacher: nn.Module, device: torch.device) -> Batch:
-    lr, hr = pools.train.lr[indices].to(device), pools.train.hr[indices].to(device)
-    if pools.train_teacher is not None:
-        out, feat = (t[indices].to(device) for t in pools.train_teacher)
-    else:
-        with torch.inference_mode():
-            out, feats = teacher.forward_with_features(lr)
-        out, feat = out.clone(), feats[-1].clone()
-    return Batch(lr=lr, hr=hr, teacher_out=out, teacher_feat=feat)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, lr: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    model.eval()
-    outs = [model(lr[i:i + batch_size].to(device)).cpu() for i in range(0, len(lr), batch_size)]
-    return torch.cat(outs)
-
-
-class Validator:
-    """PSNR to the teacher on the validation crops, or FID to the real HR crops when the Inception is installed."""
-
-    def __init__(self, recipe: Recipe, pools: Pools, device: torch.device, log):
-        from . import metrics
-
-        self.metrics, self.pools, self.device, self.batch_size = metrics, pools, device, recipe.batch_size
-        available, why = metrics.FidScorer.available()
-        if recipe.select_by == "fid" and not available:
-            raise GankdError(f"select_by: fid, but {why}")
-        self.metric = "fid" if recipe.select_by == "fid" or (recipe.select_by == "auto" and available) else "psnr"
-        if recipe.select_by == "auto" and not available:
-            log(f"notice: {why}; the best student is chosen by PSNR to the teacher")
-        self.fid = metrics.FidScorer.load(device=str(device)) if self.metric == "fid" else None
-        self.real_feats = self.fid.features(pools.val.hr) if self.fid else None
-
-    def __call__(self, student: nn.Module) -> dict[str, float]:
-        out = predict(student, self.pools.val.lr, self.batch_size, self.device).clamp(0, 1)
-        scores = {"psnr_teacher": self.metrics.mean_psnr(out, self.pools.val_teacher_out.clamp(0, 1)),
-                  "psnr_gt": self.metrics.mean_psnr(out, self.pools.val.hr)}
-        if self.fid:
-            scores["fid"] = self.fid.fid(self.fid.features(out), self.real_feats)
-        return scores
-
-    def better(self, score: float, best: float | None) -> bool:
-        return best is None or (score < best if self.metric == "fid" else score > best)
 
 
 class StopFlag:
@@ -253,26 +233,42 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
     return run_dir
 
 
+def load_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
+    if recipe.mode == "train":
+        return None
+    teacher = load_model(recipe.teacher).to(device).requires_grad_(False)
+    tconf = teacher.gankd_config
+    if tconf.kind != "generator":
+        raise GankdError(f"teacher {recipe.teacher} is a {tconf.arch} (a {tconf.kind}), not a generator")
+    if tconf.task == "sr" and not tconf.scale:
+        raise GankdError(f"teacher {recipe.teacher} is an SR generator without a scale")
+    return teacher
+
+
 def run(recipe: Recipe, resume: bool = False, log=print) -> Path:
     """Run (or continue) ``recipe``; returns the run folder. Raises GankdError subclasses on bad input, NaN, Ctrl-C."""
+    from .tasks import make_task
+
+    if recipe.kd_dlgan and not (recipe.clip_model and recipe.clip_weights):
+        from .kddlgan import MISSING_WEIGHTS
+
+        raise GankdError(MISSING_WEIGHTS)
     run_dir = prepare_run_dir(recipe, resume)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     device = pick_device(recipe.device)
-    teacher = load_model(recipe.teacher).to(device).requires_grad_(False)
-    tconf = teacher.gankd_config
-    if tconf.kind != "generator" or tconf.task != "sr" or not tconf.scale:
-        raise GankdError(f"teacher {recipe.teacher} is a {tconf.arch} ({tconf.task}); SDAKD runs need an SR generator")
-    pools = build_pools(recipe, teacher, tconf.scale, log)
-    nets, sconf, dt_conf = build_nets(recipe, teacher, pools.train.lr[:8].to(device), log)
-    for name in ("student", "adapter", "teacher_d", "student_d", "vgg"):
+    teacher = load_teacher(recipe, device)
+    task = make_task(recipe, teacher, generator_config(recipe, teacher), device, log)
+    nets, sconf, dt_conf = build_nets(recipe, teacher, task, device, log)
+    for name in ("student", "adapter", "teacher_d", "student_d", "vgg", "clip", "d_head"):
         if getattr(nets, name) is not None:
             setattr(nets, name, getattr(nets, name).to(device))
-    stages = plan_stages(recipe, have_teacher_d=bool(recipe.teacher_d))
+    stages = plan_stages(recipe, have_teacher_d=bool(recipe.teacher_d), task_kind=task.kind)
     ema = EMA(nets.student, recipe.ema_decay)
     modules = {"student": nets.student, "student_ema": ema.model if recipe.ema_decay > 0 else None,
-               "adapter": nets.adapter, "teacher_d": nets.teacher_d, "student_d": nets.student_d}
+               "adapter": nets.adapter, "teacher_d": nets.teacher_d, "student_d": nets.student_d,
+               "d_head": nets.d_head}
     state_path = run_dir / "state" / "last.pt"
     progress = load_state(state_path, modules, nets.optimizers) if resume else Progress()
     if resume and progress.position.stage >= len(stages):
@@ -280,9 +276,8 @@ def run(recipe: Recipe, resume: bool = False, log=print) -> Path:
     elif resume:
         log(f"resumed at step {progress.position.step} ({stages[progress.position.stage].name} "
             f"epoch {progress.position.epoch} batch {progress.position.batch})")
-    validator = Validator(recipe, pools, device, log)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress.position.step if resume else None)
-    loop = Loop(recipe, run_dir, stages, nets, ema, modules, pools, validator, metrics_log, progress, device, log,
+    loop = Loop(recipe, run_dir, stages, nets, ema, modules, task, metrics_log, progress, device, log,
                 sconf, dt_conf)
     loop.run()
     from .report import write_report
@@ -294,14 +289,16 @@ def run(recipe: Recipe, resume: bool = False, log=print) -> Path:
 class Loop:
     """The training loop over planned stages, with checkpoints, validation, budget and signal handling."""
 
-    def __init__(self, recipe, run_dir, stages, nets, ema, modules, pools, validator, metrics_log, progress, device,
+    def __init__(self, recipe, run_dir, stages, nets, ema, modules, task, metrics_log, progress, device,
                  log, student_config, teacher_d_config):
         self.recipe, self.run_dir, self.stages, self.nets, self.ema = recipe, run_dir, stages, nets, ema
-        self.modules, self.pools, self.validator, self.metrics_log = modules, pools, validator, metrics_log
+        self.modules, self.task, self.metrics_log = modules, task, metrics_log
+        # mode train makes a teacher (and its D) for later runs; every other mode a student
+        self.g_dir = run_dir / ("teacher" if recipe.mode == "train" else "student")
         self.progress, self.device, self.log = progress, device, log
         self.student_config, self.teacher_d_config = student_config, teacher_d_config
         self.state_path = run_dir / "state" / "last.pt"
-        self.steps_per_epoch = recipe.steps_per_epoch or max(1, len(pools.train) // recipe.batch_size)
+        self.steps_per_epoch = recipe.steps_per_epoch or max(1, len(task) // recipe.batch_size)
         self.started = time.monotonic()
         self.elapsed_before = progress.elapsed_s
         self.tb = self._tensorboard()
@@ -352,12 +349,12 @@ class Loop:
                 self.tb.close()
 
     def run_epoch(self, stage: Stage, pos: Position, stop: StopFlag, bar) -> str | None:
-        order = epoch_order(self.recipe, pos.stage, pos.epoch, len(self.pools.train))
+        order = epoch_order(self.recipe, pos.stage, pos.epoch, len(self.task))
         while pos.batch < self.steps_per_epoch:
             indices = order[pos.batch % len(order)]
-            batch = make_batch(indices, self.pools, self.nets.teacher, self.device)
+            batch = self.task.batch(indices, step_seed(self.recipe, pos), pos.step + 1)
             where = f"{stage.name} step {pos.step + 1}"
-            for name in ("student", "adapter", "teacher_d", "student_d"):
+            for name in ("student", "adapter", "teacher_d", "student_d", "d_head"):
                 module = getattr(self.nets, name)
                 if module is not None:  # frozen ones in eval: no spectral-norm power iterations on them
                     module.train(name in stage.trains)
@@ -413,14 +410,14 @@ class Loop:
         if stage.name == "stage1":
             config = replace(self.teacher_d_config, provenance={
                 **self.teacher_d_config.provenance, "stage1_steps": self.progress.position.step,
-                "teacher": str(self.recipe.teacher)})
+                "teacher": str(self.g_dir if self.recipe.mode == "train" else self.recipe.teacher)})
             save_model(self.run_dir / "teacher_d", self.nets.teacher_d, config)
             self.log(f"stage1 done: teacher discriminator saved to {self.run_dir / 'teacher_d'}")
 
     def validate(self, stage: Stage, step_no: int) -> None:
-        scores = self.validator(self.ema.model)
-        metric = self.validator.metric
-        score = scores["fid"] if metric == "fid" else scores["psnr_teacher"]
+        scores = self.task.validate(self.ema.model)
+        metric = self.task.metric
+        score = self.task.score(scores)
         record = {"step": step_no, "stage": stage.name, "val": scores}
         self.metrics_log.write(record)
         self.progress.history.append(record)
@@ -430,7 +427,7 @@ class Loop:
         if not math.isfinite(score):
             self.log(f"validation at step {step_no}: {metric} is {score}; not kept")
             return
-        if self.validator.better(score, self.progress.best_score):
+        if self.task.better(score, self.progress.best_score):
             self.progress.best_score, self.progress.best_step = score, step_no
             self.save_student(step_no, scores)
         self.log(f"step {step_no} {stage.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
@@ -439,6 +436,6 @@ class Loop:
     def save_student(self, step_no: int, scores: dict[str, float]) -> None:
         config = replace(self.student_config, provenance={
             **self.student_config.provenance, "run": self.recipe.name, "step": step_no,
-            "selected_by": self.validator.metric, "validation": scores,
+            "selected_by": self.task.metric, "validation": scores,
             "ema_decay": self.recipe.ema_decay})
-        save_model(self.run_dir / "student", self.ema.model, config)
+        save_model(self.g_dir, self.ema.model, config)

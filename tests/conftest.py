@@ -19,7 +19,11 @@ TINY_KWARGS = {
         {"num_feat": 8, "num_conv": 1, "upscale": 2, "act_type": "leakyrelu"},
     ],
     "unet_discriminator_sn": [{"num_feat": 8}],
+    "stylegan2_generator": [{"size": 32, "style_dim": 32, "n_mlp": 2, "narrow": 0.0625}],
+    "stylegan2_discriminator": [{"size": 32, "narrow": 0.0625}],
+    "gcfsr": [{"out_size": 32, "num_style_feat": 32, "narrow": 0.0625}],
 }
+TASK_OF = {"stylegan2_generator": "generate", "stylegan2_discriminator": "generate", "gcfsr": "face_sr"}
 
 
 def tiny_configs() -> list[ModelConfig]:
@@ -28,8 +32,10 @@ def tiny_configs() -> list[ModelConfig]:
     out = []
     for arch, variants in TINY_KWARGS.items():
         for kwargs in variants:
-            scale = kwargs.get("scale", kwargs.get("upscale")) if arch != "unet_discriminator_sn" else None
-            out.append(ModelConfig(arch=arch, kwargs=kwargs, task="sr", scale=scale))
+            task = TASK_OF.get(arch, "sr")
+            scale = kwargs.get("scale", kwargs.get("upscale")) if arch in ("rrdbnet", "srvgg_compact") else None
+            out.append(ModelConfig(arch=arch, kwargs=kwargs, task=task, scale=scale,
+                                   input_range=(0.0, 1.0) if task == "sr" else (-1.0, 1.0)))
     return out
 
 
@@ -37,11 +43,22 @@ def config_id(config: ModelConfig) -> str:
     return config.arch + "-" + "-".join(f"{k}{v}" for k, v in config.kwargs.items())
 
 
-def input_for(config: ModelConfig, size: int = 16, batch: int = 2) -> torch.Tensor:
-    """LR input for generators; an HR-sized input (multiple of 8) for the U-Net discriminator."""
+def inputs_for(config: ModelConfig, size: int = 16, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """What the model takes: LR images (sr), (LQ face, scale) (GCFSR), z (StyleGAN2 G), images (discriminators)."""
+    gen = torch.Generator().manual_seed(0)
+    if config.arch == "stylegan2_generator":
+        return (torch.randn(batch, config.kwargs["style_dim"], generator=gen),)
+    if config.arch == "gcfsr":
+        size = config.kwargs["out_size"]
+        return torch.rand(batch, 3, size, size, generator=gen) * 2 - 1, torch.tensor([8.0, 32.0][:batch])
     if config.kind == "discriminator":
-        size = 32
-    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+        size = config.kwargs.get("size", 32)
+    return (torch.rand(batch, 3, size, size, generator=gen),)
+
+
+def input_for(config: ModelConfig, size: int = 16, batch: int = 2) -> torch.Tensor:
+    """The single image input of an SR generator or a discriminator."""
+    return inputs_for(config, size, batch)[0]
 
 
 @pytest.fixture(autouse=True)

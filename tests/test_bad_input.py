@@ -54,7 +54,7 @@ def test_unknown_arch(model_dir):
     data = json.loads((model_dir / "config.json").read_text())
     data["arch"] = "esrgan_plus"
     (model_dir / "config.json").write_text(json.dumps(data))
-    _one_line_error(lambda: load_model(model_dir), r"config.json: unknown arch 'esrgan_plus'; registered: rrdbnet")
+    _one_line_error(lambda: load_model(model_dir), r"config.json: unknown arch 'esrgan_plus'; registered: gcfsr, rrdbnet")
 
 
 def test_unknown_config_key_and_bad_value(model_dir):

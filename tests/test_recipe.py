@@ -14,8 +14,36 @@ from gankd.distill.stages import plan_stages
 def test_shipped_recipes_load_and_plan(path):
     recipe = load_recipe(str(path))
     assert recipe.name == path.stem
-    stages = plan_stages(recipe, have_teacher_d=False)
-    assert [s.name for s in stages] == ["stage1", "stage2", "stage3"]
+    kind = {"stylegan2": "generate", "gcfsr": "face_sr"}.get(recipe.family, "sr")
+    if recipe.mode == "train":
+        kind = "generate" if recipe.arch == "stylegan2_generator" else "face_sr"
+    stages = plan_stages(recipe, have_teacher_d=bool(recipe.teacher_d), task_kind=kind)
+    if recipe.mode == "train":
+        expected = ["stage1"]
+    elif recipe.discriminator == "none":  # MSE-only compression
+        expected = ["stage2"]
+    else:
+        expected = ["stage2", "stage3"] if recipe.teacher_d else ["stage1", "stage2", "stage3"]
+    assert [s.name for s in stages] == expected
+    if recipe.mode == "train":  # generation trains on the adversarial term alone, restoration adds L1 to the GT
+        assert stages[0].g_terms[0] == ("adv" if kind == "generate" else "l1")
+
+
+@pytest.mark.parametrize("tag,width", [("c050", 0.5), ("c025", 0.25), ("c0125", 0.125)])
+def test_gcfsr_paper_recipes_use_the_paper_settings(tag, width):
+    recipe = load_recipe(f"gcfsr_sdakd_{tag}")
+    assert recipe.width == width and recipe.init == "random" and recipe.family == "gcfsr"
+    assert (recipe.lambda_mlp, recipe.lambda_adv) == (1.0, 0.1) and recipe.n1 == recipe.n2 == recipe.n3 == 30
+    assert recipe.adversarial == recipe.teacher_adversarial == "logistic" and recipe.select_by == "fid"
+    assert recipe.val_scales == [16, 32, 64]
+
+
+def test_stylegan2_recipes_use_the_kddlgan_supplement_optimiser():
+    for name in ("stylegan2_lfw100_teacher", "stylegan2_lfw100_kddlgan"):
+        recipe = load_recipe(name)
+        assert (recipe.beta1, recipe.beta2, recipe.lr_g, recipe.lr_d, recipe.batch_size) == (0.0, 0.99, 2e-3, 2e-3, 8)
+        assert recipe.diffaugment == "color,translation,cutout"
+    assert load_recipe("stylegan2_lfw100_kddlgan").kd_dlgan
 
 
 @pytest.mark.parametrize("tag,width", [("c050", 0.5), ("c025", 0.25), ("c0125", 0.125)])

@@ -36,7 +36,7 @@ def _batch(nets: Nets) -> Batch:
     lr = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         out, feats = nets.teacher.forward_with_features(lr)
-    return Batch(lr=lr, hr=torch.rand(2, 3, 32, 32), teacher_out=out, teacher_feat=feats[-1])
+    return Batch(inputs=(lr,), hr=torch.rand(2, 3, 32, 32), teacher_out=out, teacher_feat=feats[-1])
 
 
 def _snapshot(nets: Nets) -> dict[str, list[torch.Tensor]]:

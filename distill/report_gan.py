@@ -1,0 +1,112 @@
+"""``report.md`` of generation (StyleGAN2) and face-SR (GCFSR) runs: teacher vs generator on the validation set,
+with sample grids for the same latents / the same faces at every validation scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .profile import count_macs, count_params
+from .students import width_label
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def _cost(model: nn.Module | None, shape: tuple) -> dict:
+    if model is None:
+        return {"params (M)": None, "GMACs": None}
+    return {"params (M)": count_params(model) / 1e6, "GMACs": count_macs(model, shape) / 1e9}
+
+
+def _generate_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
+    from . import metrics, plots
+
+    task = loop.task
+    shape = ((1, task.style_dim),)
+    rows = [{"model": "real images", **_cost(None, shape), "sharpness": metrics.laplacian_variance(_unit(task.real))}]
+    student_out = task.samples(model)
+    if loop.nets.teacher is not None:
+        rows.append({"model": "teacher", **_cost(loop.nets.teacher, shape),
+                     **task.score_samples(task.val_teacher_out)})
+    name = "generator (trained)" if loop.recipe.mode == "train" else "student (best)"
+    rows.append({"model": name, **_cost(model, shape), **task.score_samples(student_out)})
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    n = min(8, len(student_out))
+    grid = [{"teacher": _unit(task.val_teacher_out[i]) if task.val_teacher_out is not None else None,
+             "generator": _unit(student_out[i])} for i in range(n)]
+    grid = [{k: v for k, v in row.items() if v is not None} for row in grid]
+    plots.save_strip(run_dir / "samples.png", grid, columns=("teacher", "generator"), max_rows=n)
+    return [f"## Samples for the same {task.recipe.val_samples} latents (seed {task.recipe.seed + 1})", "",
+            plots.markdown_table(rows, columns), "",
+            "FID: the offline Inception (clean-fid preprocessing) against all real training images — with 100 real "
+            "images and this few samples it is noisy: compare runs, not papers. Sharpness: variance of the "
+            "Laplacian (Aguinaldo et al.'s blur measure; higher is sharper). Diversity: mean pairwise distance of "
+            "Inception features.", "",
+            "![teacher | generator for the same z](samples.png)", ""]
+
+
+def _face_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
+    from . import metrics, plots
+
+    task = loop.task
+    shape = ((1, 3, task.size, task.size), (1,))
+    outs = task.outputs(model)
+    rows = []
+    lq_scores = task.score_outputs(task.val_lq)
+    rows.append({"model": "LQ input (bicubic)", **_cost(None, shape), **lq_scores})
+    if task.val_teacher_out is not None:
+        rows.append({"model": "teacher", **_cost(loop.nets.teacher, shape),
+                     **task.score_outputs(task.val_teacher_out)})
+    rows.append({"model": "student (best)" if loop.recipe.mode != "train" else "generator",
+                 **_cost(model, shape), **task.score_outputs(outs)})
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    strip = []
+    for s in task.recipe.val_scales:
+        row = {"LQ": _unit(task.val_lq[s][0]), "student": _unit(outs[s][0]), "GT": _unit(task.val_hr[0])}
+        if task.val_teacher_out is not None:
+            row["teacher"] = _unit(task.val_teacher_out[s][0])
+        strip.append(row)
+    captions = [{"LQ": f"x{s}", "student": f"{metrics.mean_psnr(_unit(outs[s][:1]), _unit(task.val_hr[:1])):.2f} dB"}
+                for s in task.recipe.val_scales]
+    plots.save_strip(run_dir / "strip.png", strip, columns=("LQ", "teacher", "student", "GT"),
+                     max_rows=len(strip), captions=captions)
+    return ["## Quality per scale on the validation faces", "",
+            plots.markdown_table(rows, columns), "",
+            "PSNR on RGB in [0, 1]; `_xN` columns are per upscaling factor, the unsuffixed ones their mean. FID "
+            "(offline Inception) compares the outputs with the validation HR faces: with this few faces it is a "
+            "noisy relative figure.", "",
+            "![LQ | teacher | student | GT, one row per scale](strip.png)", ""]
+
+
+def write_gan_report(run_dir: Path, recipe, loop, model: nn.Module, lines: list[str], log) -> Path:
+    from . import plots
+
+    task = loop.task
+    conf = model.gankd_config
+    stages = ", ".join(f"{s.name} {s.epochs}x{loop.steps_per_epoch} steps" for s in loop.stages)
+    teacher = f"`{recipe.teacher}`" if loop.nets.teacher is not None else "none (this run trains G and D from scratch)"
+    lines += [
+        f"- task: {task.kind}; teacher: {teacher}",
+        f"- generator: {conf.arch} {conf.kwargs}" + (f", width C={width_label(recipe.width)}"
+                                                    if recipe.mode != "train" else ""),
+        f"- mode: {recipe.mode}; discriminator: {recipe.discriminator}; supervised loss: {recipe.sup_loss}; "
+        f"adversarial: {recipe.adversarial if recipe.mode != 'train' else recipe.teacher_adversarial} "
+        f"(R1 γ={recipe.r1_gamma} every {recipe.r1_every}); DiffAugment: {recipe.diffaugment or 'off'}; "
+        f"KD-DLGAN: {'on' if recipe.kd_dlgan else 'off'}",
+        f"- stages: {stages}; batch {recipe.batch_size}",
+        f"- kept generator: step {loop.progress.best_step}, chosen by {task.metric}",
+        f"- wall time: {loop.elapsed_s / 60:.1f} min on {loop.device}", "",
+    ]
+    lines += _generate_section(run_dir, loop, model) if task.kind == "generate" else _face_section(run_dir, loop, model)
+    history = [{"step": h["step"], "stage": h["stage"], **h["val"]} for h in loop.progress.history]
+    if history:
+        lines += ["## Validation history", "", plots.markdown_table(history, list(dict.fromkeys(
+            k for h in history for k in h))), ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    log(f"report: {path}")
+    return path
