@@ -273,7 +273,7 @@ class FaceSRTask(Task):
     input_range = (-1.0, 1.0)
 
     def __init__(self, recipe: Recipe, teacher: nn.Module | None, g_config: ModelConfig, device: torch.device, log):
-        from .faces import face_images, gcfsr_lq
+        from .faces import gcfsr_lq
         from .registry import make_config
 
         self.recipe, self.teacher, self.device = recipe, teacher, device

@@ -12,7 +12,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from .checkpoint import Position, Progress, load_state, save_state
 from .errors import GankdError, RunInterrupted
 from .modelio import ModelConfig, load_model, save_model
 from .recipe import Recipe, recipe_from_dict
-from .stages import Batch, Nets, NonFiniteLoss, Stage, needs_teacher_d, plan_stages, step
+from .stages import Nets, NonFiniteLoss, Stage, needs_teacher_d, plan_stages, step
 from .students import build_student
 
 RESUME_MAY_CHANGE = {"max_minutes", "device", "threads"}
