@@ -24,6 +24,13 @@ Method (per input shape and backend, the rows of all artifacts form one group):
 Derived per row: speed-up = reference median / row median; achieved GFLOP/s = 2 × MACs / median, with MACs from
 the manifest (``macs_per_input_pixel`` × N·H·W; for int8/fp16 rows an effective figure); fraction of the CPU's FP32
 peak for fp32 rows on CPU backends (:class:`CpuPeak`).
+
+Tasks: one call measures artifacts of one task (the manifest's ``task``). ``sr`` artifacts run at ``shapes``
+(N×C×H×W). ``generate`` and ``face_sr`` artifacts have fixed-size inputs, so only a batch size varies: ``batches``
+(``--batch``; default 1). generate rows are fed z of seeds 0..N-1 (the manifest's seeding) and psi
+:data:`BENCH_PSI` where psi is an input, and their ``shape`` is [N, style_dim]; face_sr rows get the astronaut's face
+degraded by :data:`BENCH_FACE_SCALE` (the manifest's degradation, made by ``gankd.distill.faces``), shape
+[N, 3, S, S]; MACs are ``compute.macs_per_sample`` × N. Both run on the torch and ort backends (not ort-cuda / trt).
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ PERCENTILES = (90, 95, 99)
 PERCENTILE_DEFINITION = ("nearest rank: the p-th percentile of n sorted latencies is the ceil(p*n/100)-th smallest "
                          "(trtexec's findPercentile in exact arithmetic; trtexec's floats can pick one rank higher)")
 _ONNX_FILES = {"fp32": "onnx", "int8": "onnx-int8", "fp16": "onnx-fp16"}
+DEFAULT_SHAPES = ((1, 3, 64, 64),)
+FIXED_SIZE_TASKS = ("generate", "face_sr")
+BENCH_PSI = 0.7
+BENCH_FACE_SCALE = 16
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -218,6 +229,14 @@ class Artifact:
     name: str
     manifest: dict
 
+    @property
+    def task(self) -> str:
+        return self.manifest.get("task") or self.manifest["config"].get("task", "sr")
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(spec.get("name", "input") for spec in self.manifest["inputs"])
+
 
 @dataclass
 class Row:
@@ -236,7 +255,8 @@ class Row:
 @dataclass(frozen=True)
 class BenchSettings:
     backends: tuple[str, ...] = ("torch", "ort")
-    shapes: tuple[tuple[int, int, int, int], ...] = ((1, 3, 64, 64),)
+    shapes: tuple[tuple[int, int, int, int], ...] = DEFAULT_SHAPES
+    batches: tuple[int, ...] | None = None  # generate / face_sr artifacts: batch sizes (default 1)
     variants: tuple[str, ...] = VARIANTS
     warmup_ms: float = 200.0
     duration_s: float | None = 3.0
@@ -259,6 +279,8 @@ class BenchSettings:
             raise GankdError(f"--duration-s must be positive, got {self.duration_s}")
         if self.warmup_ms < 0:
             raise GankdError(f"--warmup-ms must be non-negative, got {self.warmup_ms}")
+        if self.batches is not None and (not self.batches or any(b < 1 for b in self.batches)):
+            raise GankdError(f"--batch takes positive batch sizes, got {list(self.batches)}")
 
 
 def load_artifacts(paths: Sequence[str | Path]) -> list[Artifact]:
@@ -285,6 +307,9 @@ def plan_rows(artifacts: Sequence[Artifact], settings: BenchSettings) -> list[Ro
 
 def _rows_for(art: Artifact, backend: str, variants: Sequence[str]) -> list[Row]:
     files = art.manifest["files"]
+    if art.task in FIXED_SIZE_TASKS and backend in ("ort-cuda", "trt"):
+        raise GankdError(f"{art.path} is a {art.task} artifact: gankd-bench runs those on the torch and ort "
+                         f"backends only, not {backend}")
     if backend == "torch":
         if "pt2" not in files:
             raise GankdError(f"{art.path} has no model.pt2: the torch backend needs it (gankd-export --formats pt2)")
@@ -354,12 +379,14 @@ class _Runners:
         self.threads = threads
         self._cache: dict = {}
 
-    def make(self, row: Row, shape) -> Callable[[np.ndarray], np.ndarray]:
+    def make(self, row: Row, shape) -> Callable[..., np.ndarray]:
+        """A callable taking the artifact's inputs in manifest order (one array for sr artifacts)."""
         if row.backend == "torch":
             return self._torch(row.file)
         if row.backend == "ort":
             session = self._cached(("ort", row.file), lambda: _ort_session(row.file, self.threads))
-            return lambda x: session.run(None, {"input": x})[0]
+            names = row.artifact.input_names
+            return lambda *xs: session.run(None, dict(zip(names, xs)))[0]
         if row.backend == "ort-cuda":
             runner = OrtCudaRunner(row.file, shape, row.artifact.manifest, self.threads)
             row.timings = runner.timings
@@ -375,9 +402,9 @@ class _Runners:
 
         module = self._cached(("torch", path), lambda: load_pt2(path))
 
-        def run(x: np.ndarray) -> np.ndarray:
+        def run(*xs: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return module(torch.from_numpy(x)).numpy()
+                return module(*(torch.from_numpy(x) for x in xs)).numpy()
 
         return run
 
@@ -430,35 +457,95 @@ def benchmark(artifact_dirs: Sequence[str | Path], settings: BenchSettings,
               log: Callable[[str], None] = print, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Measure every row at every shape (module docstring); returns the JSON-ready result."""
     artifacts = load_artifacts(artifact_dirs)
+    task = _common_task(artifacts, settings)
     rows = plan_rows(artifacts, settings)
-    for shape in settings.shapes:
-        for art in artifacts:
-            check_shape(art, shape, settings.backends)
+    if task == "sr":
+        shapes = settings.shapes
+        for shape in shapes:
+            for art in artifacts:
+                check_shape(art, shape, settings.backends)
+    else:
+        shapes = tuple(_fixed_shape(artifacts[0], n) for n in settings.batches or (1,))
     threads = settings.threads or physical_cores()
     _set_torch_threads(threads, "torch" in settings.backends)
     peak = read_cpu_peak(threads, settings.peak_gflops)
     runners = _Runners(threads)
     results = []
-    from .parity import real_lr_batch
-
-    for shape in settings.shapes:
-        x = np.ascontiguousarray(real_lr_batch(shape, artifacts[0].manifest["scale"]).numpy())
+    for shape in shapes:
+        feeds = _feeds(task, artifacts, shape)
         for backend in settings.backends:
             group = [r for r in rows if r.backend == backend]
             log(f"{'x'.join(map(str, shape))} {backend}: {', '.join(f'{r.artifact.name}/{r.label}' for r in group)}")
-            results += _measure_group(group, shape, x, runners, settings, peak, clock)
+            results += _measure_group(group, shape, feeds, runners, settings, peak, clock)
     return {"created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": _machine(peak, threads),
-            "settings": {"backends": list(settings.backends), "shapes": [list(s) for s in settings.shapes],
+            "settings": {"backends": list(settings.backends), "shapes": [list(s) for s in shapes], "task": task,
                          "variants": list(settings.variants), "warmup_ms": settings.warmup_ms,
                          "duration_s": settings.duration_s, "iterations": settings.iterations, "threads": threads},
             "method": {"percentiles": PERCENTILE_DEFINITION, "interleaved": "A B A B per (shape, backend)",
                        "speedup": "median latency of the first artifact's fp32 row on the same backend / this row's",
-                       "fidelity": "8-bit PSNR of this row's output to that reference row's output on a real photo",
+                       "fidelity": "8-bit PSNR of this row's output to that reference row's output on "
+                                   + _FIDELITY_INPUTS[task],
                        "gflops": "2 x MACs (manifest compute.macs_per_input_pixel x N*H*W) / median latency",
                        "peak": peak.formula() if peak else None},
             "artifacts": [{"name": a.name, "path": str(a.path)} for a in artifacts],
             "rows": results}
+
+
+_FIDELITY_INPUTS = {"sr": "a real photo",
+                    "generate": f"z of seeds 0..N-1 (psi {BENCH_PSI} where psi is an input)",
+                    "face_sr": f"the astronaut's face degraded by x{BENCH_FACE_SCALE}"}
+
+
+def _common_task(artifacts: Sequence[Artifact], settings: BenchSettings) -> str:
+    """The task all artifacts share; the inputs they share (style_dim / size); the shape option that fits it."""
+    tasks = {a.task for a in artifacts}
+    if len(tasks) > 1:
+        found = ", ".join(f"{a.name}: {a.task}" for a in artifacts)
+        raise GankdError(f"gankd-bench measures artifacts of one task at a time, got {found}")
+    task = tasks.pop()
+    if task == "sr":
+        if settings.batches is not None:
+            raise GankdError("--batch is for generate and face_sr artifacts; sr artifacts take --shapes NxCxHxW")
+        return task
+    if task not in FIXED_SIZE_TASKS:
+        raise GankdError(f"{artifacts[0].path} has task {task!r}, which gankd-bench does not know")
+    if settings.shapes != DEFAULT_SHAPES:
+        raise GankdError(f"--shapes is for sr artifacts; {task} artifacts have a fixed input size and take a batch "
+                         "size: --batch N[,N...]")
+    key = "style_dim" if task == "generate" else "size"
+    values = {a.manifest.get(key) for a in artifacts}
+    if len(values) > 1:
+        found = ", ".join(f"{a.name}: {a.manifest.get(key)}" for a in artifacts)
+        raise GankdError(f"the {task} artifacts differ in {key} ({found}): they cannot take the same inputs")
+    return task
+
+
+def _fixed_shape(art: Artifact, batch: int) -> tuple[int, ...]:
+    """The first input's shape at batch ``batch``: [N, style_dim] or [N, 3, S, S]."""
+    return (batch, *art.manifest["inputs"][0]["shape"][1:])
+
+
+def _feeds(task: str, artifacts: Sequence[Artifact], shape) -> Callable[[Artifact], tuple[np.ndarray, ...]]:
+    """Per artifact, its inputs (manifest order) for one shape: the same images / z for every row."""
+    if task == "sr":
+        from .parity import real_lr_batch
+
+        x = np.ascontiguousarray(real_lr_batch(shape, artifacts[0].manifest["scale"]).numpy())
+        return lambda art: (x,)
+    batch = shape[0]
+    if task == "generate":
+        from .tasks import seed_z
+
+        named = {"z": seed_z(range(batch), shape[1]), "psi": np.full(batch, BENCH_PSI, np.float32)}
+    else:
+        from gankd.distill.faces import astronaut_face, gcfsr_lq
+
+        face = astronaut_face(shape[-1])[None] * 2 - 1
+        lq = gcfsr_lq(face, BENCH_FACE_SCALE).expand(batch, -1, -1, -1)
+        named = {"image": np.ascontiguousarray(lq.numpy()),
+                 "scale": np.full(batch, float(BENCH_FACE_SCALE), np.float32)}
+    return lambda art: tuple(named[name] for name in art.input_names)
 
 
 def _set_torch_threads(threads: int, needed: bool) -> None:
@@ -468,14 +555,15 @@ def _set_torch_threads(threads: int, needed: bool) -> None:
         torch.set_num_threads(threads)
 
 
-def _measure_group(group: list[Row], shape, x: np.ndarray, runners: _Runners, settings: BenchSettings,
+def _measure_group(group: list[Row], shape, feeds, runners: _Runners, settings: BenchSettings,
                    peak: CpuPeak | None, clock) -> list[dict]:
     calls, outputs = [], []
     for row in group:
         run = runners.make(row, shape)
-        outputs.append(np.asarray(run(x)).copy())  # the first run: fidelity, and the start of the warm-up
+        xs = feeds(row.artifact)
+        outputs.append(np.asarray(run(*xs)).copy())  # the first run: fidelity, and the start of the warm-up
         row.timings.clear()
-        calls.append(lambda run=run: run(x))
+        calls.append(lambda run=run, xs=xs: run(*xs))
     latencies = measure_interleaved(calls, warmup_ms=settings.warmup_ms, duration_s=settings.duration_s,
                                     iterations=settings.iterations, clock=clock)
     reference = next((i for i, r in enumerate(group) if r.variant == "fp32"), None)
@@ -487,13 +575,15 @@ def _measure_group(group: list[Row], shape, x: np.ndarray, runners: _Runners, se
                   "shape": list(shape), **stats}
         record["speedup"] = (statistics.median(latencies[reference]) / stats["median_ms"]
                              if reference is not None else None)
-        macs = row.artifact.manifest["compute"]["macs_per_input_pixel"] * shape[0] * shape[2] * shape[3]
+        compute = row.artifact.manifest["compute"]
+        macs = (compute["macs_per_input_pixel"] * shape[0] * shape[2] * shape[3]
+                if compute.get("macs_per_input_pixel") is not None else compute["macs_per_sample"] * shape[0])
         record["gflops"] = 2 * macs / (stats["median_ms"] / 1e3) / 1e9
         # an int8/fp16 row's GFLOP/s is effective (FP32-equivalent work per second); a fraction of the FP32 peak
         # is stated for fp32 rows on the CPU only
         fp32_cpu = row.backend in ("torch", "ort") and row.variant == "fp32"
         record["peak_fraction"] = record["gflops"] / peak.gflops if fp32_cpu and peak else None
-        record["psnr_to_first_db"] = (_psnr_8bit(outputs[i], outputs[reference])
+        record["psnr_to_first_db"] = (_psnr_8bit(outputs[i], outputs[reference], _output_range(row.artifact))
                                       if reference is not None and i != reference else None)
         record["validation_psnr_teacher"] = (row.artifact.manifest["config"].get("provenance", {})
                                              .get("validation", {}).get("psnr_teacher"))
@@ -505,14 +595,21 @@ def _measure_group(group: list[Row], shape, x: np.ndarray, runners: _Runners, se
     return out
 
 
-def _psnr_8bit(a: np.ndarray, b: np.ndarray) -> float | None:
+def _output_range(art: Artifact) -> tuple[float, float]:
+    lo, hi = art.manifest["outputs"][0].get("range") or (0.0, 1.0)
+    return float(lo), float(hi)
+
+
+def _psnr_8bit(a: np.ndarray, b: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -> float | None:
     if a.shape != b.shape:
         return None  # a different scale: no pixel-to-pixel fidelity
     import torch
 
     from gankd.distill.metrics import mean_psnr
 
-    return mean_psnr(torch.from_numpy(a).clamp(0, 1), torch.from_numpy(b).clamp(0, 1))
+    lo, hi = value_range
+    a, b = ((torch.from_numpy(v) - lo) / (hi - lo) for v in (a, b))
+    return mean_psnr(a.clamp(0, 1), b.clamp(0, 1))
 
 
 def _machine(peak: CpuPeak | None, threads: int) -> dict:

@@ -39,6 +39,21 @@ class _ShapeList(click.ParamType):
         return shapes
 
 
+class _BatchList(click.ParamType):
+    name = "N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            batches = tuple(int(part) for part in _split(value))
+        except ValueError:
+            self.fail(f"batch sizes are positive integers separated by commas, e.g. 1,4; got {value!r}", param, ctx)
+        if not batches or any(b < 1 for b in batches):
+            self.fail(f"batch sizes are positive integers separated by commas, e.g. 1,4; got {value!r}", param, ctx)
+        return batches
+
+
 class _Shape(click.ParamType):
     """Checked here for form only; the export checks it against the model (channels, multiples)."""
 
@@ -78,23 +93,33 @@ class _Shape(click.ParamType):
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TensorRT timing cache file [default: ~/.cache/gankd/trt/<gpu>.<version>.timing-cache].")
 @click.option("--no-simplify", is_flag=True, help="Keep the exported ONNX graph as is (no onnxslim).")
+@click.option("--psi", is_flag=True,
+              help="generate models: add a second input 'psi' [N] (truncation, 1 = none; the average latent of "
+                   "4096 seeded z is baked in and recorded in the manifest).")
 @click.option("--force", is_flag=True,
               help="Replace a non-empty --out, and keep the artifacts when a parity tolerance is broken "
                    "(recorded as failed in the manifest).")
 def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, int8: bool, opset: int, calib: str,
                calib_count: int, min_shape: str | None, opt_shape: str, max_shape: str | None,
-               timing_cache: Path | None, no_simplify: bool, force: bool) -> None:
+               timing_cache: Path | None, no_simplify: bool, psi: bool, force: bool) -> None:
     """Export MODEL_DIR (a teacher or student model folder) to deployable files with parity checks against the
     PyTorch model on real photos, and a manifest.json describing them.
 
-    Tolerances: fp32 ONNX and pt2 max abs error <= 1e-4 on [0, 1] outputs; fp16 >= 40 dB and INT8 >= 25 dB PSNR to
-    the fp32 output. A broken tolerance exits with status 2 and writes nothing, unless --force. With trt in
+    By task (config.json): sr models take input [N,3,H,W] (dynamic N, H, W). generate models (StyleGAN2) take
+    z [N,style_dim] (+ psi [N] with --psi) and give image [N,3,S,S] in [-1,1]; parity on seeded z batches.
+    face_sr models (GCFSR) take image [N,3,S,S] (the low-quality face) and scale [N] (4-64) and give restored
+    [N,3,S,S]; parity per scale 4/8/16/32/64 on a real face. For generate and face_sr only the batch is dynamic,
+    INT8 calibrates from seeded z / embedded faces, and trt is not available.
+
+    Tolerances: fp32 ONNX and pt2 max abs error <= 1e-4 on outputs mapped to [0, 1]; fp16 >= 40 dB and INT8 >= 25 dB
+    PSNR to the fp32 output. A broken tolerance exits with status 2 and writes nothing, unless --force. With trt in
     --formats, a missing tensorrt package or GPU fails before anything is exported."""
     from .exporter import ExportSettings, export_model
 
     settings = ExportSettings(formats=_split(formats_text), fp16=fp16, int8=int8, opset=opset, calib=calib,
                               calib_count=calib_count, min_shape=min_shape, opt_shape=opt_shape,
-                              max_shape=max_shape, simplify=not no_simplify, force=force, timing_cache=timing_cache)
+                              max_shape=max_shape, simplify=not no_simplify, force=force, timing_cache=timing_cache,
+                              psi=psi)
     manifest = export_model(model_dir, out_dir, settings, log=lambda msg: click.echo(msg, err=True))
     files = ", ".join(entry["path"] for entry in manifest["files"].values())
     status = "parity ok" if manifest["parity"]["passed"] else "PARITY FAILED (kept: --force)"
@@ -106,7 +131,11 @@ def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, in
 @click.option("--backends", "backends_text", default="torch,ort", show_default=True,
               help="Comma-separated: torch (model.pt2), ort (model.onnx on CPU, plus int8/fp16 rows), ort-cuda, trt.")
 @click.option("--shapes", type=_ShapeList(), default="1x3x64x64", show_default=True,
-              help="Comma-separated input shapes NxCxHxW.")
+              help="sr artifacts: comma-separated input shapes NxCxHxW.")
+@click.option("--batch", "batches", type=_BatchList(), default=None,
+              help="generate and face_sr artifacts (fixed input size): comma-separated batch sizes [default: 1]. "
+                   "generate rows run z of seeds 0..N-1 (shape N x style_dim), face_sr rows the astronaut's face "
+                   "degraded x16 at the artifact's size (N x 3 x S x S).")
 @click.option("--variants", "variants_text", default="fp32,int8,fp16", show_default=True,
               help="Which ONNX files the ort backends run, where the artifact has them.")
 @click.option("--warmup-ms", type=click.FloatRange(0, None), default=200.0, show_default=True,
@@ -124,12 +153,14 @@ def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, in
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG of latency versus PSNR to the first artifact.")
 @click.option("--write-manifest", is_flag=True, help="Store the results in each artifact's manifest.json.")
-def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, variants_text: str, warmup_ms: float,
+def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, batches, variants_text: str,
+              warmup_ms: float,
               duration_s: float | None, iterations: int | None, threads: int | None, peak_gflops: float | None,
               json_path: Path | None, plot_path: Path | None, write_manifest: bool) -> None:
     """Measure ARTIFACT_DIRs the way trtexec does: latency min/mean/median/p90/p95/p99 and throughput per
     (artifact, backend, shape), artifacts interleaved (A B A B ...) so ratios hold on a noisy machine. The first
-    artifact is the reference (the teacher): speed-up and PSNR are against it.
+    artifact is the reference (the teacher): speed-up and PSNR are against it. All artifacts of one call share a
+    task: sr artifacts run at --shapes, generate and face_sr artifacts at --batch sizes.
 
     Achieved GFLOP/s = 2 x MACs / median latency; % FP32 peak divides by cores x clock x 2 FMA units x fp32 lanes
     (16 with AVX-512, 8 with AVX2) x 2, read from /proc/cpuinfo (see the note under the table)."""
@@ -139,7 +170,8 @@ def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, varia
         raise GankdError("give --duration-s or --iterations, not both")
     if duration_s is None and iterations is None:
         duration_s = 3.0
-    settings = bench.BenchSettings(backends=_split(backends_text), shapes=shapes, variants=_split(variants_text),
+    settings = bench.BenchSettings(backends=_split(backends_text), shapes=shapes, batches=batches,
+                                   variants=_split(variants_text),
                                    warmup_ms=warmup_ms, duration_s=duration_s, iterations=iterations,
                                    threads=threads, peak_gflops=peak_gflops)
     result = bench.benchmark(list(artifact_dirs), settings, log=lambda msg: click.echo(msg, err=True))

@@ -6,6 +6,11 @@ The artifact is assembled in a temporary folder beside ``out`` and moved into pl
 Order: check everything that can fail cheaply first (formats, shapes, TensorRT availability, the output folder),
 then ONNX (simplified with onnxslim unless asked not to; onnx.checker; no custom ops) → fp16 → INT8 → pt2 →
 TensorRT → parity of every file → manifest.
+
+Tasks (the model folder's ``config.json`` ``task``): ``sr`` models take N×3×H×W with dynamic N, H and W; ``generate``
+(z → face, optional ``--psi`` truncation input) and ``face_sr`` (LQ face + scale → face) go through a
+:class:`gankd.export.tasks.Graph` with a dynamic batch; see that module for their inputs and parity cases.
+TensorRT is built for ``sr`` models only.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ import numpy as np
 import torch
 
 from gankd.distill.errors import GankdError
-from gankd.distill.modelio import WEIGHTS_FILE, load_model, sha256_file
+from gankd.distill.modelio import WEIGHTS_FILE, load_config, load_model, sha256_file
 
-from . import formats, parity, trt
-from .manifest import FORMAT, FORMAT_VERSION, io_specs, write_manifest
+from . import formats, parity, tasks, trt
+from .manifest import FORMAT, FORMAT_VERSION, INPUT_NAME, io_specs, write_manifest
 
 FORMATS = ("onnx", "pt2", "trt")
 FILE_NAMES = {"onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "onnx-int8": "model.int8.onnx",
@@ -50,6 +55,7 @@ class ExportSettings:
     force: bool = False
     timing_cache: Path | None = None
     seed: int = 0
+    psi: bool = False  # generate models: truncation psi as a second input (tasks.PsiGenerator)
 
     def __post_init__(self):
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -85,34 +91,79 @@ def export_model(model_dir: str | Path, out_dir: str | Path, settings: ExportSet
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     formats_wanted = tuple(dict.fromkeys(settings.formats + (("onnx",) if "trt" in settings.formats else ())))
     if "trt" in formats_wanted:
+        task = load_config(model_dir).task
+        if task in tasks.TASKS:
+            raise GankdError(f"--formats trt builds engines for sr models only; export {task} models as onnx,pt2")
         trt.require("TensorRT export")  # fail fast: nothing is exported when the engine cannot be built
     _check_out_dir(out_dir, settings.force)
     model = load_model(model_dir)
     config = model.gankd_config
+    graph = _task_graph(model, config, model_dir, settings, log)
+    if graph is not None:
+        return _export_files(model_dir, out_dir, model, config, settings, formats_wanted, log, graph=graph)
     if config.kind != "generator" or not config.scale:
-        raise GankdError(f"gankd-export exports image-to-image generators; {config.arch!r} in {str(model_dir)!r} is "
-                         f"a {config.kind} without an output scale")
-    multiple = formats.spatial_multiple(model)
-    profile = trt.ShapeProfile.parse(settings.min_shape, settings.opt_shape, settings.max_shape,
-                                     channels=int(config.kwargs.get("num_in_ch", 3)), multiple=multiple)
-    calib = _calibration_batches(settings, profile.opt, config.scale) if settings.int8 else None
+        raise GankdError(f"gankd-export exports image-to-image generators (and generate / face_sr models); "
+                         f"{config.arch!r} in {str(model_dir)!r} is a {config.kind} without an output scale")
+    if settings.psi:
+        raise GankdError(f"--psi adds truncation to generate models; {config.arch!r} is a {config.task} model")
+    return _export_files(model_dir, out_dir, model, config, settings, formats_wanted, log)
+
+
+def _task_graph(model, config, model_dir: Path, settings: ExportSettings, log):
+    """The Graph of a generate / face_sr generator (None for sr), after the checks that need no export."""
+    if config.kind != "generator" or config.task not in tasks.TASKS:
+        return None
+    needs = {"generate": ("style_dim", "config.size"), "face_sr": ("config.out_size",)}[config.task]
+    missing = [name for name in needs if _attr(model, name) is None]
+    if missing:
+        raise GankdError(f"{str(model_dir)!r} has task {config.task!r} but its arch {config.arch!r} has no "
+                         f"{missing[0]}: not a {'StyleGAN2 generator' if config.task == 'generate' else 'GCFSR'}")
+    if settings.calib != "sample":
+        raise GankdError(f"--calib takes an image folder for sr models; {config.task} models calibrate INT8 from "
+                         + ("seeded random z" if config.task == "generate" else "the embedded face"))
+    return tasks.build_graph(model, config, settings.psi, settings.seed, log)
+
+
+def _attr(obj, dotted: str):
+    for name in dotted.split("."):
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def _export_files(model_dir: Path, out_dir: Path, model, config, settings: ExportSettings, formats_wanted,
+                  log, graph: tasks.Graph | None = None) -> dict:
+    if graph is None:
+        multiple = formats.spatial_multiple(model)
+        profile = trt.ShapeProfile.parse(settings.min_shape, settings.opt_shape, settings.max_shape,
+                                         channels=int(config.kwargs.get("num_in_ch", 3)), multiple=multiple)
+        calib = _calibration_batches(settings, profile.opt, config.scale) if settings.int8 else None
+    else:
+        multiple, profile = 1, None
+        calib = graph.calibration(settings.calib_count, settings.seed) if settings.int8 else None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the published folder gets the usual mode
     try:
         build = _Build(tmp)
-        simplify = _export_onnx_family(model, build, settings, calib, log) if "onnx" in formats_wanted else None
+        simplify = _export_onnx_family(model, build, settings, calib, log, graph) \
+            if "onnx" in formats_wanted else None
         if "pt2" in formats_wanted:
             log("exporting model.pt2 (torch.export)")
-            formats.export_pt2(model, tmp / FILE_NAMES["pt2"], multiple)
+            if graph is None:
+                formats.export_pt2(model, tmp / FILE_NAMES["pt2"], multiple)
+            else:
+                formats.export_pt2_graph(graph, tmp / FILE_NAMES["pt2"])
             build.add_file("pt2", FILE_NAMES["pt2"])
             build.exporter["pt2"] = f"{formats.PT2_EXPORTER}, torch {torch.__version__}"
             build.runners["pt2"] = _pt2_runner(tmp / FILE_NAMES["pt2"])
         if "trt" in formats_wanted:
             _build_trt(build, settings, profile, log)
-        parity_section = _parity(model, config.scale, build.runners, profile, settings.force, log)
-        manifest = _manifest(model_dir, model, config, multiple, settings, build, simplify, parity_section)
+        if graph is None:
+            parity_section = _parity(model, config.scale, build.runners, profile, settings.force, log)
+        else:
+            parity_section = _graph_parity(graph, build.runners, settings.force, log)
+        manifest = _manifest(model_dir, model, config, multiple, settings, build, simplify, parity_section, graph)
         write_manifest(tmp, manifest)
         _publish(tmp, out_dir)
     finally:
@@ -148,11 +199,18 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------- steps
 
 
-def _export_onnx_family(model, build: _Build, settings: ExportSettings, calib, log) -> dict:
+def _export_onnx_family(model, build: _Build, settings: ExportSettings, calib, log,
+                        graph: tasks.Graph | None = None) -> dict:
     onnx_path = build.tmp / FILE_NAMES["onnx"]
-    log(f"exporting model.onnx (opset {settings.opset}, dynamic N/H/W)")
-    example = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    formats.export_onnx(model, onnx_path, settings.opset, example)
+    if graph is None:
+        log(f"exporting model.onnx (opset {settings.opset}, dynamic N/H/W)")
+        example = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        formats.export_onnx(model, onnx_path, settings.opset, example)
+        names = (INPUT_NAME,)
+    else:
+        log(f"exporting model.onnx (opset {settings.opset}, inputs {', '.join(graph.input_names)}, dynamic N)")
+        formats.export_onnx_graph(graph, onnx_path, settings.opset)
+        names = graph.input_names
     simplify = formats.simplify_onnx(onnx_path) if settings.simplify else \
         {"applied": False, "tool": None, "reason": "--no-simplify"}
     if settings.simplify and not simplify["applied"]:
@@ -160,19 +218,23 @@ def _export_onnx_family(model, build: _Build, settings: ExportSettings, calib, l
     formats.check_onnx(onnx_path, onnx_path.name)
     build.add_file("onnx", FILE_NAMES["onnx"])
     build.exporter["onnx"] = f"{formats.ONNX_EXPORTER}, torch {torch.__version__}"
-    build.runners["onnx"] = _ort_runner(onnx_path)
+    build.runners["onnx"] = _ort_runner(onnx_path, names)
     if settings.fp16 and "onnx" in settings.formats:
         log("converting model.fp16.onnx")
         formats.convert_fp16(onnx_path, build.tmp / FILE_NAMES["onnx-fp16"])
         build.add_file("onnx-fp16", FILE_NAMES["onnx-fp16"], io_dtype="float32")
-        build.runners["onnx-fp16"] = _ort_runner(build.tmp / FILE_NAMES["onnx-fp16"])
+        build.runners["onnx-fp16"] = _ort_runner(build.tmp / FILE_NAMES["onnx-fp16"], names)
     if settings.int8:
-        log(f"quantizing model.int8.onnx ({len(calib)} calibration crops)")
+        log(f"quantizing model.int8.onnx ({len(calib)} calibration {'crops' if graph is None else 'feeds'})")
         info = formats.quantize_int8(onnx_path, build.tmp / FILE_NAMES["onnx-int8"], calib)
-        info["calibration"] = {"source": settings.calib, "count": len(calib), "shape": list(calib[0].shape),
-                               "seed": settings.seed}
+        if graph is None:
+            info["calibration"] = {"source": settings.calib, "count": len(calib), "shape": list(calib[0].shape),
+                                   "seed": settings.seed}
+        else:
+            info["calibration"] = {"source": tasks.CALIBRATION_SOURCES[graph.task], "count": len(calib),
+                                   "shape": list(calib[0][names[0]].shape), "seed": settings.seed}
         build.add_file("onnx-int8", FILE_NAMES["onnx-int8"], quantization=info)
-        build.runners["onnx-int8"] = _ort_runner(build.tmp / FILE_NAMES["onnx-int8"])
+        build.runners["onnx-int8"] = _ort_runner(build.tmp / FILE_NAMES["onnx-int8"], names)
     return simplify
 
 
@@ -185,17 +247,17 @@ def _build_trt(build: _Build, settings: ExportSettings, profile: trt.ShapeProfil
     build.runners["trt-fp16" if settings.fp16 else "trt"] = lambda x: trt.TrtRunner(engine, x.shape)(x).copy()
 
 
-def _ort_runner(path: Path):
+def _ort_runner(path: Path, names: tuple[str, ...] = (INPUT_NAME,)):
     session = formats.ort_session(path)
-    return lambda x: session.run(None, {"input": x})[0]
+    return lambda *xs: session.run(None, dict(zip(names, xs)))[0]
 
 
 def _pt2_runner(path: Path):
     module = formats.load_pt2(path)  # the saved file, not the in-memory program: parity proves the file
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(*xs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+            return module(*(torch.from_numpy(x) for x in xs)).numpy()
 
     return run
 
@@ -233,6 +295,31 @@ def _parity(model, scale: int, runners: dict, profile: trt.ShapeProfile, force: 
                       + ", ".join(f"{h}x{w}" for h, w in parity.PARITY_SIZES)
                       + ("; TensorRT: the sizes inside its profile and the opt shape" if has_engine else ""),
             "results": results}
+
+
+def _graph_parity(graph: tasks.Graph, runners: dict, force: bool, log) -> dict:
+    with torch.no_grad():  # the PyTorch model runs once per case, however many artifacts
+        references = [graph.module(*case.inputs).numpy() for case in graph.cases]
+    results = []
+    for kind, run in runners.items():
+        results += parity.check_cases(kind, run, graph.cases, references, graph.output_range)
+    for r in results:
+        case = ", ".join(f"{k} {v}" for k, v in r.items() if k in ("seeds", "psi", "scale"))
+        log(f"parity {r['artifact']:>10} @ {'x'.join(map(str, r['input_shape']))} ({case}): max_abs "
+            f"{_fmt(r['max_abs'])}, PSNR {_fmt(r['psnr_db'])} dB ({'ok' if r['passed'] else 'FAILED'}, "
+            f"{r['tolerance']})")
+    message = parity.failure_message(results)
+    if message and not force:
+        raise GankdError(message)
+    if message:
+        log(f"warning: {message.split('; pass --force')[0]} (kept: --force)")
+    section = {"passed": message is None, "forced": bool(message), "reference": "the PyTorch model, fp32, CPU",
+               "tolerances": {k: t.text() for k, t in parity.TOLERANCES.items()},
+               "compared": f"outputs mapped from {list(graph.output_range)} to [0, 1], clamped",
+               "inputs": graph.parity_text, "results": results}
+    if graph.task == "face_sr":
+        section["by_scale"] = parity.by_scale(results)
+    return section
 
 
 def _fmt(value) -> str:
@@ -275,11 +362,19 @@ def _random_crop(image: torch.Tensor, height: int, width: int, rng: random.Rando
 
 
 def _manifest(model_dir: Path, model, config, multiple: int, settings: ExportSettings, build: _Build,
-              simplify: dict | None, parity_section: dict) -> dict:
+              simplify: dict | None, parity_section: dict, graph: tasks.Graph | None = None) -> dict:
     from gankd.distill.profile import count_macs, count_params
 
-    inputs, outputs = io_specs(config, multiple)
-    macs = count_macs(model, MACS_AT)
+    if graph is None:
+        inputs, outputs = io_specs(config, multiple)
+        compute = {"macs_per_input_pixel": count_macs(model, MACS_AT) / (MACS_AT[0] * MACS_AT[2] * MACS_AT[3]),
+                   "params": count_params(model), "counts": "convolution and linear MACs"}
+        task_keys = {}
+    else:
+        inputs, outputs, task_keys = graph.inputs, graph.outputs, graph.keys
+        compute = {"macs_per_input_pixel": None, "macs_per_sample": tasks.macs_per_sample(graph),
+                   "params": count_params(model),
+                   "counts": "convolution and matrix-multiply MACs of one sample (torch.utils.flop_counter)"}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -287,13 +382,14 @@ def _manifest(model_dir: Path, model, config, multiple: int, settings: ExportSet
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": {"model_dir": str(model_dir.resolve()), "weights_sha256": sha256_file(model_dir / WEIGHTS_FILE)},
         "config": config.to_json(),
-        "scale": config.scale,
+        "task": config.task,
+        **task_keys,
+        "scale": config.scale if graph is None else None,
         "inputs": inputs,
         "outputs": outputs,
         "opset": settings.opset if "onnx" in build.files else None,
         "exporter": {"onnx": build.exporter.get("onnx"), "pt2": build.exporter.get("pt2"), "simplify": simplify},
-        "compute": {"macs_per_input_pixel": macs / (MACS_AT[0] * MACS_AT[2] * MACS_AT[3]),
-                    "params": count_params(model), "counts": "convolution and linear MACs"},
+        "compute": compute,
         "files": build.files,
         "parity": parity_section,
         "bench": {"results": []},

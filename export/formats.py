@@ -4,7 +4,8 @@ ONNX goes through ``torch.onnx.export(..., dynamo=False)``, the TorchScript-base
 default (dynamo) exporter needs ``onnxscript``, which gankd does not install; the TorchScript exporter handles
 RRDBNet and SRVGG (Conv, LeakyRelu/PRelu, Concat, Resize, DepthToSpace, pixel-unshuffle as Reshape/Transpose) with
 ``dynamic_axes`` for batch, height and width, all in the default ONNX domain. It is deprecated upstream; the
-``export_onnx`` function is the one place to switch when it goes.
+``export_onnx`` function is the one place to switch when it goes. The generate / face_sr graphs (StyleGAN2, GCFSR:
+several named inputs, dynamic batch) go through ``export_onnx_graph`` and ``export_pt2_graph``.
 
 Heavy packages (onnx, onnxruntime, onnxslim) import on first use.
 """
@@ -50,6 +51,25 @@ def export_onnx(model: nn.Module, path: Path, opset: int, example: torch.Tensor)
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         torch.onnx.export(model.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           opset_version=opset, dynamic_axes=axes, do_constant_folding=True, **kwargs)
+    return path
+
+
+def export_onnx_graph(graph, path: Path, opset: int) -> Path:
+    """fp32 ONNX of a :class:`gankd.export.tasks.Graph`: its named inputs and output, dynamic batch (sizes fixed)."""
+    if opset < MIN_OPSET:
+        raise GankdError(f"--opset must be at least {MIN_OPSET}, got {opset}")
+    kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    axes = {name: {axis: "N"} for name, axis in graph.batch_axes.items()}
+    axes[graph.output_name] = {0: "N"}
+    with warnings.catch_warnings():
+        # see export_onnx
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning))
+        try:
+            torch.onnx.export(graph.module.eval(), graph.examples, str(path), input_names=list(graph.input_names),
+                              output_names=[graph.output_name], opset_version=opset, dynamic_axes=axes,
+                              do_constant_folding=True, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the first line names the cause
+            raise GankdError(f"ONNX export of the {graph.task} model failed: {_first_line(exc)}") from None
     return path
 
 
@@ -132,9 +152,10 @@ def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ..
 # ----------------------------------------------------------------------------------------------- INT8
 
 
-def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray]) -> dict:
+def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray] | list[dict[str, np.ndarray]]) -> dict:
     """ONNX Runtime static quantization: QDQ format, per-channel int8 weights, uint8 activations (U8S8, what the
-    AVX-512 VNNI ``vpdpbusd`` instruction multiplies), MinMax ranges from ``batches`` of real images."""
+    AVX-512 VNNI ``vpdpbusd`` instruction multiplies), MinMax ranges from ``batches`` of real images (arrays for
+    the ``input`` of an SR model, or {input name: array} feeds for a multi-input graph)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -144,7 +165,9 @@ def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray]) -> dict:
 
         def get_next(self):
             batch = next(self._batches, None)
-            return None if batch is None else {INPUT_NAME: batch}
+            if batch is None:
+                return None
+            return batch if isinstance(batch, dict) else {INPUT_NAME: batch}
 
     with _quiet_root_logger():  # the quantizer logs "consider pre-processing" through the root logger
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -186,6 +209,20 @@ def export_pt2(model: nn.Module, path: Path, multiple: int) -> Path:
         program = torch.export.export(model.eval(), (example,), strict=False,
                                       dynamic_shapes={arg: {0: Dim("N", min=1), 2: height, 3: width}})
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the first line names the cause
+        raise GankdError(f"torch.export failed: {_first_line(exc)}") from None
+    torch.export.save(program, str(path))
+    return path
+
+
+def export_pt2_graph(graph, path: Path) -> Path:
+    """``torch.export`` program of a :class:`gankd.export.tasks.Graph` with a dynamic batch shared by its inputs."""
+    from torch.export import Dim
+
+    batch = Dim("N", min=1)
+    shapes = tuple({graph.batch_axes[name]: batch} for name in graph.input_names)
+    try:
+        program = torch.export.export(graph.module.eval(), graph.examples, strict=False, dynamic_shapes=shapes)
+    except Exception as exc:  # noqa: BLE001 - see export_pt2
         raise GankdError(f"torch.export failed: {_first_line(exc)}") from None
     torch.export.save(program, str(path))
     return path

@@ -16,6 +16,20 @@ Schema (``format_version`` 1); every key is always present, ``None`` where it do
     files      {kind: {path, sha256, bytes, ...}}          kind: onnx, onnx-fp16, onnx-int8, pt2, trt
     parity     {passed, forced, tolerances, inputs, results}   each artifact against the PyTorch model
     bench      {results: [...]}                            filled in by ``gankd-bench --write-manifest``
+    task       "sr" | "generate" | "face_sr"               (absent in older manifests: read config.task)
+
+The tasks beyond sr (``gankd.export.tasks``) have fixed-size inputs with a symbolic batch only, ``scale: None`` and
+``compute {macs_per_input_pixel: None, macs_per_sample, params}``, and add keys of their own::
+
+    generate   inputs  [{name: z, shape: [N, style_dim], range: None, distribution, seeding}]
+                       (+ {name: psi, shape: [N], range: [0, 1]} when exported with --psi)
+               outputs [{name: image, shape: [N, 3, S, S], range: [-1, 1], clamp: True}]
+               style_dim, size, truncation {psi_input, latent_avg {samples, seed, by, norm}, formula} | None
+               parity.results carry seeds (and psi) per z batch
+    face_sr    inputs  [{name: image, shape: [N, 3, S, S], range: [-1, 1]}, {name: scale, shape: [N], range: [4, 64]}]
+               outputs [{name: restored, shape: [N, 3, S, S], range: [-1, 1], clamp: True}]
+               size, scales (the parity scales), degradation (how the low-quality input is made)
+               parity.results carry scale; parity.by_scale {scale: {artifact: {max_abs, psnr_db, passed}}}
 
 Files are written atomically (tmp + rename), so a reader never sees half a manifest.
 """

@@ -86,15 +86,18 @@ def parity_inputs(scale: int) -> list[torch.Tensor]:
     return [real_lr_batch((2, 3, h, w), scale) for h, w in PARITY_SIZES]
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
-    """(max_abs, psnr_db) between two outputs clamped to [0, 1]."""
+def compare(reference: np.ndarray, candidate: np.ndarray,
+            value_range: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+    """(max_abs, psnr_db) between two outputs mapped from ``value_range`` to [0, 1] and clamped there, so the
+    tolerances mean the same for a [-1, 1] generator as for a [0, 1] SR model."""
     if reference.shape != candidate.shape:
         raise GankdError(f"output shape {list(candidate.shape)} differs from the PyTorch model's "
                          f"{list(reference.shape)}")
     if not np.isfinite(candidate).all():
         return math.inf, -math.inf
-    ref = np.clip(reference.astype(np.float64), 0.0, 1.0)
-    out = np.clip(candidate.astype(np.float64), 0.0, 1.0)
+    lo, hi = value_range
+    ref = np.clip((reference.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    out = np.clip((candidate.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
     diff = ref - out
     mse = float(np.mean(diff * diff))
     psnr = PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10.0 * math.log10(1.0 / mse))
@@ -115,12 +118,38 @@ def check_artifact(kind: str, run: Callable[[np.ndarray], np.ndarray], inputs: l
     return results
 
 
+def check_cases(kind: str, run: Callable[..., np.ndarray], cases: list, references: list[np.ndarray],
+                value_range: tuple[float, float]) -> list[dict]:
+    """One result per :class:`gankd.export.tasks.Case` (a multi-input batch), with the case's info (seeds, psi,
+    scale) and the shape of its first input."""
+    tolerance = TOLERANCES[kind]
+    results = []
+    for case, ref in zip(cases, references):
+        max_abs, psnr_db = compare(ref, run(*(x.numpy() for x in case.inputs)), value_range)
+        finite = math.isfinite(max_abs)
+        results.append({"artifact": kind, "input_shape": list(case.inputs[0].shape), **case.info,
+                        "max_abs": max_abs if finite else None, "psnr_db": round(psnr_db, 2) if finite else None,
+                        "tolerance": tolerance.text(), "passed": tolerance.passes(max_abs, psnr_db)})
+    return results
+
+
+def by_scale(results: list[dict]) -> dict:
+    """face_sr parity by scale: {scale: {artifact: {max_abs, psnr_db, passed}}} from the single-scale batches (the
+    mixed-scale batch is in the results only)."""
+    table: dict = {}
+    for r in results:
+        if isinstance(r.get("scale"), int):
+            table.setdefault(str(r["scale"]), {})[r["artifact"]] = {k: r[k] for k in ("max_abs", "psnr_db", "passed")}
+    return table
+
+
 def failure_message(results: list[dict]) -> str | None:
     failed = [r for r in results if not r["passed"]]
     if not failed:
         return None
     worst = failed[0]
-    shape = "x".join(map(str, worst["input_shape"]))
+    shape = "x".join(map(str, worst["input_shape"])) + (f" scale {worst['scale']}" if "scale" in worst else "") \
+        + (f" psi {worst['psi']}" if worst.get("psi") is not None else "")
     found = ("NaN or inf in its output" if worst["max_abs"] is None
              else f"max_abs {worst['max_abs']:.3g}, PSNR {worst['psnr_db']:.2f} dB")
     return (f"parity failed for {', '.join(dict.fromkeys(r['artifact'] for r in failed))}: {worst['artifact']} at "

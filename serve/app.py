@@ -1,8 +1,13 @@
 """The Gradio demo: ``build_app(artifact_dirs)`` -> ``gr.Blocks`` (``gankd-demo [ARTIFACT_DIR ...]`` launches it).
 
-One tab per task. Super-resolution now: a teacher and a student side by side on the same upload, each with its
-latency for this image, and the student's PSNR to the teacher. A Generation tab (StyleGAN2 artifacts) is added by
-writing ``_generation_tab`` and calling it from ``build_app`` where the hook comment says; nothing else changes.
+One tab per task, shown only when an artifact of that task is given (the manifest's ``task``), each comparing a
+teacher and a student with their latency:
+
+- Super-resolution (``sr``): both on the same upload; the student's PSNR to the teacher.
+- Generation (``generate``): the same seeds through both (z of a seed is the same for every artifact of a
+  style_dim: ``Session.generate``), shown as grids; psi (truncation) where an artifact was exported with ``--psi``.
+- Face SR (``face_sr``): a clean face upload degraded by the chosen scale the GCFSR way; the low-quality input and
+  both restorations.
 
 gradio, PIL and scikit-image import inside the functions: ``import gankd.serve`` stays light.
 """
@@ -25,6 +30,9 @@ QUICKSTART_DIRS = (Path("exports/teacher"), Path("exports/student"))
 QUICKSTART_HINT = "No model artifacts found. Make them with `make quickstart`, then run `gankd-demo`."
 UI_BACKENDS = ("auto", "ort", "torch")
 CONCURRENCY = 4  # requests one event runs at once; a Session is thread-safe
+MAX_GENERATE = 8
+DEFAULT_PSI = 0.7
+FACE_SCALES = (4, 64)  # the face scale slider's range, step 4
 
 
 def default_artifact_dirs(root: Path | None = None) -> list[Path]:
@@ -56,18 +64,29 @@ def build_app(artifact_dirs: list[Path] | None = None, max_pixels: int = DEFAULT
 
     dirs = default_artifact_dirs() if artifact_dirs is None else [Path(d) for d in artifact_dirs]
     manifests = {d: read_manifest(d) for d in dirs}
-    sr_models = _named({d: m for d, m in manifests.items() if m.get("config", {}).get("task", "sr") == "sr"})
+    by_task = {task: _named({d: m for d, m in manifests.items() if _task(m) == task})
+               for task in ("sr", "generate", "face_sr")}
     with gr.Blocks(title="gankd demo") as demo:
         gr.Markdown("# gankd: distilled GANs, teacher vs student")
         if not manifests:
             gr.Markdown(QUICKSTART_HINT)
-        if sr_models:
+        if by_task["sr"]:
             with gr.Tab("Super-resolution"):
-                _super_resolution_tab(sr_models, max_pixels, default_tile)
-        # Hook for the generation tab: pick the artifacts whose manifest task is "generation" and call
-        # `_generation_tab(gen_models)` inside `gr.Tab("Generation")` here.
+                _super_resolution_tab(by_task["sr"], max_pixels, default_tile)
+        if by_task["generate"]:
+            with gr.Tab("Generation"):
+                psi_names = {name for name, d in by_task["generate"].items()
+                             if any(spec.get("name") == "psi" for spec in manifests[d]["inputs"])}
+                _generation_tab(by_task["generate"], psi_names)
+        if by_task["face_sr"]:
+            with gr.Tab("Face SR"):
+                _face_tab(by_task["face_sr"], max_pixels)
     demo.queue(default_concurrency_limit=CONCURRENCY)
     return demo
+
+
+def _task(manifest: dict) -> str:
+    return manifest.get("task") or manifest.get("config", {}).get("task", "sr")
 
 
 def _named(manifests: dict[Path, dict]) -> dict[str, Path]:
@@ -124,6 +143,133 @@ def _super_resolution_tab(models: dict[str, Path], max_pixels: int, default_tile
 
     run.click(upscale, inputs=[image, teacher, student, backend, tile], outputs=[out_teacher, out_student, report],
               api_name="upscale")
+
+
+def _generation_tab(models: dict[str, Path], psi_names: set[str]) -> None:
+    import gradio as gr
+
+    sessions = SessionCache()
+    names = list(models)
+    with gr.Row():
+        with gr.Column():
+            teacher = gr.Dropdown(names, value=names[0], label="Teacher (reference) model", elem_id="gen-teacher-model")
+            student = gr.Dropdown(names, value=names[-1], label="Student model", elem_id="gen-student-model")
+            backend = gr.Radio(list(UI_BACKENDS), value="auto", label="Backend")
+        with gr.Column():
+            seed = gr.Number(value=0, precision=0, minimum=0, label="First seed (images use seed, seed+1, ...)",
+                             elem_id="gen-seed")
+            count = gr.Slider(1, MAX_GENERATE, value=4, step=1, label="Images", elem_id="gen-count")
+            psi = gr.Slider(0.0, 1.0, value=DEFAULT_PSI, step=0.05, label="Truncation psi (1 = none)",
+                            visible=bool(psi_names), interactive=_any_psi(psi_names, names[0], names[-1]),
+                            elem_id="gen-psi")
+            run = gr.Button("Generate", variant="primary", elem_id="gen-run")
+    with gr.Row():
+        out_teacher = gr.Image(label="Teacher", format="png", type="numpy", interactive=False, elem_id="gen-teacher")
+        out_student = gr.Image(label="Student", format="png", type="numpy", interactive=False, elem_id="gen-student")
+    report = gr.Markdown(elem_id="gen-report")
+
+    def generate(teacher_name, student_name, backend_name, first_seed, n, psi_value):
+        if first_seed is None or first_seed < 0 or int(first_seed) != first_seed:
+            raise gr.Error("The seed must be a whole number >= 0.")
+        n = int(n)
+        if not 1 <= n <= MAX_GENERATE:
+            raise gr.Error(f"Generate 1 to {MAX_GENERATE} images.")
+        seeds = list(range(int(first_seed), int(first_seed) + n))
+        grids, lines = [], []
+        for role, name in (("teacher", teacher_name), ("student", student_name)):
+            if name not in models:
+                raise gr.Error(f"unknown {role} model {name!r}")
+            try:
+                session = sessions.get(models[name], backend_name)
+                used_psi = float(psi_value) if session.has_psi else None
+                start = time.perf_counter()
+                images = session.generate(seeds, psi=used_psi)
+                latency_ms = (time.perf_counter() - start) * 1000
+            except ServeError as exc:
+                raise gr.Error(f"{role} {name}: {exc}") from None
+            grids.append(_grid(images))
+            truncation = f"psi {used_psi:g}" if used_psi is not None else "no psi input (psi 1)"
+            lines.append(f"- **{role}** `{name}` ({session.backend}): {latency_ms:.1f} ms for {n} image"
+                         f"{'s' if n > 1 else ''} ({latency_ms / n:.1f} ms each), {session.size}x{session.size}, "
+                         f"{truncation}")
+        lines.append(f"- seeds {seeds[0]}..{seeds[-1]}; **student PSNR to teacher**: {_psnr_text(*grids)}")
+        return grids[0], grids[1], "\n".join(lines)
+
+    def psi_state(teacher_name, student_name):
+        return gr.update(interactive=_any_psi(psi_names, teacher_name, student_name))
+
+    teacher.change(psi_state, inputs=[teacher, student], outputs=[psi], api_name=False)
+    student.change(psi_state, inputs=[teacher, student], outputs=[psi], api_name=False)
+    run.click(generate, inputs=[teacher, student, backend, seed, count, psi],
+              outputs=[out_teacher, out_student, report], api_name="generate")
+
+
+def _any_psi(psi_names: set[str], *names: str) -> bool:
+    return any(name in psi_names for name in names)
+
+
+def _grid(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
+    """Images of one size in rows of ``columns`` (the last row padded black), 2 px apart."""
+    height, width = images[0].shape[:2]
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    gap = 2
+    grid = np.zeros((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), np.uint8)
+    for i, image in enumerate(images):
+        top, left = (i // columns) * (height + gap), (i % columns) * (width + gap)
+        grid[top:top + height, left:left + width] = image
+    return grid
+
+
+def _face_tab(models: dict[str, Path], max_pixels: int) -> None:
+    import gradio as gr
+
+    sessions = SessionCache()
+    names = list(models)
+    with gr.Row():
+        with gr.Column():
+            image = _upload_image(label="Face (clean: it is degraded by the scale first)", elem_id="face-input")
+            examples = _face_example_files()
+            if examples:
+                gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Real face")
+        with gr.Column():
+            teacher = gr.Dropdown(names, value=names[0], label="Teacher (reference) model",
+                                  elem_id="face-teacher-model")
+            student = gr.Dropdown(names, value=names[-1], label="Student model", elem_id="face-student-model")
+            backend = gr.Radio(list(UI_BACKENDS), value="auto", label="Backend")
+            scale = gr.Slider(FACE_SCALES[0], FACE_SCALES[1], value=16, step=4,
+                              label="Scale: the face is shrunk by this factor and blown back up", elem_id="face-scale")
+            run = gr.Button("Restore", variant="primary", elem_id="face-run")
+    with gr.Row():
+        out_lq = gr.Image(label="Low-quality input", format="png", type="numpy", interactive=False, elem_id="face-lq")
+        out_teacher = gr.Image(label="Teacher", format="png", type="numpy", interactive=False, elem_id="face-teacher")
+        out_student = gr.Image(label="Student", format="png", type="numpy", interactive=False, elem_id="face-student")
+    report = gr.Markdown(elem_id="face-report")
+
+    def restore(path, teacher_name, student_name, backend_name, factor):
+        picture = _load_upload(path, max_pixels).convert("RGB")
+        outputs, lines, lq = [], [], None
+        for role, name in (("teacher", teacher_name), ("student", student_name)):
+            if name not in models:
+                raise gr.Error(f"unknown {role} model {name!r}")
+            try:
+                session = sessions.get(models[name], backend_name)
+                own_lq = session.face_lq(picture, float(factor))
+                start = time.perf_counter()
+                result = session.restore_face_lq(own_lq, float(factor))
+                latency_ms = (time.perf_counter() - start) * 1000
+            except ServeError as exc:
+                raise gr.Error(f"{role} {name}: {exc}") from None
+            lq = own_lq if lq is None else lq
+            outputs.append(result)
+            lines.append(f"- **{role}** `{name}` ({session.backend}): {latency_ms:.1f} ms at "
+                         f"{session.size}x{session.size}")
+        lines.append(f"- scale x{factor:g} (the input is {picture.width}x{picture.height}, centre-cropped square); "
+                     f"**student PSNR to teacher**: {_psnr_text(*outputs)}")
+        return lq, outputs[0], outputs[1], "\n".join(lines)
+
+    run.click(restore, inputs=[image, teacher, student, backend, scale],
+              outputs=[out_lq, out_teacher, out_student, report], api_name="restore_face")
 
 
 def _psnr_text(reference: np.ndarray, other: np.ndarray) -> str:
@@ -183,6 +329,21 @@ def _example_files() -> list[str]:
         Image.fromarray(np.ascontiguousarray(load()[top:top + 96, left:left + 96, :3])).save(path)
         paths.append(str(path))
     return paths
+
+
+def _face_example_files() -> list[str]:
+    """The astronaut's face (scikit-image) as a 256x256 PNG; none without scikit-image."""
+    try:
+        from skimage import data
+    except ImportError:
+        return []
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp(prefix="gankd-demo-faces-"))
+    path = folder / "astronaut_face.png"
+    face = Image.fromarray(np.ascontiguousarray(data.astronaut()[10:210, 125:325]))
+    face.resize((256, 256), Image.Resampling.BICUBIC).save(path)
+    return [str(path)]
 
 
 def launch(artifact_dirs: list[Path] | None, host: str, port: int, max_pixels: int = DEFAULT_MAX_PIXELS,

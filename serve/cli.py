@@ -67,6 +67,9 @@ def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads,
     if out_dir.exists() and not out_dir.is_dir():
         raise ServeError(f"output {str(out_dir)!r} is a file, not a folder")
     session = Session(artifact_dir, backend=backend, threads=threads, variant=variant)
+    if session.task != "sr":
+        raise ServeError(f"upscale runs sr artifacts; {str(artifact_dir)!r} is a {session.task} artifact (use "
+                         "gankd.serve.Session in Python, or the demo)")
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = 0
     for path in tqdm(files, desc="upscale", unit="img", file=sys.stderr):

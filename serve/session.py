@@ -1,9 +1,20 @@
 """``Session``: one artifact folder, one backend, images in and out.
 
 Reads ``manifest.json`` and the model files only (no architecture code). Pre/post-processing comes from the
-manifest: input/output value range, clamp, scale, spatial multiple; channel order is RGB. ``run`` takes and returns
-the same kind of image: numpy HxW / HxWxC (uint8, uint16 or float in [0, 1]) or a PIL image; RGBA keeps its alpha
-(upscaled bicubic), grayscale goes through the model as RGB and comes back grayscale, 16-bit stays 16-bit.
+manifest: input/output value range, clamp, scale, spatial multiple; channel order is RGB. What a Session does
+depends on the manifest's ``task``; calling the method of another task is a one-line ServeError.
+
+- ``sr``: ``run`` takes and returns the same kind of image: numpy HxW / HxWxC (uint8, uint16 or float in [0, 1]) or
+  a PIL image; RGBA keeps its alpha (upscaled bicubic), grayscale goes through the model as RGB and comes back
+  grayscale, 16-bit stays 16-bit.
+- ``generate``: ``generate(seeds or z, psi=None)`` -> SxSx3 uint8 images. z of seed s is
+  ``numpy.random.default_rng(s).standard_normal(style_dim, dtype=float32)`` (:func:`seed_z`, the manifest's
+  ``seeding``), so a seed gives the same z on every backend and for every artifact of the same style_dim: teacher
+  and student artifacts show the same face.
+- ``face_sr``: ``restore_face(face, scale)`` makes GCFSR's low-quality input from a clean face (square centre crop,
+  resized to the artifact's size S, MATLAB-bicubic down by ``scale`` and back up, 8-bit: ``serve.faces``) and
+  restores it; ``restore_face_lq(lq, scale)`` takes a face that is already low quality; ``face_lq`` returns the
+  low-quality input itself (what the demo shows).
 
 A Session is safe to share between threads: ONNX Runtime's ``InferenceSession.run`` and a torch.export module's
 forward are re-entrant, and every request works on its own arrays (``tiling.upscale`` keeps no state).
@@ -12,11 +23,12 @@ forward are re-entrant, and every request works on its own arrays (``tiling.upsc
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
-from . import tiling
+from . import faces, tiling
 from .errors import ServeError
 
 MANIFEST_FILE = "manifest.json"
@@ -25,6 +37,13 @@ BACKENDS = ("auto", "torch", "ort", "ort-cuda", "trt")
 VARIANTS = {"fp32": "onnx", "int8": "onnx-int8", "fp16": "onnx-fp16"}
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, what PIL's convert("L") uses
 DEFAULT_PAD = 10
+TASK_METHODS = {"sr": "run", "generate": "generate", "face_sr": "restore_face"}
+GENERATE_BATCH = 8  # z per forward call of generate: bounds memory for long seed lists
+
+
+def seed_z(seeds, style_dim: int) -> np.ndarray:
+    """N×style_dim float32, one standard-normal z per seed (numpy's PCG64 ``default_rng(seed)``)."""
+    return np.stack([np.random.default_rng(int(s)).standard_normal(style_dim, dtype=np.float32) for s in seeds])
 
 
 def read_manifest(artifact_dir: Path) -> dict:
@@ -59,14 +78,25 @@ class Session:
             raise ServeError(f"threads must be at least 1, got {threads}")
         self.artifact_dir = Path(artifact_dir)
         self.manifest = read_manifest(self.artifact_dir)
-        self.scale = int(self.manifest["scale"])
+        self.task = self.manifest.get("task") or self.manifest.get("config", {}).get("task", "sr")
+        if self.task not in TASK_METHODS:
+            raise ServeError(f"{str(self.artifact_dir)!r} has task {self.task!r}; this gankd.serve runs "
+                             f"{', '.join(TASK_METHODS)}")
         spec_in, spec_out = self.manifest["inputs"][0], self.manifest["outputs"][0]
-        self.input_name = spec_in.get("name", "input")
-        self.in_range = tuple(float(v) for v in spec_in.get("range", (0.0, 1.0)))
-        self.out_range = tuple(float(v) for v in spec_out.get("range", self.in_range))
+        self.input_names = tuple(spec.get("name", "input") for spec in self.manifest["inputs"])
+        self.input_name = self.input_names[0]
+        self.scale = int(self.manifest["scale"]) if self.task == "sr" else None
+        self.in_range = tuple(float(v) for v in spec_in.get("range") or (0.0, 1.0))
+        self.out_range = tuple(float(v) for v in spec_out.get("range") or self.in_range)
         self.clamp = bool(spec_out.get("clamp", True))
         self.multiple = int(spec_in.get("spatial_multiple") or 1)
         self.in_channels = int(spec_in["shape"][1])
+        # generate: z [N, style_dim] (+ psi [N]); face_sr: image [N, 3, S, S] + scale [N]; output [N, 3, S, S]
+        self.size = int(spec_out["shape"][-1]) if self.task != "sr" else None
+        self.style_dim = int(spec_in["shape"][1]) if self.task == "generate" else None
+        self.has_psi = "psi" in self.input_names
+        self.scale_range = tuple(float(v) for v in self.manifest["inputs"][1].get("range") or (1.0, math.inf)) \
+            if self.task == "face_sr" else None
         self.variant = variant
         self.backend = self._resolve_backend(backend)
         self._forward = self._load(threads)
@@ -115,9 +145,9 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - a corrupt or incompatible file, reported in one line
             raise ServeError(f"cannot load {path}: {_first_line(exc)}") from None
 
-        def forward(x: np.ndarray) -> np.ndarray:
+        def forward(*xs: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return module(torch.from_numpy(x)).numpy()
+                return module(*(torch.from_numpy(x) for x in xs)).numpy()
 
         return forward
 
@@ -140,27 +170,42 @@ class Session:
             raise ServeError(f"cannot load {path}: {_first_line(exc)}") from None
         if cuda and "CUDAExecutionProvider" not in session.get_providers():
             raise ServeError("the ort-cuda backend could not start CUDAExecutionProvider (CUDA/cuDNN libraries?)")
-        name = self.input_name
-        return lambda x: session.run(None, {name: x})[0]
+        names = self.input_names
+        return lambda *xs: session.run(None, dict(zip(names, xs)))[0]
 
     # ------------------------------------------------------------------------------------------- running
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """The raw network: 1xCxHxW float32 in the manifest's input range -> its output range."""
-        return self._forward(x)
+    def forward(self, *xs: np.ndarray) -> np.ndarray:
+        """The raw network: float32 arrays for the manifest's inputs, in order (sr: one NxCxHxW in the input range;
+        generate: z [N, style_dim] (+ psi [N]); face_sr: image [N, 3, S, S] in [-1, 1] and scale [N])."""
+        if len(xs) != len(self.input_names):
+            raise ServeError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                             f"got {len(xs)}")
+        return self._forward(*xs)
+
+    def _require(self, task: str, method: str) -> None:
+        if self.task != task:
+            raise ServeError(f"Session.{method} is for {task} artifacts; {str(self.artifact_dir)!r} is a {self.task} "
+                             f"artifact: use Session.{TASK_METHODS[self.task]}")
+
+    def _to_unit(self, y: np.ndarray) -> np.ndarray:
+        """Network output in the output range -> [0, 1] (clamped when the manifest says so)."""
+        lo, hi = self.out_range
+        y = (y - lo) / (hi - lo)
+        return np.clip(y, 0.0, 1.0) if self.clamp else y
 
     def run_array(self, rgb: np.ndarray, tile: int | None = None, pad: int = DEFAULT_PAD) -> np.ndarray:
         """HxWx3 float32 RGB in [0, 1] -> (H*scale)x(W*scale)x3 float32 in [0, 1]."""
+        self._require("sr", "run_array")
         lo, hi = self.in_range
         x = (rgb.transpose(2, 0, 1)[None] * (hi - lo) + lo).astype(np.float32)
         y = tiling.upscale(self._forward, x, self.scale, tile=tile, pad=pad, multiple=self.multiple)
-        lo, hi = self.out_range
-        y = (y[0].transpose(1, 2, 0) - lo) / (hi - lo)
-        return np.clip(y, 0.0, 1.0) if self.clamp else y
+        return self._to_unit(y[0].transpose(1, 2, 0))
 
     def run(self, image, tile: int | None = None, pad: int = DEFAULT_PAD):
         """Upscale a numpy or PIL image; returns the same kind (dtype, channels, PIL mode). ``tile``: LR tile size
         (None or 0: whole image); ``pad``: reflect padding and tile overlap in LR px."""
+        self._require("sr", "run")
         if _is_pil(image):
             return self._run_pil(image, tile, pad)
         if not isinstance(image, np.ndarray):
@@ -212,6 +257,119 @@ class Session:
             mode = "RGBA" if has_alpha else "RGB"
             image = image.convert(mode)
         return Image.fromarray(self._run_numpy(np.asarray(image), tile, pad))
+
+
+    # --------------------------------------------------------------------------------------- generate
+
+    def generate(self, seeds, psi: float | None = None) -> list[np.ndarray]:
+        """SxSx3 uint8 images, one per seed (ints >= 0: z = :func:`seed_z`) or per row of ``seeds`` given as a
+        float array of z (N x style_dim, or one z of style_dim). ``psi``: truncation (0..1, 1 = none) for artifacts
+        exported with ``--psi``; None means 1."""
+        self._require("generate", "generate")
+        z = self._latents(seeds)
+        psi_value = self._psi(psi)
+        images = []
+        for start in range(0, len(z), GENERATE_BATCH):
+            chunk = z[start:start + GENERATE_BATCH]
+            feeds = (chunk, np.full(len(chunk), psi_value, np.float32)) if self.has_psi else (chunk,)
+            out = self._to_unit(self._forward(*feeds).transpose(0, 2, 3, 1))
+            images += [np.rint(img * 255).astype(np.uint8) for img in out]
+        return images
+
+    def _latents(self, seeds) -> np.ndarray:
+        if isinstance(seeds, np.ndarray) and np.issubdtype(seeds.dtype, np.floating):
+            z = seeds[None] if seeds.ndim == 1 else seeds
+            if z.ndim != 2 or z.shape[1] != self.style_dim or len(z) == 0:
+                raise ServeError(f"z must be N x {self.style_dim} (the style_dim of this artifact), got shape "
+                                 f"{list(seeds.shape)}")
+            if not np.isfinite(z).all():
+                raise ServeError("z has NaN or infinite values")
+            return np.ascontiguousarray(z, dtype=np.float32)
+        values = np.asarray(seeds).reshape(-1) if isinstance(seeds, np.ndarray) else list(seeds) \
+            if isinstance(seeds, (list, tuple, range)) else None
+        if values is None or len(values) == 0:
+            raise ServeError(f"generate takes a non-empty list of integer seeds or a float array of z, got "
+                             f"{type(seeds).__name__}")
+        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in values):
+            raise ServeError("seeds must be integers >= 0")
+        return seed_z(values, self.style_dim)
+
+    def _psi(self, psi: float | None) -> float:
+        if psi is None:
+            return 1.0
+        if not isinstance(psi, (int, float, np.floating)) or isinstance(psi, bool) or not 0.0 <= psi <= 1.0:
+            raise ServeError(f"psi must be a number in [0, 1], got {psi!r}")
+        if not self.has_psi and psi != 1.0:
+            raise ServeError(f"{str(self.artifact_dir)!r} was exported without truncation: re-export it with "
+                             "gankd-export --psi to use psi")
+        return float(psi)
+
+    # --------------------------------------------------------------------------------------- face_sr
+
+    def face_lq(self, face, scale: float) -> np.ndarray:
+        """The low-quality input ``restore_face`` makes from ``face``: SxSx3 uint8."""
+        self._require("face_sr", "face_lq")
+        return np.rint(self._face_lq(face, scale) * 255).astype(np.uint8)
+
+    def restore_face(self, face, scale: float) -> np.ndarray:
+        """A clean face (PIL or numpy image) -> degraded by ``scale`` the GCFSR way -> restored: SxSx3 uint8."""
+        self._require("face_sr", "restore_face")
+        return self._restore(self._face_lq(face, scale), scale)
+
+    def restore_face_lq(self, lq, scale: float) -> np.ndarray:
+        """A face that is already low quality (blurred by ``scale``; resized to S here if it is not) -> SxSx3
+        uint8."""
+        self._require("face_sr", "restore_face_lq")
+        self._check_scale(scale)
+        return self._restore(_square(_rgb_float(lq), self.size), scale)
+
+    def _face_lq(self, face, scale: float) -> np.ndarray:
+        self._check_scale(scale)
+        return faces.gcfsr_lq(_square(_rgb_float(face), self.size), float(scale))
+
+    def _check_scale(self, scale) -> None:
+        lo, hi = self.scale_range
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+                or not lo <= scale <= hi:
+            raise ServeError(f"scale must be a number in [{lo:g}, {hi:g}], got {scale!r}")
+
+    def _restore(self, lq: np.ndarray, scale: float) -> np.ndarray:
+        lo, hi = self.in_range
+        x = (lq.transpose(2, 0, 1)[None] * (hi - lo) + lo).astype(np.float32)
+        y = self._to_unit(self._forward(x, np.array([scale], np.float32))[0].transpose(1, 2, 0))
+        return np.rint(y * 255).astype(np.uint8)
+
+
+def _rgb_float(image) -> np.ndarray:
+    """A PIL or numpy image (uint8 / uint16 / float in [0, 1]; gray, RGB or RGBA) -> HxWx3 float64 in [0, 1]."""
+    if _is_pil(image):
+        image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise ServeError(f"expected a numpy array or a PIL image, got {type(image).__name__}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or min(image.shape[:2]) < 1:
+        raise ServeError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
+    if image.dtype in (np.uint8, np.uint16):
+        values = image.astype(np.float64) / np.iinfo(image.dtype).max
+    elif np.issubdtype(image.dtype, np.floating):
+        values = image.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ServeError("the image has NaN or infinite values")
+    else:
+        raise ServeError(f"unsupported pixel type {image.dtype}; use uint8, uint16 or float in [0, 1]")
+    values = values[:, :, None] if values.ndim == 2 else values
+    values = np.repeat(values, 3, axis=2) if values.shape[2] == 1 else values[:, :, :3]
+    return np.clip(values, 0.0, 1.0)
+
+
+def _square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The centre square of ``rgb``, MATLAB-bicubic resized to size x size (as GCFSR resizes), in [0, 1]."""
+    height, width = rgb.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = rgb[top:top + side, left:left + side]
+    if side == size:
+        return crop.astype(np.float32)
+    return np.clip(faces.imresize(crop, size / side), 0.0, 1.0).astype(np.float32)
 
 
 def _bicubic(channel: np.ndarray, scale: int) -> np.ndarray:
