@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .modelio import ModelConfig
-from .profile import count_macs, count_params
+from .profile import count_macs, count_params, example_inputs, model_input_shapes
 from .registry import get_arch
 from .students import student_config, width_label
 
@@ -28,26 +28,27 @@ class ProfileRow:
 
 
 def _options(config: ModelConfig) -> str:
-    keys = ("num_feat", "num_grow_ch", "num_block", "num_conv", "scale", "upscale")
+    keys = ("num_feat", "num_grow_ch", "num_block", "num_conv", "scale", "upscale", "size", "out_size", "style_dim",
+            "n_mlp", "narrow")
     return " ".join(f"{k}={config.kwargs[k]}" for k in keys if k in config.kwargs)
 
 
 def _macs(config: ModelConfig, input_shape: tuple[int, ...]) -> tuple[int, int]:
     with torch.device("meta"):
         model = config.build()
-    return count_params(model), count_macs(model, input_shape)
+    return count_params(model), count_macs(model, model_input_shapes(config, input_shape))
 
 
 def measure_latency_ms(config: ModelConfig, input_shape: tuple[int, ...], runs: int) -> float:
     """Median PyTorch CPU latency of one forward at ``input_shape`` after one warm-up run (random weights)."""
     model = config.build().eval()
-    x = torch.rand(input_shape)
+    x = example_inputs(config, input_shape)
     times = []
     with torch.inference_mode():
-        model(x)
+        model(*x)
         for _ in range(runs):
             start = time.perf_counter()
-            model(x)
+            model(*x)
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 

@@ -5,8 +5,6 @@ per output element, in_channels/groups x kernel area multiply-accumulates. Measu
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -17,30 +15,46 @@ def count_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, input_shape: tuple) -> int:
     """Multiply-accumulates of one forward pass at ``input_shape`` (N, C, H, W), or at several input shapes given
-    as a tuple of shapes (GCFSR: ((N, 3, S, S), (N,)); StyleGAN2: ((N, style_dim),))."""
-    total = 0
+    as a tuple of shapes (GCFSR: ((N, 3, S, S), (N,)); StyleGAN2: ((N, style_dim),)).
 
-    def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        kernel = math.prod(module.kernel_size)
-        total += output.numel() * (module.in_channels // module.groups) * kernel
+    Counted by torch's FlopCounterMode over every convolution and matrix product the forward runs (so functional
+    convolutions count too: StyleGAN2's modulated convs and FIR filters), halved from FLOPs to MACs.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
+    meta = _to_meta(model).requires_grad_(False)
+    shapes = input_shape if isinstance(input_shape[0], tuple) else (input_shape,)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        meta(*(torch.empty(shape, device="meta") for shape in shapes))
+    return counter.get_total_flops() // 2
 
-    # Measurement only: the model's own feature interface stays hook-free (STYLE.md 6).
-    meta = _to_meta(model)
-    handles = [m.register_forward_hook(conv_hook) for m in meta.modules() if isinstance(m, nn.Conv2d)]
-    handles += [m.register_forward_hook(linear_hook) for m in meta.modules() if isinstance(m, nn.Linear)]
-    try:
-        with torch.no_grad():
-            shapes = input_shape if isinstance(input_shape[0], tuple) else (input_shape,)
-            meta(*(torch.empty(shape, device="meta") for shape in shapes))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+
+def model_input_shapes(config, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """The shapes a model takes for a user's NxCxHxW: the image for SR models and U-Net discriminators; the batch N
+    of z for StyleGAN2 generators; the image at the model's own size plus N scales for GCFSR; the image at the
+    discriminator's size for StyleGAN2 discriminators (their sizes are fixed by the architecture)."""
+    from .registry import make_config
+
+    arch = make_config(config.arch, config.kwargs)
+    n = input_shape[0]
+    if config.arch == "stylegan2_generator":
+        return ((n, arch.style_dim),)
+    if config.arch == "gcfsr":
+        return ((n, 3, arch.out_size, arch.out_size), (n,))
+    if config.arch == "stylegan2_discriminator":
+        return ((n, 3, arch.size, arch.size),)
+    return (tuple(input_shape),)
+
+
+def example_inputs(config, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Random inputs of :func:`model_input_shapes` (GCFSR scales: x16)."""
+    shapes = model_input_shapes(config, input_shape)
+    if config.arch == "gcfsr":
+        return torch.rand(shapes[0]) * 2 - 1, torch.full(shapes[1], 16.0)
+    if config.arch == "stylegan2_generator":
+        return (torch.randn(shapes[0]),)
+    return tuple(torch.rand(shape) for shape in shapes)
 
 
 def _to_meta(model: nn.Module) -> nn.Module:

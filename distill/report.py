@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .modelio import load_model
-from .profile import count_macs, count_params
+from .profile import count_macs, count_params, model_input_shapes
 from .students import width_label
 
 
@@ -135,8 +135,11 @@ def compare_runs(run_dirs: list[Path], input_size: int = 64) -> list[dict]:
     rows = []
     for run_dir in map(Path, run_dirs):
         resolved, student = run_dir / "config.resolved.yaml", run_dir / "student"
+        if not student.is_dir():  # mode train: the run's generator is a teacher
+            student = run_dir / "teacher"
         if not resolved.is_file() or not student.is_dir():
-            raise GankdError(f"{run_dir} is not a finished run folder (no config.resolved.yaml or student/)")
+            raise GankdError(f"{run_dir} is not a finished run folder (no config.resolved.yaml or student/ or "
+                             "teacher/)")
         recipe = yaml.safe_load(resolved.read_text())
         config = load_config(student)
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -144,9 +147,10 @@ def compare_runs(run_dirs: list[Path], input_size: int = 64) -> list[dict]:
         best = next((r["val"] for r in records if "val" in r and r["step"] == best_step), {})
         state = torch.load(run_dir / "state" / "last.pt", map_location="cpu", weights_only=True)["progress"]
         model = config.build()
+        shape = model_input_shapes(config, (1, 3, input_size, input_size))
         rows.append({"run": run_dir.name, "mode": recipe["mode"], "init": recipe["init"],
                      "C": width_label(recipe["width"]), "depth": recipe["depth"] or "all",
                      "steps": state["position"]["step"], "minutes": state["elapsed_s"] / 60,
-                     f"GMACs @{input_size}²": count_macs(model, (1, 3, input_size, input_size)) / 1e9,
+                     f"GMACs @{input_size}²" if config.task == "sr" else "GMACs": count_macs(model, shape) / 1e9,
                      "best step": best_step, **{k: v for k, v in best.items()}})
     return rows

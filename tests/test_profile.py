@@ -51,3 +51,33 @@ def test_latency_column_is_measured():
     rows = student_table(tiny, (1, 3, 16, 16), latency_runs=2)
     assert all(r.latency_ms is not None and r.latency_ms > 0 for r in rows)
     assert "CPU ms" in format_table(rows)
+
+
+def _modulated_conv_macs(size: int, channels: dict[int, int], style_dim: int) -> int:
+    """Hand count of the 3x3 modulated convs of a StyleGAN2 synthesis net (no ToRGB, blur or mapping). The
+    upsampling conv is a stride-2 transposed conv: its MACs are those of its (res/2)² input pixels."""
+    macs = 4 * 4 * channels[4] * channels[4] * 9  # conv1 at 4x4
+    res = 8
+    while res <= size:
+        macs += (res // 2) ** 2 * channels[res // 2] * channels[res] * 9 + res * res * channels[res] ** 2 * 9
+        res *= 2
+    return macs
+
+
+def test_functional_convs_are_counted_for_stylegan2_and_gcfsr():
+    """Modulated convs are F.conv calls, not nn.Conv2d modules: the count must still see them."""
+    from gankd.distill.archs.stylegan2 import stylegan2_channels
+
+    g = ModelConfig(arch="stylegan2_generator", kwargs={"size": 32, "style_dim": 32, "n_mlp": 2, "narrow": 0.0625},
+                    task="generate", scale=None, input_range=(-1.0, 1.0))
+    macs = count_macs(g.build(), ((1, 32),))
+    floor = _modulated_conv_macs(32, stylegan2_channels(32, 2, 0.0625), 32)
+    assert floor <= macs <= 1.5 * floor  # plus ToRGBs, modulation linears, the mapping net and FIR blurs
+    assert count_macs(g.build(), ((4, 32),)) == 4 * macs
+    rows = student_table(g, (1, 3, 64, 64))
+    assert [r.name for r in rows] == ["model", "C=1/2", "C=1/4", "C=1/8"]
+    assert rows[0].macs > rows[1].macs > rows[2].macs > 0
+    face = ModelConfig(arch="gcfsr", kwargs={"out_size": 32, "num_style_feat": 32, "narrow": 0.0625}, task="face_sr",
+                       scale=None, input_range=(-1.0, 1.0))
+    face_rows = student_table(face, (2, 3, 64, 64))  # GCFSR works at its own size: 32x32, batch 2
+    assert face_rows[0].macs == 2 * count_macs(face.build(), ((1, 3, 32, 32), (1,)))
