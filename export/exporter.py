@@ -280,15 +280,7 @@ def _parity(model, scale: int, runners: dict, profile: trt.ShapeProfile, force: 
     for kind, run in runners.items():
         xs = engine_inputs if kind.startswith("trt") else inputs
         results += parity.check_artifact(kind, run, xs, [reference(x) for x in xs])
-    for r in results:
-        log(f"parity {r['artifact']:>10} @ {'x'.join(map(str, r['input_shape']))}: max_abs "
-            f"{_fmt(r['max_abs'])}, PSNR {_fmt(r['psnr_db'])} dB ({'ok' if r['passed'] else 'FAILED'}, "
-            f"{r['tolerance']})")
-    message = parity.failure_message(results)
-    if message and not force:
-        raise GankdError(message)
-    if message:
-        log(f"warning: {message.split('; pass --force')[0]} (kept: --force)")
+    message = _log_parity(results, force, log)
     return {"passed": message is None, "forced": bool(message), "reference": "the PyTorch model, fp32, CPU",
             "tolerances": {k: t.text() for k, t in parity.TOLERANCES.items()},
             "inputs": "embedded validation photos, centre crops bicubic-downscaled by the scale, batch 2 at "
@@ -297,22 +289,28 @@ def _parity(model, scale: int, runners: dict, profile: trt.ShapeProfile, force: 
             "results": results}
 
 
-def _graph_parity(graph: tasks.Graph, runners: dict, force: bool, log) -> dict:
-    with torch.no_grad():  # the PyTorch model runs once per case, however many artifacts
-        references = [graph.module(*case.inputs).numpy() for case in graph.cases]
-    results = []
-    for kind, run in runners.items():
-        results += parity.check_cases(kind, run, graph.cases, references, graph.output_range)
+def _log_parity(results: list[dict], force: bool, log) -> str | None:
+    """Log one line per parity result; raise on a failure unless ``force``. Returns the failure message, if any."""
     for r in results:
         case = ", ".join(f"{k} {v}" for k, v in r.items() if k in ("seeds", "psi", "scale"))
-        log(f"parity {r['artifact']:>10} @ {'x'.join(map(str, r['input_shape']))} ({case}): max_abs "
-            f"{_fmt(r['max_abs'])}, PSNR {_fmt(r['psnr_db'])} dB ({'ok' if r['passed'] else 'FAILED'}, "
+        log(f"parity {r['artifact']:>10} @ {'x'.join(map(str, r['input_shape']))}{f' ({case})' if case else ''}: "
+            f"max_abs {_fmt(r['max_abs'])}, PSNR {_fmt(r['psnr_db'])} dB ({'ok' if r['passed'] else 'FAILED'}, "
             f"{r['tolerance']})")
     message = parity.failure_message(results)
     if message and not force:
         raise GankdError(message)
     if message:
         log(f"warning: {message.split('; pass --force')[0]} (kept: --force)")
+    return message
+
+
+def _graph_parity(graph: tasks.Graph, runners: dict, force: bool, log) -> dict:
+    with torch.no_grad():  # the PyTorch model runs once per case, however many artifacts
+        references = [graph.module(*case.inputs).numpy() for case in graph.cases]
+    results = []
+    for kind, run in runners.items():
+        results += parity.check_cases(kind, run, graph.cases, references, graph.output_range)
+    message = _log_parity(results, force, log)
     section = {"passed": message is None, "forced": bool(message), "reference": "the PyTorch model, fp32, CPU",
                "tolerances": {k: t.text() for k, t in parity.TOLERANCES.items()},
                "compared": f"outputs mapped from {list(graph.output_range)} to [0, 1], clamped",

@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 from ..errors import GankdError
 from ..registry import register_arch
-from .ops import FusedLeakyReLU, fused_leaky_relu, make_kernel
+from .ops import FusedLeakyReLU, make_kernel
+from .stylegan2 import EqualConv2d, EqualLinear  # same parameters and arithmetic as the official GCFSR ones
 
 # StyleGAN2's channel table (before channel_multiplier and narrow), as in the official code.
 _BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
@@ -92,35 +93,6 @@ class GCFSRConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- layers
-
-
-class EqualLinear(nn.Module):
-    """Linear layer with the equalised learning rate (weights scaled at run time by 1/sqrt(fan_in) * lr_mul)."""
-
-    def __init__(self, in_features: int, out_features: int, bias_init: float = 0.0, lr_mul: float = 1.0,
-                 activate: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
-        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
-        self.scale, self.lr_mul, self.activate = lr_mul / math.sqrt(in_features), lr_mul, activate
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.activate:
-            return fused_leaky_relu(F.linear(x, self.weight * self.scale), self.bias * self.lr_mul)
-        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
-
-
-class EqualConv2d(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 bias: bool = True):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.scale = 1 / math.sqrt(in_channels * kernel_size ** 2)
-        self.stride, self.padding = stride, padding
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
 
 
 class Blur(nn.Module):
@@ -266,7 +238,7 @@ class GCFSR(nn.Module):
         self.final_conv = ConvLayer(ch[16], ch[16], 3)
         self.final_down1 = ConvLayer(ch[16], ch[8], 3, downsample=True, resample_kernel=kernel)
         self.final_down2 = ConvLayer(ch[8], max(1, ch[4] // 2), 3, downsample=True, resample_kernel=kernel)
-        self.final_linear = EqualLinear(max(1, ch[4] // 2) * 16, style_dim * config.num_latent, activate=True)
+        self.final_linear = EqualLinear(max(1, ch[4] // 2) * 16, style_dim * config.num_latent, activation=True)
 
         # conditions, one per resolution out_size .. 16 (the encoder's order)
         resolutions = [2 ** i for i in range(log_size, 3, -1)]
