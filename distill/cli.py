@@ -108,11 +108,12 @@ def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool
     with optional key=value OVERRIDES, e.g. `gankd-distill run quickstart width=0.125 n2=0`."""
     from .recipe import load_recipe
     from .stages import plan_stages
+    from .train import task_kind
 
     resolved = load_recipe(recipe, list(overrides))
     if dry_run:
         click.echo(resolved.to_yaml().rstrip())
-        for stage in plan_stages(resolved, have_teacher_d=bool(resolved.teacher_d)):
+        for stage in plan_stages(resolved, have_teacher_d=bool(resolved.teacher_d), task_kind=task_kind(resolved)):
             click.echo(f"# {stage.name}: {stage.epochs} epoch(s); trains {', '.join(stage.trains)}; "
                        f"G terms {', '.join(stage.g_terms) or '-'}; D step {stage.d_mode or '-'}")
         return

@@ -61,6 +61,19 @@ def generator_config(recipe: Recipe, teacher: nn.Module | None) -> ModelConfig:
                        provenance={"trained_by": f"gankd-distill run {recipe.name} (mode train)"})
 
 
+def task_kind(recipe: Recipe) -> str:
+    """sr | face_sr | generate, without loading weights: from ``arch`` in mode train, else the teacher's config
+    (sr when the teacher folder is not there yet, e.g. a dry run before the teacher run)."""
+    from .modelio import load_config
+
+    if recipe.mode == "train":
+        return generator_config(recipe, None).task
+    try:
+        return load_config(recipe.teacher).task
+    except GankdError:
+        return {"stylegan2": "generate", "gcfsr": "face_sr"}.get(recipe.family, "sr")
+
+
 def _clip_teacher(recipe: Recipe, device: torch.device, log):
     """KD-DLGAN's frozen CLIP image encoder and the text features of its labels (computed once)."""
     from . import kddlgan
