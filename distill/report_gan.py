@@ -64,22 +64,23 @@ def _face_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     rows.append({"model": "student (best)" if loop.recipe.mode != "train" else "generator",
                  **_cost(model, shape), **task.score_outputs(outs)})
     columns = list(dict.fromkeys(k for row in rows for k in row))
+    name = "generator" if loop.recipe.mode == "train" else "student"
     strip = []
     for s in task.recipe.val_scales:
-        row = {"LQ": _unit(task.val_lq[s][0]), "student": _unit(outs[s][0]), "GT": _unit(task.val_hr[0])}
+        row = {"LQ": _unit(task.val_lq[s][0]), name: _unit(outs[s][0]), "GT": _unit(task.val_hr[0])}
         if task.val_teacher_out is not None:
             row["teacher"] = _unit(task.val_teacher_out[s][0])
         strip.append(row)
-    captions = [{"LQ": f"x{s}", "student": f"{metrics.mean_psnr(_unit(outs[s][:1]), _unit(task.val_hr[:1])):.2f} dB"}
+    captions = [{"LQ": f"x{s}", name: f"{metrics.mean_psnr(_unit(outs[s][:1]), _unit(task.val_hr[:1])):.2f} dB"}
                 for s in task.recipe.val_scales]
-    plots.save_strip(run_dir / "strip.png", strip, columns=("LQ", "teacher", "student", "GT"),
-                     max_rows=len(strip), captions=captions)
+    columns = ("LQ", "teacher", name, "GT") if task.val_teacher_out is not None else ("LQ", name, "GT")
+    plots.save_strip(run_dir / "strip.png", strip, columns=columns, max_rows=len(strip), captions=captions)
     return ["## Quality per scale on the validation faces", "",
             plots.markdown_table(rows, columns), "",
             "PSNR on RGB in [0, 1]; `_xN` columns are per upscaling factor, the unsuffixed ones their mean. FID "
             "(offline Inception) compares the outputs with the validation HR faces: with this few faces it is a "
             "noisy relative figure.", "",
-            "![LQ | teacher | student | GT, one row per scale](strip.png)", ""]
+            f"![{' | '.join(columns)}, one row per scale](strip.png)", ""]
 
 
 def write_gan_report(run_dir: Path, recipe, loop, model: nn.Module, lines: list[str], log) -> Path:
