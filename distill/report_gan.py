@@ -36,17 +36,19 @@ def _generate_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     rows.append({"model": name, **_cost(model, shape), **task.score_samples(student_out)})
     columns = list(dict.fromkeys(k for row in rows for k in row))
     n = min(8, len(student_out))
-    grid = [{"teacher": _unit(task.val_teacher_out[i]) if task.val_teacher_out is not None else None,
-             "generator": _unit(student_out[i])} for i in range(n)]
-    grid = [{k: v for k, v in row.items() if v is not None} for row in grid]
-    plots.save_strip(run_dir / "samples.png", grid, columns=("teacher", "generator"), max_rows=n)
+    columns = [f"z {i}" for i in range(n)]  # one column per latent, one row per generator
+    sources = ([("teacher", task.val_teacher_out)] if task.val_teacher_out is not None else []) + \
+        [("student" if loop.recipe.mode != "train" else "generator", student_out)]
+    grid = [{c: _unit(images[i]) for i, c in enumerate(columns)} for _, images in sources]
+    captions = [{c: label for c in columns} for label, _ in sources]
+    plots.save_strip(run_dir / "samples.png", grid, columns=columns, max_rows=len(grid), captions=captions)
     return [f"## Samples for the same {task.recipe.val_samples} latents (seed {task.recipe.seed + 1})", "",
             plots.markdown_table(rows, columns), "",
             "FID: the offline Inception (clean-fid preprocessing) against all real training images — with 100 real "
             "images and this few samples it is noisy: compare runs, not papers. Sharpness: variance of the "
             "Laplacian (Aguinaldo et al.'s blur measure; higher is sharper). Diversity: mean pairwise distance of "
             "Inception features.", "",
-            "![teacher | generator for the same z](samples.png)", ""]
+            "![one column per latent: teacher and generator for the same z](samples.png)", ""]
 
 
 def _face_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
