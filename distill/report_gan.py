@@ -36,12 +36,12 @@ def _generate_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     rows.append({"model": name, **_cost(model, shape), **task.score_samples(student_out)})
     columns = list(dict.fromkeys(k for row in rows for k in row))
     n = min(8, len(student_out))
-    columns = [f"z {i}" for i in range(n)]  # one column per latent, one row per generator
+    latents = [f"z {i}" for i in range(n)]  # one column per latent, one row per generator
     sources = ([("teacher", task.val_teacher_out)] if task.val_teacher_out is not None else []) + \
         [("student" if loop.recipe.mode != "train" else "generator", student_out)]
-    grid = [{c: _unit(images[i]) for i, c in enumerate(columns)} for _, images in sources]
-    captions = [{c: label for c in columns} for label, _ in sources]
-    plots.save_strip(run_dir / "samples.png", grid, columns=columns, max_rows=len(grid), captions=captions)
+    grid = [{c: _unit(images[i]) for i, c in enumerate(latents)} for _, images in sources]
+    captions = [{c: label for c in latents} for label, _ in sources]
+    plots.save_strip(run_dir / "samples.png", grid, columns=latents, max_rows=len(grid), captions=captions)
     return [f"## Samples for the same {task.recipe.val_samples} latents (seed {task.recipe.seed + 1})", "",
             plots.markdown_table(rows, columns), "",
             "FID: the offline Inception (clean-fid preprocessing) against all real training images — with 100 real "
@@ -75,14 +75,14 @@ def _face_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
         strip.append(row)
     captions = [{"LQ": f"x{s}", name: f"{metrics.mean_psnr(_unit(outs[s][:1]), _unit(task.val_hr[:1])):.2f} dB"}
                 for s in task.recipe.val_scales]
-    columns = ("LQ", "teacher", name, "GT") if task.val_teacher_out is not None else ("LQ", name, "GT")
-    plots.save_strip(run_dir / "strip.png", strip, columns=columns, max_rows=len(strip), captions=captions)
+    strip_columns = ("LQ", "teacher", name, "GT") if task.val_teacher_out is not None else ("LQ", name, "GT")
+    plots.save_strip(run_dir / "strip.png", strip, columns=strip_columns, max_rows=len(strip), captions=captions)
     return ["## Quality per scale on the validation faces", "",
             plots.markdown_table(rows, columns), "",
             "PSNR on RGB in [0, 1]; `_xN` columns are per upscaling factor, the unsuffixed ones their mean. FID "
             "(offline Inception) compares the outputs with the validation HR faces: with this few faces it is a "
             "noisy relative figure.", "",
-            f"![{' | '.join(columns)}, one row per scale](strip.png)", ""]
+            f"![{' | '.join(strip_columns)}, one row per scale](strip.png)", ""]
 
 
 def write_gan_report(run_dir: Path, recipe, loop, model: nn.Module, lines: list[str], log) -> Path:
