@@ -16,6 +16,11 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
+def _without_self(scores: dict) -> dict:
+    """The teacher's row: its fidelity to itself (PSNR capped at 100 dB, MSE 0) says nothing."""
+    return {k: v for k, v in scores.items() if not k.startswith(("psnr_teacher", "mse_teacher"))}
+
+
 def _cost(model: nn.Module | None, shape: tuple) -> dict:
     if model is None:
         return {"params (M)": None, "GMACs": None}
@@ -31,7 +36,7 @@ def _generate_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     student_out = task.samples(model)
     if loop.nets.teacher is not None:
         rows.append({"model": "teacher", **_cost(loop.nets.teacher, shape),
-                     **task.score_samples(task.val_teacher_out)})
+                     **_without_self(task.score_samples(task.val_teacher_out))})
     name = "generator (trained)" if loop.recipe.mode == "train" else "student (best)"
     rows.append({"model": name, **_cost(model, shape), **task.score_samples(student_out)})
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -62,7 +67,7 @@ def _face_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     rows.append({"model": "LQ input (bicubic)", **_cost(None, shape), **lq_scores})
     if task.val_teacher_out is not None:
         rows.append({"model": "teacher", **_cost(loop.nets.teacher, shape),
-                     **task.score_outputs(task.val_teacher_out)})
+                     **_without_self(task.score_outputs(task.val_teacher_out))})
     rows.append({"model": "student (best)" if loop.recipe.mode != "train" else "generator",
                  **_cost(model, shape), **task.score_outputs(outs)})
     columns = list(dict.fromkeys(k for row in rows for k in row))
