@@ -33,6 +33,8 @@ def _generate_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     task = loop.task
     shape = ((1, task.style_dim),)
     rows = [{"model": "real images", **_cost(None, shape), "sharpness": metrics.laplacian_variance(_unit(task.real))}]
+    if task.real_feats is not None:
+        rows[0]["diversity"] = metrics.feature_diversity(task.real_feats)
     student_out = task.samples(model)
     if loop.nets.teacher is not None:
         rows.append({"model": "teacher", **_cost(loop.nets.teacher, shape),
