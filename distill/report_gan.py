@@ -23,8 +23,8 @@ def _without_self(scores: dict) -> dict:
 
 def _cost(model: nn.Module | None, shape: tuple) -> dict:
     if model is None:
-        return {"params (M)": None, "GMACs": None}
-    return {"params (M)": count_params(model) / 1e6, "GMACs": count_macs(model, shape) / 1e9}
+        return {"params (M)": None, "MMACs": None}  # these models are small: millions, not billions
+    return {"params (M)": count_params(model) / 1e6, "MMACs": count_macs(model, shape) / 1e6}
 
 
 def _generate_section(run_dir: Path, loop, model: nn.Module) -> list[str]:

@@ -81,7 +81,7 @@ def test_generator_compression_mse_and_joint(sg2_teacher, tmp_path):
     val = [line["val"] for line in _lines(mse) if "val" in line]
     assert "mse_teacher" in val[-1] and "psnr_teacher" in val[-1]
     report = (mse / "report.md").read_text()
-    assert "| model | params (M) | GMACs |" in report and "| teacher |" in report and "| student (best) |" in report
+    assert "| model | params (M) | MMACs |" in report and "| teacher |" in report and "| student (best) |" in report
     assert "mse_teacher" in report.split("## Validation history")[0]
 
     joint = _run("stylegan2_compress_c025_joint", tmp_path / "joint", *teacher,
@@ -159,7 +159,7 @@ def test_gcfsr_teacher_sdakd_and_baseline(gcfsr_teacher, tmp_path):
     assert {f"psnr_teacher_x{s}" for s in (8, 16, 32)} <= set(val)
     report = (sdakd / "report.md").read_text()
     assert "| teacher |" in report and "| student (best) |" in report and (sdakd / "strip.png").is_file()
-    assert "| model | params (M) | GMACs |" in report and "psnr_teacher_x16" in report.split("## Validation")[0]
+    assert "| model | params (M) | MMACs |" in report and "psnr_teacher_x16" in report.split("## Validation")[0]
 
     baseline = _run("gcfsr_sdakd_cpu", tmp_path / "cc", "teacher=" + str(gcfsr_teacher / "teacher"), *GCFSR,
                     "mode=scratch", "d_width=0.25", "n2=1", "n3=1")
