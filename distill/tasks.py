@@ -259,9 +259,11 @@ class GenerateTask(Task):
 
 
 def _stylegan2_d_config(size: int, recipe: Recipe, width: float, task: str, provenance: dict) -> ModelConfig:
+    # GCFSR trains its D without the minibatch-stddev channel (the official StyleGAN2Discriminator_no_std)
+    stddev = {"stddev_group": 0} if task == "face_sr" else {}
     return ModelConfig(arch="stylegan2_discriminator",
                        kwargs={"size": size, "channel_multiplier": recipe.d_channel_multiplier,
-                               "narrow": recipe.teacher_d_narrow * width},
+                               "narrow": recipe.teacher_d_narrow * width, **stddev},
                        task=task, scale=None, input_range=(-1.0, 1.0), width=width, provenance=provenance)
 
 

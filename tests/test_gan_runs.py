@@ -141,6 +141,7 @@ def test_generation_resume_replays_latents_and_augmentation(sg2_teacher, tmp_pat
 def test_gcfsr_teacher_sdakd_and_baseline(gcfsr_teacher, tmp_path):
     teacher = load_model(gcfsr_teacher / "teacher")
     assert teacher.gankd_config.task == "face_sr"
+    assert load_model(gcfsr_teacher / "teacher_d").gankd_config.kwargs["stddev_group"] == 0  # official: no_std
     teacher_steps = _steps(gcfsr_teacher)
     assert all("g_l1" in s and "g_adv" in s for s in teacher_steps)
     val = [line["val"] for line in _lines(gcfsr_teacher) if "val" in line][-1]

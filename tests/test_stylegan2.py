@@ -62,7 +62,7 @@ def test_config_validation_and_json_lists():
         with pytest.raises(ValueError):
             StyleGAN2GeneratorConfig(**bad)
     with pytest.raises(ValueError, match="stddev_group"):
-        StyleGAN2DiscriminatorConfig(stddev_group=0)
+        StyleGAN2DiscriminatorConfig(stddev_group=-1)
     with pytest.raises(GankdError, match="size must be a power of 2"):
         make_config("stylegan2_generator", {"size": 100})
 
@@ -149,6 +149,15 @@ def test_minibatch_stddev_matches_rosinality_grouping():
     assert out.shape == (8, 6, 4, 4)
     assert torch.allclose(out[:, 5, 0, 0], std.repeat(4))
     assert [d._stddev_group(n) for n in (1, 2, 3, 4, 5, 6, 9, 12)] == [1, 2, 3, 4, 1, 3, 3, 4]
+
+
+def test_stddev_group_0_is_gcfsrs_discriminator_without_the_stddev_channel():
+    with_std, without = _d(stddev_group=4), _d(stddev_group=0)
+    c4 = without.final_linear[1].weight.shape[1]
+    assert with_std.final_conv[0].weight.shape[1] == c4 + 1 and without.final_conv[0].weight.shape[1] == c4
+    x = torch.randn(3, 3, 32, 32)
+    single = torch.cat([without(x[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(without(x), single)  # each image scored on its own: no batch statistics
 
 
 # ------------------------------------------------------------------------------------------ rosinality key names

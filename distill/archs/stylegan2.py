@@ -101,8 +101,9 @@ class StyleGAN2DiscriminatorConfig:
     def __post_init__(self):
         _as_tuple(self, "blur_kernel")
         _check_common(self.size, self.channel_multiplier, self.narrow, self.blur_kernel)
-        if not isinstance(self.stddev_group, int) or isinstance(self.stddev_group, bool) or self.stddev_group < 1:
-            raise ValueError(f"stddev_group must be a positive integer, got {self.stddev_group!r}")
+        if not isinstance(self.stddev_group, int) or isinstance(self.stddev_group, bool) or self.stddev_group < 0:
+            raise ValueError(f"stddev_group must be a non-negative integer (0: no minibatch-stddev channel, as "
+                             f"GCFSR's StyleGAN2Discriminator_no_std), got {self.stddev_group!r}")
 
 
 # ------------------------------------------------------------------------------------------------- layers
@@ -434,7 +435,7 @@ class StyleGAN2Discriminator(nn.Module):
             blocks.append(ResBlock(ch[2 ** i], ch[2 ** (i - 1)], config.blur_kernel))
         self.convs = nn.Sequential(*blocks)
         self.stddev_group = config.stddev_group
-        self.final_conv = ConvLayer(ch[4] + 1, ch[4], 3)
+        self.final_conv = ConvLayer(ch[4] + (1 if config.stddev_group else 0), ch[4], 3)
         self.final_linear = nn.Sequential(EqualLinear(ch[4] * 4 * 4, ch[4], activation=True),
                                           EqualLinear(ch[4], 1))
 
@@ -451,7 +452,8 @@ class StyleGAN2Discriminator(nn.Module):
 
     def forward_with_features(self, img: Tensor) -> tuple[Tensor, Tensor]:
         """Logits and the last-layer feature (output of ``final_linear[0]``, N x channels[4])."""
-        out = self.final_conv(self.minibatch_stddev(self.convs(img)))
+        out = self.convs(img)
+        out = self.final_conv(self.minibatch_stddev(out) if self.stddev_group else out)
         feature = self.final_linear[0](out.flatten(1))
         return self.final_linear[1](feature), feature
 
