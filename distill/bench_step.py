@@ -88,10 +88,11 @@ def main(recipe: str, overrides: tuple[str, ...], steps: int) -> None:
     lr = torch.rand(resolved.batch_size, 3, lr_side, lr_side)
     from types import SimpleNamespace
 
-    from .tasks import SRTask
+    from .tasks import sr_discriminator_config
 
+    # what build_nets reads of a task, without building the crop pools
     task = SimpleNamespace(kind="sr", example_inputs=lambda n=1: (lr[:n],),
-                           discriminator_config=lambda *args: SRTask.discriminator_config(None, *args))
+                           discriminator_config=sr_discriminator_config)
     nets, _, _ = build_nets(resolved, teacher, task, torch.device("cpu"), log=lambda msg: None)
     with torch.no_grad():
         out, feats = teacher.forward_with_features(lr)

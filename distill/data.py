@@ -513,14 +513,17 @@ def _progress(total: int, desc: str):
 # ----------------------------------------------------------------------------------------------- teacher cache
 
 
-def cache_teacher(teacher: nn.Module, lr: torch.Tensor, batch_size: int,
+def cache_teacher(teacher: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...], batch_size: int,
                   max_cache_mb: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen teacher once over the LR pool: (raw outputs, last feature maps), stored where ``lr`` is.
+    """Run the frozen teacher once over the pool: (raw outputs, last feature maps), stored where the inputs are.
 
+    ``inputs`` is the LR pool (N×C×H×W), or a tuple of what the teacher takes (GCFSR: LQ faces and their scales).
     Stages 2-3 of SDAKD keep the teacher frozen, so these cached answers are exactly what it would say each step.
     Outputs are kept raw (not clamped): the student matches the teacher, not the teacher's display image. The size
     is estimated from the first batch and checked against ``max_cache_mb`` before anything large is allocated.
     """
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    lr = inputs[0]
     n = lr.shape[0]
     if lr.dim() != 4 or n < 1:
         raise GankdError(f"LR pool must be N×C×H×W with N ≥ 1, got shape {list(lr.shape)}")
@@ -533,7 +536,7 @@ def cache_teacher(teacher: nn.Module, lr: torch.Tensor, batch_size: int,
         outputs = features = None
         for start in _progress_batches(n, batch_size):
             with torch.inference_mode():
-                out, feats = teacher.forward_with_features(lr[start:start + batch_size].to(device))
+                out, feats = teacher.forward_with_features(*(x[start:start + batch_size].to(device) for x in inputs))
             if outputs is None:
                 _check_cache_size(out, feats[-1], n, max_cache_mb)
                 # allocated outside inference mode: inference tensors could not be used as loss targets later

@@ -202,23 +202,16 @@ def cgkd_match_loss(c_t: Tensor, c_s: Tensor) -> Tensor:
     return F.l1_loss(c_s, c_t.detach())
 
 
-def kddlgan_terms(clip: CLIPImageTeacher, head: ProjectionHead, real: Tensor, fake: Tensor, d_feat_real: Tensor,
-                  d_feat_fake: Tensor, text: Tensor, gate: bool) -> dict[str, Tensor]:
-    """The three KD-DLGAN terms for one step; the caller weights them and picks the optimizer each one steps.
+def kddlgan_d_terms(i_real: Tensor, i_fake: Tensor, d_real: Tensor, d_fake: Tensor, text: Tensor,
+                    aggregate: bool) -> dict[str, Tensor]:
+    """The discriminator's KD-DLGAN terms from CLIP features I(·) and D^f(·) of the images D saw (after
+    DiffAugment): AGKD, and CGKD's match |C_T − C_S| with C = row-normalised features·Tᵀ of G(z). The CLIP side is
+    the target; the caller weights the terms (L_D = L_d + λ·AGKD + λ·CGKD)."""
+    return {"agkd": agkd_loss(i_real, i_fake, d_real, d_fake, aggregate=aggregate),
+            "cgkd_match": cgkd_match_loss(correlation(i_fake, text), correlation(d_fake, text))}
 
-    ``real``/``fake`` are the images D saw (after DiffAugment, as in the official code) and ``d_feat_*`` D's
-    last-layer features of them. ``agkd`` and ``cgkd_match`` reach D and the head only (CLIP's side is a target).
-    ``cgkd_div`` reaches G through I(G(z)) when ``fake`` is not detached; D's step should then leave it out or
-    detach G's graph, as it chooses. CGKD matching uses both real and fake correlations, as the official code does.
-    """
-    with torch.no_grad():
-        i_real = clip(real)
-    i_fake = clip(fake)
-    d_real, d_fake = head(d_feat_real), head(d_feat_fake)
-    c_t_fake = correlation(i_fake, text)
-    match = cgkd_match_loss(correlation(i_real, text), correlation(d_real, text))
-    return {
-        "agkd": agkd_loss(i_real, i_fake, d_real, d_fake, aggregate=gate),
-        "cgkd_div": cgkd_diversity_loss(c_t_fake),
-        "cgkd_match": match + cgkd_match_loss(c_t_fake, correlation(d_fake, text)),
-    }
+
+def kddlgan_g_term(i_fake: Tensor, text: Tensor) -> Tensor:
+    """CGKD's diversity term on I(G(z)) with its gradient: a function of G's samples alone, so it acts in G's step
+    (in L_D it would be a constant for D)."""
+    return cgkd_diversity_loss(correlation(i_fake, text))

@@ -15,6 +15,12 @@ from torch import nn
 from .errors import GankdError
 
 ArchKind = Literal["generator", "discriminator"]
+# the task a family's generators serve (config.json "task"); families not listed are super-resolution
+FAMILY_TASKS = {"stylegan2": "generate", "stylegan2_d": "generate", "gcfsr": "face_sr"}
+
+
+def family_task(family: str) -> str:
+    return FAMILY_TASKS.get(family, "sr")
 
 
 @dataclass(frozen=True)

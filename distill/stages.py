@@ -178,7 +178,7 @@ def generator_loss(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe
     if "div" in stage.g_terms:
         from . import kddlgan
 
-        terms["div"] = kddlgan.cgkd_diversity_loss(kddlgan.correlation(nets.get("clip")(out), nets.text_features))
+        terms["div"] = kddlgan.kddlgan_g_term(nets.get("clip")(out), nets.text_features)
         weights["div"] = recipe.lambda_div
     total = sum(weights[name] * value for name, value in terms.items())
     return total, terms, out
@@ -196,34 +196,28 @@ def discriminator_loss(stage: Stage, nets: Nets, batch: Batch, fake: torch.Tenso
     lazy_r1 = kind == "logistic" and recipe.r1_gamma > 0 and batch.step % recipe.r1_every == 0
     real = _augment(batch.hr, recipe, batch.seed + 1).detach().requires_grad_(lazy_r1)
     fake = _augment(fake, recipe, batch.seed + 2)
-    if nets.clip is not None:
-        return _kddlgan_d_terms(d, nets, real, fake, kind, recipe, batch.seed)
-    real_logits = d(real)
-    terms = {"d_adv": losses.d_adversarial_loss(real_logits, d(fake), kind)}
-    if real.requires_grad:
-        terms["d_r1"] = 0.5 * recipe.r1_gamma * recipe.r1_every * losses.r1_penalty(real_logits, real)
-    return terms
-
-
-def _kddlgan_d_terms(d: nn.Module, nets: Nets, real: torch.Tensor, fake: torch.Tensor, kind: str, recipe: Recipe,
-                     seed: int) -> dict[str, torch.Tensor]:
-    """L_D = L_d + λ·L_AGKD + λ·L_CGKD-match, D^f = the projection head on D's last-layer feature."""
-    from . import kddlgan
-
-    real_logits, real_feat = d.forward_with_features(real)
-    fake_logits, fake_feat = d.forward_with_features(fake)
+    kd = nets.clip is not None  # KD-DLGAN reads D's last-layer features as well as its logits
+    real_logits, real_feat = d.forward_with_features(real) if kd else (d(real), None)
+    fake_logits, fake_feat = d.forward_with_features(fake) if kd else (d(fake), None)
     terms = {"d_adv": losses.d_adversarial_loss(real_logits, fake_logits, kind)}
     if real.requires_grad:
         terms["d_r1"] = 0.5 * recipe.r1_gamma * recipe.r1_every * losses.r1_penalty(real_logits, real)
+    if kd:
+        terms.update(_kddlgan_d_terms(nets, real.detach(), fake, real_feat, fake_feat, recipe, batch.seed))
+    return terms
+
+
+def _kddlgan_d_terms(nets: Nets, real: torch.Tensor, fake: torch.Tensor, real_feat: torch.Tensor,
+                     fake_feat: torch.Tensor, recipe: Recipe, seed: int) -> dict[str, torch.Tensor]:
+    """λ·L_AGKD + λ·L_CGKD-match, D^f = the projection head on D's last-layer feature."""
+    from . import kddlgan
+
     aggregate = kddlgan.agkd_gate(torch.Generator().manual_seed(seed + 3), recipe.agkd_p)
     with torch.no_grad():  # CLIP is the teacher here: D learns towards it
-        i_real, i_fake = nets.clip(real.detach()), nets.clip(fake)
+        i_real, i_fake = nets.clip(real), nets.clip(fake)
     head = nets.get("d_head")
-    d_real, d_fake = head(real_feat), head(fake_feat)
-    terms["d_agkd"] = recipe.lambda_agkd * kddlgan.agkd_loss(i_real, i_fake, d_real, d_fake, aggregate)
-    terms["d_cgkd"] = recipe.lambda_cgkd * kddlgan.cgkd_match_loss(
-        kddlgan.correlation(i_fake, nets.text_features), kddlgan.correlation(d_fake, nets.text_features))
-    return terms
+    kd = kddlgan.kddlgan_d_terms(i_real, i_fake, head(real_feat), head(fake_feat), nets.text_features, aggregate)
+    return {"d_agkd": recipe.lambda_agkd * kd["agkd"], "d_cgkd": recipe.lambda_cgkd * kd["cgkd_match"]}
 
 
 def step(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe, where: str) -> dict[str, float]:

@@ -18,7 +18,6 @@ Every task builds :class:`~gankd.distill.stages.Batch` objects whose ``inputs`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -130,8 +129,6 @@ class SRTask(Task):
             self.train_teacher = data.cache_teacher(teacher, self.train.lr, recipe.batch_size, recipe.max_cache_mb)
         self.val_teacher_out, _ = data.cache_teacher(teacher, self.val.lr, recipe.batch_size, recipe.max_cache_mb)
         self.metric, self.fid = pick_metric(recipe, True, device, log)
-        if self.metric == "last":
-            self.metric = "psnr_teacher"
         self.real_feats = self.fid.features(self.val.hr) if self.fid else None
 
     def __len__(self) -> int:
@@ -159,9 +156,14 @@ class SRTask(Task):
         return scores
 
     def discriminator_config(self, recipe: Recipe, width: float, provenance: dict) -> ModelConfig:
-        num_feat = max(1, round(recipe.teacher_d_feat * width))
-        return ModelConfig(arch="unet_discriminator_sn", kwargs={"num_in_ch": 3, "num_feat": num_feat}, task="sr",
-                           scale=None, width=width, provenance=provenance)
+        return sr_discriminator_config(recipe, width, provenance)
+
+
+def sr_discriminator_config(recipe: Recipe, width: float, provenance: dict) -> ModelConfig:
+    """Real-ESRGAN's U-Net discriminator with ``width`` x ``teacher_d_feat`` channels."""
+    num_feat = max(1, round(recipe.teacher_d_feat * width))
+    return ModelConfig(arch="unet_discriminator_sn", kwargs={"num_in_ch": 3, "num_feat": num_feat}, task="sr",
+                       scale=None, width=width, provenance=provenance)
 
 
 # --- generate ---------------------------------------------------------------------------------------------------
@@ -186,27 +188,16 @@ def real_faces(source: str, size: int) -> Tensor:
     return torch.stack([_square(data.load_image(path), size) for path in data.list_images(source)])
 
 
-@dataclass
-class GeneratorShape:
-    size: int
-    style_dim: int
-
-
-def generator_shape(config: ModelConfig) -> GeneratorShape:
-    from .registry import make_config
-
-    arch = make_config(config.arch, config.kwargs)
-    return GeneratorShape(size=arch.size, style_dim=arch.style_dim)
-
-
 class GenerateTask(Task):
     kind = "generate"
     input_range = (-1.0, 1.0)
 
     def __init__(self, recipe: Recipe, teacher: nn.Module | None, g_config: ModelConfig, device: torch.device, log):
         self.recipe, self.teacher, self.device = recipe, teacher, device
-        shape = generator_shape(g_config)
-        self.size, self.style_dim = shape.size, shape.style_dim
+        from .registry import make_config
+
+        arch = make_config(g_config.arch, g_config.kwargs)
+        self.size, self.style_dim = arch.size, arch.style_dim
         self.real = real_faces(recipe.train_images, self.size) * 2 - 1
         if len(self.real) < 2:
             raise GankdError(f"train_images: {recipe.train_images} holds {len(self.real)} image(s); need at least 2")
@@ -294,7 +285,10 @@ class FaceSRTask(Task):
         scale = factors[torch.randint(len(factors), (recipe.train_crops,), generator=rng)]
         self.train_hr = hr * 2 - 1
         self.train_scale = scale
-        self.train_lq = torch.cat([gcfsr_lq(self.train_hr[i:i + 1], int(s)) for i, s in enumerate(scale.tolist())])
+        self.train_lq = torch.empty_like(self.train_hr)
+        for factor in scale.unique().tolist():  # one resize per factor, not per face
+            picked = scale == factor
+            self.train_lq[picked] = gcfsr_lq(self.train_hr[picked], int(factor))
         val = self._faces(recipe.val_images, "validation")
         self.val_hr = torch.stack(val) * 2 - 1
         self.val_lq = {s: gcfsr_lq(self.val_hr, s) for s in recipe.val_scales}
@@ -303,7 +297,8 @@ class FaceSRTask(Task):
         self.train_teacher = None
         if teacher is not None and recipe.cache_teacher:
             log(f"caching teacher outputs for {len(hr)} train faces (the teacher is frozen in every stage)")
-            self.train_teacher = _cache(teacher, (self.train_lq, self.train_scale), recipe.batch_size, device)
+            self.train_teacher = data.cache_teacher(teacher, (self.train_lq, self.train_scale), recipe.batch_size,
+                                                    recipe.max_cache_mb)
         self.metric, self.fid = pick_metric(recipe, teacher is not None, device, log, has_gt=True)
         self.real_feats = self.fid.features(_to_unit(self.val_hr)) if self.fid else None
         log(f"face data: {len(train)} train / {len(val)} validation faces at {self.size}², train factors "
@@ -360,17 +355,6 @@ class FaceSRTask(Task):
 
     def discriminator_config(self, recipe: Recipe, width: float, provenance: dict) -> ModelConfig:
         return _stylegan2_d_config(self.size, recipe, width, "face_sr", provenance)
-
-
-@torch.no_grad()
-def _cache(teacher: nn.Module, inputs: tuple[Tensor, ...], batch_size: int, device: torch.device
-           ) -> tuple[Tensor, Tensor]:
-    outs, feats = [], []
-    for i in range(0, len(inputs[0]), batch_size):
-        out, feat = _teacher_outputs(teacher, tuple(x[i:i + batch_size] for x in inputs), device)
-        outs.append(out.cpu())
-        feats.append(feat.cpu())
-    return torch.cat(outs), torch.cat(feats)
 
 
 def make_task(recipe: Recipe, teacher: nn.Module | None, g_config: ModelConfig, device: torch.device, log) -> Task:

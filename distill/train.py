@@ -48,12 +48,12 @@ def generator_config(recipe: Recipe, teacher: nn.Module | None) -> ModelConfig:
     """The teacher's config, or for ``mode: train`` the config of the generator built from ``arch``."""
     if teacher is not None:
         return teacher.gankd_config
-    from .registry import get_arch
+    from .registry import family_task, get_arch
 
     entry = get_arch(recipe.arch)
     if entry.kind != "generator":
         raise GankdError(f"arch: {recipe.arch} is a {entry.kind}, not a generator")
-    task = {"stylegan2": "generate", "gcfsr": "face_sr"}.get(entry.family, "sr")
+    task = family_task(entry.family)
     kwargs = dict(recipe.arch_kwargs)
     scale = kwargs.get("scale", kwargs.get("upscale", 4)) if task == "sr" else None
     return ModelConfig(arch=recipe.arch, kwargs=kwargs, task=task, scale=scale,
@@ -65,13 +65,14 @@ def task_kind(recipe: Recipe) -> str:
     """sr | face_sr | generate, without loading weights: from ``arch`` in mode train, else the teacher's config
     (sr when the teacher folder is not there yet, e.g. a dry run before the teacher run)."""
     from .modelio import load_config
+    from .registry import family_task
 
     if recipe.mode == "train":
         return generator_config(recipe, None).task
     try:
         return load_config(recipe.teacher).task
     except GankdError:
-        return {"stylegan2": "generate", "gcfsr": "face_sr"}.get(recipe.family, "sr")
+        return family_task(recipe.family)
 
 
 def _clip_teacher(recipe: Recipe, device: torch.device, log):
@@ -121,16 +122,16 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
         else:
             ds_conf = task.discriminator_config(recipe, recipe.student_d_width, provenance)
         nets.student_d = ds_conf.build()
+    kd_d = "teacher_d" if recipe.mode == "train" else "student_d"  # the discriminator KD-DLGAN distils into
     if recipe.kd_dlgan:
         from .kddlgan import ProjectionHead
 
         if task.kind != "generate":
             raise GankdError("kd_dlgan: KD-DLGAN distils CLIP into the discriminator of a generation run "
-                             "(a StyleGAN2 generator), not a {task.kind} run")
+                             f"(a StyleGAN2 generator), not a {task.kind} run")
         nets.clip, nets.text_features = _clip_teacher(recipe, device, log)
-        d = nets.teacher_d if recipe.mode == "train" else nets.student_d
         with torch.no_grad():
-            feat_dim = d.forward_with_features(task.batch(torch.arange(2), 0, 1).hr.cpu())[1].shape[1]
+            feat_dim = nets.get(kd_d).forward_with_features(task.real[:2])[1].shape[1]
         nets.d_head = ProjectionHead(feat_dim, nets.clip.embed_dim)
     if recipe.perceptual_weight > 0 and recipe.perceptual_weights:
         from .perceptual import VGGFeatures
@@ -145,9 +146,8 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
     ], betas=betas)
     for name in ("teacher_d", "student_d"):
         module = getattr(nets, name)
-        if module is not None:
-            head = nets.d_head if nets.d_head is not None and module is (
-                nets.teacher_d if recipe.mode == "train" else nets.student_d) else None
+        if module is not None:  # D^f trains with the discriminator it reads
+            head = nets.d_head if nets.d_head is not None and name == kd_d else None
             params = list(module.parameters()) + (list(head.parameters()) if head is not None else [])
             nets.optimizers[name] = torch.optim.Adam(params, lr=recipe.lr_d, betas=betas)
     return nets, sconf, dt_conf

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gankd.distill import ModelConfig, list_archs
+from gankd.distill.registry import family_task, get_arch
 
 # Small enough for a full forward+backward in milliseconds, shaped like the real archs.
 TINY_KWARGS = {
@@ -23,7 +24,7 @@ TINY_KWARGS = {
     "stylegan2_discriminator": [{"size": 32, "narrow": 0.0625}],
     "gcfsr": [{"out_size": 32, "num_style_feat": 32, "narrow": 0.0625}],
 }
-TASK_OF = {"stylegan2_generator": "generate", "stylegan2_discriminator": "generate", "gcfsr": "face_sr"}
+
 
 
 def tiny_configs() -> list[ModelConfig]:
@@ -32,7 +33,7 @@ def tiny_configs() -> list[ModelConfig]:
     out = []
     for arch, variants in TINY_KWARGS.items():
         for kwargs in variants:
-            task = TASK_OF.get(arch, "sr")
+            task = family_task(get_arch(arch).family)
             scale = kwargs.get("scale", kwargs.get("upscale")) if arch in ("rrdbnet", "srvgg_compact") else None
             out.append(ModelConfig(arch=arch, kwargs=kwargs, task=task, scale=scale,
                                    input_range=(0.0, 1.0) if task == "sr" else (-1.0, 1.0)))

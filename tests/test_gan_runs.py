@@ -5,6 +5,7 @@ Tiny widths, 32x32 images, a few steps each; selection by PSNR so the Inception 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -102,7 +103,7 @@ def test_kddlgan_terms_train_the_discriminator_and_reach_g(tmp_path):
                    f"clip_weights={weights}")
     steps = _steps(run_dir)
     assert all({"d_agkd", "d_cgkd", "g_div", "d_adv"} <= set(s) for s in steps)
-    assert all(s["d_agkd"] > 0 and s["g_div"] == s["g_div"] for s in steps)
+    assert all(s["d_agkd"] > 0 and math.isfinite(s["g_div"]) and math.isfinite(s["d_cgkd"]) for s in steps)
     state = torch.load(run_dir / "state" / "last.pt", weights_only=True)
     assert "d_head" in state["modules"]
 

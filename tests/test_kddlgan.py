@@ -22,7 +22,8 @@ from gankd.distill.kddlgan import (
     cgkd_diversity_loss,
     cgkd_match_loss,
     correlation,
-    kddlgan_terms,
+    kddlgan_d_terms,
+    kddlgan_g_term,
 )
 from gankd.distill.metrics import feature_diversity, laplacian_variance
 
@@ -148,8 +149,11 @@ def test_terms_reach_the_right_parameters(clip, text, gate, one_thread):
     real = torch.rand(4, 3, 32, 32) * 2 - 1
     fake = g(torch.randn(4, 8))
     _, feat_real = d(real)
-    _, feat_fake = d(fake.detach())  # D's step sees a detached fake; CLIP sees G's graph
-    terms = kddlgan_terms(clip, head, real, fake, feat_real, feat_fake, text, gate)
+    _, feat_fake = d(fake.detach())  # D's step sees a detached fake; the diversity term sees G's graph
+    with torch.no_grad():  # CLIP is D's target
+        i_real, i_fake = clip(real), clip(fake)
+    terms = kddlgan_d_terms(i_real, i_fake, head(feat_real), head(feat_fake), text, gate)
+    terms["cgkd_div"] = kddlgan_g_term(clip(fake), text)
     assert set(terms) == {"agkd", "cgkd_div", "cgkd_match"}
     assert all(torch.isfinite(v) and v.dim() == 0 for v in terms.values())
 

@@ -8,15 +8,14 @@ import yaml
 from gankd.distill.errors import GankdError
 from gankd.distill.recipe import RECIPES_DIR, Recipe, load_recipe, recipe_from_dict
 from gankd.distill.stages import plan_stages
+from gankd.distill.train import task_kind
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_recipes_load_and_plan(path):
     recipe = load_recipe(str(path))
     assert recipe.name == path.stem
-    kind = {"stylegan2": "generate", "gcfsr": "face_sr"}.get(recipe.family, "sr")
-    if recipe.mode == "train":
-        kind = "generate" if recipe.arch == "stylegan2_generator" else "face_sr"
+    kind = task_kind(recipe)  # the teacher folders do not exist here: from arch (mode train) or family
     stages = plan_stages(recipe, have_teacher_d=bool(recipe.teacher_d), task_kind=kind)
     if recipe.mode == "train":
         expected = ["stage1"]
