@@ -191,12 +191,7 @@ _CALIBRATION = {"generate": _generate_calibration, "face_sr": _face_calibration}
 
 
 def macs_per_sample(graph: Graph) -> int:
-    """Convolution and matrix-multiply MACs of one sample, counted by ``torch.utils.flop_counter`` (it sees the
-    functional convolutions of modulated layers, which module hooks miss): FLOPs / 2 at batch 1."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """MACs of one sample (convolutions and matrix products, FlopCounterMode: modulated convs count too)."""
+    from gankd.distill.profile import count_macs
 
-    one = tuple(x[:1] for x in graph.examples)
-    counter = FlopCounterMode(display=False)
-    with counter:  # not under no_grad: its module tracker hooks outputs that need a grad_fn
-        graph.module(*one)
-    return int(counter.get_total_flops() // 2)
+    return count_macs(graph.module, tuple(tuple(x[:1].shape) for x in graph.examples))
