@@ -585,6 +585,9 @@ def _measure_group(group: list[Row], shape, feeds, runners: _Runners, settings: 
         record["peak_fraction"] = record["gflops"] / peak.gflops if fp32_cpu and peak else None
         record["psnr_to_first_db"] = (_psnr_8bit(outputs[i], outputs[reference], _output_range(row.artifact))
                                       if reference is not None and i != reference else None)
+        own = next((j for j, r in enumerate(group) if r.artifact is row.artifact and r.variant == "fp32"), None)
+        record["psnr_to_own_fp32_db"] = (_psnr_float(outputs[i], outputs[own], _output_range(row.artifact))
+                                         if own is not None and row.variant != "fp32" else None)
         record["validation_psnr_teacher"] = (row.artifact.manifest["config"].get("provenance", {})
                                              .get("validation", {}).get("psnr_teacher"))
         if row.timings:
@@ -612,6 +615,13 @@ def _psnr_8bit(a: np.ndarray, b: np.ndarray, value_range: tuple[float, float] = 
     return mean_psnr(a.clamp(0, 1), b.clamp(0, 1))
 
 
+def _psnr_float(a: np.ndarray, b: np.ndarray, value_range: tuple[float, float]) -> float | None:
+    """PSNR of a reduced-precision row to its own fp32 row, on float outputs as the export's INT8 gate measures it."""
+    from .parity import compare
+
+    return compare(b, a, value_range)[1] if a.shape == b.shape else None
+
+
 def _machine(peak: CpuPeak | None, threads: int) -> dict:
     import platform
 
@@ -628,7 +638,7 @@ def _machine(peak: CpuPeak | None, threads: int) -> dict:
 
 
 TABLE_COLUMNS = ("model", "backend", "shape", "runs", "qps", "min ms", "mean ms", "median ms", "p90 ms", "p95 ms",
-                 "p99 ms", "speed-up", "GFLOP/s", "% FP32 peak", "PSNR→first dB")
+                 "p99 ms", "speed-up", "GFLOP/s", "% FP32 peak", "PSNR→first dB", "PSNR→own fp32 dB")
 CUDA_COLUMNS = ("H2D ms", "compute ms", "D2H ms", "enqueue ms")
 
 
@@ -642,7 +652,7 @@ def format_table(result: dict) -> str:
                "median ms": r["median_ms"], "p90 ms": r["p90_ms"], "p95 ms": r["p95_ms"], "p99 ms": r["p99_ms"],
                "speed-up": r["speedup"], "GFLOP/s": r["gflops"],
                "% FP32 peak": 100 * r["peak_fraction"] if r["peak_fraction"] is not None else None,
-               "PSNR→first dB": r["psnr_to_first_db"]}
+               "PSNR→first dB": r["psnr_to_first_db"], "PSNR→own fp32 dB": r.get("psnr_to_own_fp32_db")}
         for column in CUDA_COLUMNS:
             key = column.replace(" ", "_").lower()
             if key in r:
@@ -652,8 +662,9 @@ def format_table(result: dict) -> str:
     lines = [markdown_table(rows, columns)]
     if result["method"]["peak"]:
         lines.append(f"\n{result['method']['peak']}")
-    lines.append(f"percentiles: {PERCENTILE_DEFINITION}; speed-up and PSNR are against the first artifact's fp32 "
-                 "row on the same backend")
+    lines.append(f"percentiles: {PERCENTILE_DEFINITION}; speed-up and PSNR→first are against the first artifact's "
+                 "fp32 row on the same backend (8-bit PSNR); PSNR→own fp32 is an int8/fp16 row against its own "
+                 "artifact's fp32 row (float PSNR, as the export's INT8 gate); all on the same real photo crop")
     return "\n".join(lines)
 
 

@@ -31,7 +31,9 @@ import torch
 from gankd.distill.errors import GankdError
 from gankd.distill.modelio import WEIGHTS_FILE, load_config, load_model, sha256_file
 
-from . import formats, parity, tasks, trt
+from gankd.distill.registry import get_arch
+
+from . import formats, int8, parity, tasks, trt
 from .manifest import FORMAT, FORMAT_VERSION, INPUT_NAME, io_specs, write_manifest
 
 FORMATS = ("onnx", "pt2", "trt")
@@ -56,6 +58,8 @@ class ExportSettings:
     timing_cache: Path | None = None
     seed: int = 0
     psi: bool = False  # generate models: truncation psi as a second input (tasks.PsiGenerator)
+    int8_min_psnr_db: float | None = None  # None: the onnx-int8 parity tolerance (parity.TOLERANCES)
+    int8_min_speedup: float = 1.0  # INT8 is written only when at least this much faster than fp32 ONNX, here
 
     def __post_init__(self):
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -65,6 +69,8 @@ class ExportSettings:
             raise GankdError(f"--formats is empty; choose from {', '.join(FORMATS)}")
         if (self.fp16 or self.int8) and "onnx" not in self.formats and "trt" not in self.formats:
             raise GankdError("--fp16 and --int8 make ONNX variants: add onnx to --formats")
+        if self.int8_min_speedup < 0:
+            raise GankdError(f"--int8-min-speedup must be >= 0, got {self.int8_min_speedup:g}")
         if self.calib_count < 1:
             raise GankdError(f"--calib-count must be at least 1, got {self.calib_count}")
 
@@ -77,6 +83,7 @@ class _Build:
     files: dict = field(default_factory=dict)
     exporter: dict = field(default_factory=dict)
     runners: dict = field(default_factory=dict)  # artifact kind -> callable(np input) -> np output
+    int8: dict | None = None  # the INT8 outcome (written or refused, with its measured gate), for the manifest
 
     def add_file(self, kind: str, name: str, **extra) -> Path:
         path = self.tmp / name
@@ -146,7 +153,8 @@ def _export_files(model_dir: Path, out_dir: Path, model, config, settings: Expor
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the published folder gets the usual mode
     try:
         build = _Build(tmp)
-        simplify = _export_onnx_family(model, build, settings, calib, log, graph) \
+        gate = _Int8Gate.of(model, config, profile, graph) if settings.int8 else None
+        simplify = _export_onnx_family(model, build, settings, calib, log, gate, graph) \
             if "onnx" in formats_wanted else None
         if "pt2" in formats_wanted:
             log("exporting model.pt2 (torch.export)")
@@ -159,10 +167,11 @@ def _export_files(model_dir: Path, out_dir: Path, model, config, settings: Expor
             build.runners["pt2"] = _pt2_runner(tmp / FILE_NAMES["pt2"])
         if "trt" in formats_wanted:
             _build_trt(build, settings, profile, log)
+        tolerances = _tolerances(settings)
         if graph is None:
-            parity_section = _parity(model, config.scale, build.runners, profile, settings.force, log)
+            parity_section = _parity(model, config.scale, build.runners, profile, settings.force, log, tolerances)
         else:
-            parity_section = _graph_parity(graph, build.runners, settings.force, log)
+            parity_section = _graph_parity(graph, build.runners, settings.force, log, tolerances)
         manifest = _manifest(model_dir, model, config, multiple, settings, build, simplify, parity_section, graph)
         write_manifest(tmp, manifest)
         _publish(tmp, out_dir)
@@ -199,7 +208,7 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------- steps
 
 
-def _export_onnx_family(model, build: _Build, settings: ExportSettings, calib, log,
+def _export_onnx_family(model, build: _Build, settings: ExportSettings, calib, log, gate: "_Int8Gate | None",
                         graph: tasks.Graph | None = None) -> dict:
     onnx_path = build.tmp / FILE_NAMES["onnx"]
     if graph is None:
@@ -225,17 +234,69 @@ def _export_onnx_family(model, build: _Build, settings: ExportSettings, calib, l
         build.add_file("onnx-fp16", FILE_NAMES["onnx-fp16"], io_dtype="float32")
         build.runners["onnx-fp16"] = _ort_runner(build.tmp / FILE_NAMES["onnx-fp16"], names)
     if settings.int8:
-        log(f"quantizing model.int8.onnx ({len(calib)} calibration {'crops' if graph is None else 'feeds'})")
-        info = formats.quantize_int8(onnx_path, build.tmp / FILE_NAMES["onnx-int8"], calib)
-        if graph is None:
-            info["calibration"] = {"source": settings.calib, "count": len(calib), "shape": list(calib[0].shape),
-                                   "seed": settings.seed}
-        else:
-            info["calibration"] = {"source": tasks.CALIBRATION_SOURCES[graph.task], "count": len(calib),
-                                   "shape": list(calib[0][names[0]].shape), "seed": settings.seed}
-        build.add_file("onnx-int8", FILE_NAMES["onnx-int8"], quantization=info)
-        build.runners["onnx-int8"] = _ort_runner(build.tmp / FILE_NAMES["onnx-int8"], names)
+        _quantize_int8(model, build, settings, calib, names, gate, log)
     return simplify
+
+
+@dataclass(frozen=True)
+class _Int8Gate:
+    """What the INT8 gate runs on: the parity inputs with the PyTorch model's outputs, and one feed for timing."""
+
+    cases: list  # tuples of input tensors
+    references: list[np.ndarray]
+    value_range: tuple[float, float]
+    speed_feed: tuple[np.ndarray, ...]
+    inputs_text: str  # what the cases are, for the one-line verdict
+
+    @classmethod
+    def of(cls, model, config, profile, graph: tasks.Graph | None) -> "_Int8Gate":
+        with torch.no_grad():
+            if graph is None:
+                cases = [(x,) for x in parity.parity_inputs(config.scale)]
+                references = [model(x).numpy() for (x,) in cases]
+                speed = (parity.real_lr_batch(profile.opt, config.scale).numpy(),)
+                return cls(cases, references, (0.0, 1.0), speed, "real crops")
+            cases = [tuple(case.inputs) for case in graph.cases]
+            references = [graph.module(*case).numpy() for case in cases]
+            return cls(cases, references, graph.output_range, tuple(x.numpy() for x in cases[0]),
+                       {"generate": "seeded z", "face_sr": "a real face"}[graph.task])
+
+
+def _tolerances(settings: ExportSettings) -> dict[str, parity.Tolerance]:
+    if settings.int8_min_psnr_db is None:
+        return dict(parity.TOLERANCES)
+    return {**parity.TOLERANCES, "onnx-int8": parity.Tolerance(min_psnr_db=settings.int8_min_psnr_db)}
+
+
+def _quantize_int8(model, build: _Build, settings: ExportSettings, calib, names, gate: _Int8Gate, log) -> None:
+    """model.int8.onnx with the family's recipe, kept only when it passes the gate (:func:`int8.judge`); the
+    outcome, written or not, goes to ``build.int8`` for the manifest."""
+    recipe = int8.recipe_for(get_arch(model.gankd_config.arch).family)
+    path = build.tmp / FILE_NAMES["onnx-int8"]
+    log(f"quantizing model.int8.onnx ({len(calib)} calibration inputs; 7-bit weights, uint8 activations, "
+        f"{recipe.keep_first_convs} first / {recipe.keep_last_convs} last conv(s) in fp32)")
+    info = int8.quantize(build.tmp / FILE_NAMES["onnx"], path, calib, recipe)
+    calib_shape = calib[0].shape if not isinstance(calib[0], dict) else calib[0][names[0]].shape
+    info["calibration"] = {"source": settings.calib if isinstance(calib[0], np.ndarray) else
+                           tasks.CALIBRATION_SOURCES[model.gankd_config.task], "count": len(calib),
+                           "shape": list(calib_shape), "seed": settings.seed}
+    run_int8 = _ort_runner(path, names)
+    run_fp32 = build.runners["onnx"]
+    psnrs = [parity.compare(ref, run_int8(*(x.numpy() for x in case)), gate.value_range)[1]
+             for case, ref in zip(gate.cases, gate.references)]
+    verdict = int8.judge(psnrs, lambda: run_fp32(*gate.speed_feed), lambda: run_int8(*gate.speed_feed),
+                         gate.speed_feed[0].shape, _tolerances(settings)["onnx-int8"].min_psnr_db,
+                         settings.int8_min_speedup, gate.inputs_text)
+    build.int8 = {"written": verdict.passed, "gate": verdict.to_json(), "quantization": info}
+    if not verdict.passed:
+        path.unlink()
+        build.int8["reason"] = verdict.reason()
+        log(f"INT8 not written: {verdict.reason()} [measured at {'x'.join(map(str, verdict.shape))} on "
+            f"{info['calibration_cpu']['model']}: {verdict.psnr_db:.2f} dB, {verdict.speedup:.2f}x]")
+        return
+    log(f"INT8 kept: {verdict.psnr_db:.2f} dB PSNR to fp32 on {gate.inputs_text}, {verdict.speedup:.2f}x the fp32 speed")
+    build.add_file("onnx-int8", FILE_NAMES["onnx-int8"], quantization=info)
+    build.runners["onnx-int8"] = run_int8
 
 
 def _build_trt(build: _Build, settings: ExportSettings, profile: trt.ShapeProfile, log) -> None:
@@ -262,7 +323,8 @@ def _pt2_runner(path: Path):
     return run
 
 
-def _parity(model, scale: int, runners: dict, profile: trt.ShapeProfile, force: bool, log) -> dict:
+def _parity(model, scale: int, runners: dict, profile: trt.ShapeProfile, force: bool, log,
+            tolerances: dict[str, parity.Tolerance]) -> dict:
     inputs = parity.parity_inputs(scale)
     # an engine only takes shapes inside its profile: the parity sizes that fit, and the profile's opt shape
     has_engine = any(kind.startswith("trt") for kind in runners)
@@ -279,10 +341,10 @@ def _parity(model, scale: int, runners: dict, profile: trt.ShapeProfile, force: 
     results = []
     for kind, run in runners.items():
         xs = engine_inputs if kind.startswith("trt") else inputs
-        results += parity.check_artifact(kind, run, xs, [reference(x) for x in xs])
+        results += parity.check_artifact(kind, run, xs, [reference(x) for x in xs], tolerances[kind])
     message = _log_parity(results, force, log)
     return {"passed": message is None, "forced": bool(message), "reference": "the PyTorch model, fp32, CPU",
-            "tolerances": {k: t.text() for k, t in parity.TOLERANCES.items()},
+            "tolerances": {k: t.text() for k, t in tolerances.items()},
             "inputs": "embedded validation photos, centre crops bicubic-downscaled by the scale, batch 2 at "
                       + ", ".join(f"{h}x{w}" for h, w in parity.PARITY_SIZES)
                       + ("; TensorRT: the sizes inside its profile and the opt shape" if has_engine else ""),
@@ -304,15 +366,16 @@ def _log_parity(results: list[dict], force: bool, log) -> str | None:
     return message
 
 
-def _graph_parity(graph: tasks.Graph, runners: dict, force: bool, log) -> dict:
+def _graph_parity(graph: tasks.Graph, runners: dict, force: bool, log,
+                  tolerances: dict[str, parity.Tolerance]) -> dict:
     with torch.no_grad():  # the PyTorch model runs once per case, however many artifacts
         references = [graph.module(*case.inputs).numpy() for case in graph.cases]
     results = []
     for kind, run in runners.items():
-        results += parity.check_cases(kind, run, graph.cases, references, graph.output_range)
+        results += parity.check_cases(kind, run, graph.cases, references, graph.output_range, tolerances[kind])
     message = _log_parity(results, force, log)
     section = {"passed": message is None, "forced": bool(message), "reference": "the PyTorch model, fp32, CPU",
-               "tolerances": {k: t.text() for k, t in parity.TOLERANCES.items()},
+               "tolerances": {k: t.text() for k, t in tolerances.items()},
                "compared": f"outputs mapped from {list(graph.output_range)} to [0, 1], clamped",
                "inputs": graph.parity_text, "results": results}
     if graph.task == "face_sr":
@@ -389,6 +452,7 @@ def _manifest(model_dir: Path, model, config, multiple: int, settings: ExportSet
         "exporter": {"onnx": build.exporter.get("onnx"), "pt2": build.exporter.get("pt2"), "simplify": simplify},
         "compute": compute,
         "files": build.files,
+        "int8": build.int8,
         "parity": parity_section,
         "bench": {"results": []},
     }

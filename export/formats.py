@@ -146,39 +146,15 @@ def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ..
     if threads:
         options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=list(providers), provider_options=provider_options)
-
-
-# ----------------------------------------------------------------------------------------------- INT8
-
-
-def quantize_int8(src: Path, dst: Path, batches: list[np.ndarray] | list[dict[str, np.ndarray]]) -> dict:
-    """ONNX Runtime static quantization: QDQ format, per-channel int8 weights, uint8 activations (U8S8, what the
-    AVX-512 VNNI ``vpdpbusd`` instruction multiplies), MinMax ranges from ``batches`` of real images (arrays for
-    the ``input`` of an SR model, or {input name: array} feeds for a multi-input graph)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._batches = iter(batches)
-
-        def get_next(self):
-            batch = next(self._batches, None)
-            if batch is None:
-                return None
-            return batch if isinstance(batch, dict) else {INPUT_NAME: batch}
-
-    with _quiet_root_logger():  # the quantizer logs "consider pre-processing" through the root logger
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
-    check_onnx(dst, dst.name)
-    return {"format": "QDQ", "weights": "int8 per-channel", "activations": "uint8", "method": "MinMax"}
+    try:
+        return ort.InferenceSession(str(path), options, providers=list(providers), provider_options=provider_options)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, Fail, ...); one line
+        raise GankdError(f"{path} cannot be loaded by ONNX Runtime (corrupted or not an ONNX model?): "
+                         f"{_first_line(exc)}") from None
 
 
 @contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
+def quiet_root_logger() -> Iterator[None]:
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
@@ -229,7 +205,10 @@ def export_pt2_graph(graph, path: Path) -> Path:
 
 
 def load_pt2(path: Path) -> nn.Module:
-    return torch.export.load(str(path)).module()
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as exc:  # noqa: BLE001 - a damaged archive raises many types; one line
+        raise GankdError(f"{path} cannot be loaded by torch.export (corrupted?): {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,11 +11,17 @@ Measures, on outputs clamped to the output range [0, 1]:
 - ``psnr_db``: 10·log10(1 / MSE) on the float outputs (not 8-bit: parity must see differences below 1/255),
   capped at 100 dB.
 
-Tolerances (:data:`TOLERANCES`): fp32 artifacts (ONNX, pt2) max_abs ≤ 1e-4; an fp32 TensorRT engine ≤ 1e-3 (GPU
-kernels sum in another order); fp16 ≥ 40 dB and int8 ≥ 25 dB PSNR to the fp32 output — loose floors that catch a
-broken conversion (a wrong range, an fp16 overflow: typically < 20 dB), not a quality target. Measured here: the
-x4plus teacher's MinMax INT8 reaches 28.9 / 31.0 dB (its trunk activations have wide ranges), a briefly distilled
-C=1/4 RRDB student 48 dB; x4plus fp16 72-74 dB.
+Tolerances (:data:`TOLERANCES`, the one place they are stated; each holds on any x86 CPU, AVX2 or AVX-512, with or
+without VNNI):
+
+- fp32 artifacts (ONNX, pt2): max_abs ≤ 1e-4. Kernels of different ISAs sum in different orders; that moves
+  outputs by ~1e-6, two orders of magnitude inside the bound. A wrong weight, op or padding moves them by > 1e-2.
+- fp32 TensorRT engine: max_abs ≤ 1e-3 (GPU kernels sum in another order, TF32 off).
+- fp16 (ONNX, TensorRT): PSNR ≥ 40 dB to the fp32 output. Measured: x4plus 72–74 dB; an fp16 overflow or a wrong
+  cast gives < 20 dB.
+- INT8: PSNR ≥ 40 dB, the bar for an INT8 file worth shipping (about 0.2 dB off a student 28 dB from its teacher).
+  The INT8 recipe (:mod:`gankd.export.int8`) computes exact integer products on every x86 CPU, so the figure does
+  not depend on the ISA; a file below the bar is not written at all (``gankd-export --int8`` says why).
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "onnx": Tolerance(max_abs=1e-4),
     "pt2": Tolerance(max_abs=1e-4),
     "onnx-fp16": Tolerance(min_psnr_db=40.0),
-    "onnx-int8": Tolerance(min_psnr_db=25.0),
+    "onnx-int8": Tolerance(min_psnr_db=40.0),
     "trt": Tolerance(max_abs=1e-3),
     "trt-fp16": Tolerance(min_psnr_db=40.0),
 }
@@ -105,9 +111,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray,
 
 
 def check_artifact(kind: str, run: Callable[[np.ndarray], np.ndarray], inputs: list[torch.Tensor],
-                   references: list[np.ndarray]) -> list[dict]:
-    """One result per input size for the artifact ``kind`` (a key of :data:`TOLERANCES`)."""
-    tolerance = TOLERANCES[kind]
+                   references: list[np.ndarray], tolerance: Tolerance | None = None) -> list[dict]:
+    """One result per input size for the artifact ``kind`` (a key of :data:`TOLERANCES`, unless ``tolerance``)."""
+    tolerance = tolerance or TOLERANCES[kind]
     results = []
     for x, ref in zip(inputs, references):
         max_abs, psnr_db = compare(ref, run(x.numpy()))
@@ -119,10 +125,10 @@ def check_artifact(kind: str, run: Callable[[np.ndarray], np.ndarray], inputs: l
 
 
 def check_cases(kind: str, run: Callable[..., np.ndarray], cases: list, references: list[np.ndarray],
-                value_range: tuple[float, float]) -> list[dict]:
+                value_range: tuple[float, float], tolerance: Tolerance | None = None) -> list[dict]:
     """One result per :class:`gankd.export.tasks.Case` (a multi-input batch), with the case's info (seeds, psi,
     scale) and the shape of its first input."""
-    tolerance = TOLERANCES[kind]
+    tolerance = tolerance or TOLERANCES[kind]
     results = []
     for case, ref in zip(cases, references):
         max_abs, psnr_db = compare(ref, run(*(x.numpy() for x in case.inputs)), value_range)

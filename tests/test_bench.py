@@ -164,7 +164,8 @@ def artifacts(tmp_path_factory):
     x2 = ModelConfig(arch="rrdbnet", kwargs={"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}, scale=2)
     out = {}
     for name, config, settings in (
-        ("teacher", teacher, exporter.ExportSettings(int8=True, calib_count=2, opt_shape="1x3x16x16")),
+        ("teacher", teacher, exporter.ExportSettings(int8=True, calib_count=2, opt_shape="1x3x16x16",
+                                                                    int8_min_speedup=0.0)),
         ("student", student, exporter.ExportSettings(formats=("onnx",))),
         ("x2", x2, exporter.ExportSettings(formats=("onnx",))),
     ):
@@ -199,6 +200,9 @@ def test_cli_end_to_end(artifacts, tmp_path):
     first = rows[0]
     assert first["speedup"] == 1.0 and first["psnr_to_first_db"] is None
     assert rows[1]["psnr_to_first_db"] > 30 and rows[2]["psnr_to_first_db"] is not None
+    # the INT8 row's quality cost next to its speed: float PSNR to its own fp32 row, on the real photo crop
+    assert rows[1]["psnr_to_own_fp32_db"] > 40 and rows[0]["psnr_to_own_fp32_db"] is None
+    assert rows[2]["psnr_to_own_fp32_db"] is None and "PSNR→own fp32 dB" in table
     for r in rows:
         assert r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
         assert r["gflops"] > 0
@@ -210,6 +214,19 @@ def test_cli_end_to_end(artifacts, tmp_path):
     assert {(r["backend"], tuple(r["shape"])) for r in stored["results"]} == {
         ("ort", (1, 3, 16, 16)), ("ort-int8", (1, 3, 16, 16)), ("ort", (2, 3, 12, 20)), ("ort-int8", (2, 3, 12, 20))}
     assert "formula" in stored["cpu"]
+
+
+def test_truncated_onnx_is_one_line(artifacts, tmp_path):
+    """A damaged model.onnx (cut in half) gives one line naming the file, not ONNX Runtime's traceback."""
+    import shutil
+
+    copy = tmp_path / "student"
+    shutil.copytree(artifacts["student"], copy)
+    data = (copy / "model.onnx").read_bytes()
+    (copy / "model.onnx").write_bytes(data[: len(data) // 2])
+    proc = _bench(copy, "--backends", "ort", "--shapes", "1x3x16x16", "--iterations", "1", "--warmup-ms", "0")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "model.onnx cannot be loaded" in proc.stderr
 
 
 def test_torch_backend_and_variants_filter(artifacts):

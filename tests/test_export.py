@@ -48,9 +48,11 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     out = {}
     for name, config, settings in (
-        ("rrdb4", RRDB_X4, exporter.ExportSettings(fp16=True, int8=True, calib_count=4, opt_shape="1x3x32x32")),
+        ("rrdb4", RRDB_X4, exporter.ExportSettings(fp16=True, int8=True, calib_count=4, opt_shape="1x3x32x32",
+                                                           int8_min_speedup=0.0)),
         ("rrdb2", RRDB_X2, exporter.ExportSettings()),
-        ("srvgg4", SRVGG_X4, exporter.ExportSettings(int8=True, calib_count=4, opt_shape="1x3x32x32")),
+        ("srvgg4", SRVGG_X4, exporter.ExportSettings(int8=True, calib_count=4, opt_shape="1x3x32x32",
+                                                             int8_min_speedup=0.0)),
     ):
         model_dir = _save(root / "models" / name, config)
         manifest = exporter.export_model(model_dir, root / "artifacts" / name, settings, log=lambda _msg: None)
@@ -374,3 +376,92 @@ def test_export_import_is_light():
                               check=True).stdout.split())
     heavy = ("onnx", "onnxruntime", "onnxslim", "tensorrt", "matplotlib", "basicsr", "skimage")
     assert not [m for m in mods if m.split(".")[0] in heavy]
+
+
+# ----------------------------------------------------------------------------------------------- negative controls
+
+
+def _wrong_model(model_dir):
+    """The same network with the last conv's bias shifted by 0.03: an artifact made from it computes something else
+    (about 30 dB from the real model, where every tolerance asks for 40 dB or 1e-4)."""
+    model = load_model(model_dir)
+    with torch.no_grad():
+        model.conv_last.bias.add_(0.03)
+    return model
+
+
+def _wrong_artifact(kind: str, model_dir, art, tmp_path):
+    """A genuinely wrong file of each format."""
+    from gankd.export import int8
+
+    example = torch.rand(1, 3, 32, 32)
+    if kind == "pt2":
+        return formats.export_pt2(_wrong_model(model_dir), tmp_path / "wrong.pt2", 1)
+    wrong_onnx = formats.export_onnx(_wrong_model(model_dir), tmp_path / "wrong.onnx", 17, example)
+    if kind == "onnx":
+        return wrong_onnx
+    if kind == "onnx-fp16":
+        return formats.convert_fp16(wrong_onnx, tmp_path / "wrong.fp16.onnx")
+    calib = [parity.real_lr_batch((1, 3, 32, 32), 4).numpy()]
+    int8.quantize(wrong_onnx, tmp_path / "wrong.int8.onnx", calib, int8.recipe_for("rrdb"))
+    return tmp_path / "wrong.int8.onnx"
+
+
+def _runner(path):
+    if str(path).endswith(".pt2"):
+        module = formats.load_pt2(path)
+        return lambda x: module(torch.from_numpy(x)).detach().numpy()
+    session = formats.ort_session(path)
+    return lambda x: session.run(None, {"input": x})[0]
+
+
+@pytest.mark.parametrize("kind", ["onnx", "pt2", "onnx-fp16", "onnx-int8"])
+def test_each_format_tolerance_fails_on_a_wrong_artifact(exported, tmp_path, kind):
+    """Negative control per format: the tolerance passes the exported file and fails a genuinely wrong one, with a
+    wide margin on both sides (so no ISA can move either result across it)."""
+    model_dir, art, manifest = exported["rrdb4"]
+    inputs = parity.parity_inputs(4)
+    references = [_reference(model_dir, x) for x in inputs]
+    good = parity.check_artifact(kind, _runner(art / manifest["files"][kind]["path"]), inputs, references)
+    bad = parity.check_artifact(kind, _runner(_wrong_artifact(kind, model_dir, art, tmp_path)), inputs, references)
+    assert all(r["passed"] for r in good) and not any(r["passed"] for r in bad)
+    if kind in ("onnx", "pt2"):
+        assert max(r["max_abs"] for r in good) < 1e-5 and min(r["max_abs"] for r in bad) > 1e-2
+    else:
+        assert min(r["psnr_db"] for r in good) > 45 and max(r["psnr_db"] for r in bad) < 35
+
+
+def test_int8_gate_leaves_the_file_out_with_the_measured_figures(tmp_path, capsys):
+    """Below the PSNR bar or the speed bar, --int8 writes everything but model.int8.onnx and says why in one line;
+    the export itself succeeds."""
+    model_dir = _save(tmp_path / "m", SRVGG_X4)
+    code = export_main([str(model_dir), "--out", str(tmp_path / "a"), "--formats", "onnx", "--int8",
+                        "--calib-count", "2", "--opt-shape", "1x3x16x16", "--int8-min-psnr-db", "200"])
+    err = capsys.readouterr().err
+    assert code == 0 and not (tmp_path / "a" / "model.int8.onnx").exists()
+    [line] = [ln for ln in err.splitlines() if ln.startswith("INT8 not written")]
+    assert "PSNR to fp32 on real crops (needs >= 200 dB)" in line and "at 1x3x16x16 on " in line
+    outcome = read_manifest(tmp_path / "a")["int8"]
+    assert outcome["written"] is False and outcome["gate"]["min_psnr_db"] == 200
+    assert outcome["quantization"]["reduce_range"] and outcome["quantization"]["fp32_convs"]
+    code = export_main([str(model_dir), "--out", str(tmp_path / "b"), "--formats", "onnx", "--int8",
+                        "--calib-count", "2", "--opt-shape", "1x3x16x16", "--int8-min-speedup", "1000"])
+    assert code == 0 and "the fp32 speed (needs >= 1000x)" in capsys.readouterr().err
+    assert "onnx-int8" not in read_manifest(tmp_path / "b")["files"]
+
+
+def test_int8_recipe_is_saturation_free_and_keeps_edge_convs(exported):
+    """7-bit weights (|w| <= 64 in every QDQ weight), so u8 x s8 pair sums fit int16 on CPUs without VNNI; the
+    family's first / last convs stay fp32; the calibration CPU is recorded."""
+    from onnx import numpy_helper
+
+    _, art, manifest = exported["rrdb4"]
+    info = manifest["files"]["onnx-int8"]["quantization"]
+    assert info["weight_bits"] == 7 and info["activations"] == "uint8" and len(info["fp32_convs"]) == 4
+    assert set(info["calibration_cpu"]) == {"model", "flags"}
+    model = onnx.load(str(art / "model.int8.onnx"))
+    int8_weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert int8_weights and max(int(np.abs(w.astype(np.int32)).max()) for w in int8_weights) <= 64
+    conv_inputs = {n.name: n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    for name in info["fp32_convs"]:
+        assert not conv_inputs[name].endswith("_DequantizeLinear_Output"), name

@@ -133,3 +133,4 @@ def test_quickstart_script(tmp_path):
     again = subprocess.run(["bash", str(root / "demos" / "quickstart.sh")], capture_output=True, text=True, env=env,
                            timeout=600)
     assert again.returncode == 0 and "resuming it" in again.stdout, again.stderr
+    assert "teacher artifact" in again.stdout and "kept" in again.stdout  # the real teacher is exported once
