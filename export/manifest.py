@@ -14,6 +14,10 @@ Schema (``format_version`` 1); every key is always present, ``None`` where it do
                                                            was simplified
     compute    {macs_per_input_pixel, params}              GMACs at any size = N*H*W*macs_per_input_pixel / 1e9
     files      {kind: {path, sha256, bytes, ...}}          kind: onnx, onnx-fp16, onnx-int8, pt2, trt
+    int8       {written, gate, quantization[, reason]} | None   the --int8 outcome, also when the file was left out:
+                                                           gate {psnr_db, speedup, min_psnr_db, min_speedup, ...},
+                                                           quantization {recipe, fp32_convs, calibration,
+                                                           calibration_cpu {model, flags}} (absent before 2026-12)
     parity     {passed, forced, tolerances, inputs, results}   each artifact against the PyTorch model
     bench      {results: [...]}                            filled in by ``gankd-bench --write-manifest``
     task       "sr" | "generate" | "face_sr"               (absent in older manifests: read config.task)
