@@ -4,7 +4,7 @@ Never imports gankd.distill or gankd.export: it reads manifest.json and the arti
 needs no architecture code and no training dependencies. torch and onnxruntime load when a Session needs them.
 """
 
-from .errors import ServeError
+from .errors import OverBudget, ServeError
 from .session import BACKENDS, Session
 
-__all__ = ["BACKENDS", "ServeError", "Session"]
+__all__ = ["BACKENDS", "OverBudget", "ServeError", "Session"]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import click
@@ -26,16 +25,30 @@ def cli():
 @click.option("--max-pixels", type=click.IntRange(min=1), default=1024 * 1024, show_default=True,
               help="refuse uploads with more pixels than this")
 @click.option("--tile", type=click.IntRange(min=0), default=256, show_default=True,
-              help="default LR tile size in px (0: whole image)")
-def serve(artifact_dirs, host, port, max_pixels, tile):
+              help="default LR tile size in px (0: whole image); requests may use 0 or 16..1024")
+@click.option("--request-budget-s", type=click.FloatRange(min=1.0), default=120.0, show_default=True,
+              help="time one request (teacher and student) may take; checked between tiles")
+@click.option("--queue-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="requests that may wait beyond the 4 running; more are refused")
+@click.option("--no-verify", is_flag=True,
+              help="load model files whose sha256 differs from manifest.json (graphs edited on purpose)")
+def serve(artifact_dirs, host, port, max_pixels, tile, request_budget_s, queue_size, no_verify):
     """The Gradio demo over ARTIFACT_DIRs (teacher first, then students); none: exports/teacher and
     exports/student from `make quickstart`."""
-    from .app import launch
-    from .session import read_manifest
+    from .app import TILE_MAX_PX, TILE_MIN_PX, check_port_free, default_artifact_dirs, launch
+    from .session import read_manifest, verify_artifact
 
-    for artifact_dir in artifact_dirs:
-        read_manifest(artifact_dir)  # a missing or wrong folder fails here in one line, before gradio loads
-    launch(list(artifact_dirs) or None, host=host, port=port, max_pixels=max_pixels, default_tile=tile)
+    if tile != 0 and not TILE_MIN_PX <= tile <= TILE_MAX_PX:
+        raise click.BadParameter(f"0 (whole image) or {TILE_MIN_PX} to {TILE_MAX_PX}, got {tile}", param_hint="--tile")
+
+    # every check that can fail in one line runs here, before gradio loads
+    for artifact_dir in artifact_dirs or default_artifact_dirs():
+        read_manifest(artifact_dir)
+        if not no_verify:
+            verify_artifact(artifact_dir)
+    check_port_free(host, port)
+    launch(list(artifact_dirs) or None, host=host, port=port, max_pixels=max_pixels, default_tile=tile,
+           verify=not no_verify, request_budget_s=request_budget_s, queue_size=queue_size)
 
 
 @cli.command()
@@ -52,11 +65,15 @@ def serve(artifact_dirs, host, port, max_pixels, tile):
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="intra-op threads of the backend")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="skip inputs with more pixels than this")
-def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads, max_pixels):
+@click.option("--no-verify", is_flag=True,
+              help="load a model file whose sha256 differs from manifest.json (a graph edited on purpose)")
+def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads, max_pixels, no_verify):
     """Upscale every image in IN_DIR into OUT_DIR (PNG, same stem); bad files are reported and skipped.
+    Images are read as the demo reads them (EXIF orientation applied, 16-bit kept, first frame of an animation).
     Exit status 0 when all were written, 1 when some were skipped."""
     from tqdm import tqdm
 
+    from .images import read_image, save_image
     from .session import Session
 
     if not in_dir.is_dir():
@@ -66,7 +83,7 @@ def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads,
         raise ServeError(f"input folder {str(in_dir)!r} has no files")
     if out_dir.exists() and not out_dir.is_dir():
         raise ServeError(f"output {str(out_dir)!r} is a file, not a folder")
-    session = Session(artifact_dir, backend=backend, threads=threads, variant=variant)
+    session = Session(artifact_dir, backend=backend, threads=threads, variant=variant, verify=not no_verify)
     if session.task != "sr":
         raise ServeError(f"upscale runs sr artifacts; {str(artifact_dir)!r} is a {session.task} artifact (use "
                          "gankd.serve.Session in Python, or the demo)")
@@ -74,42 +91,17 @@ def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads,
     skipped = 0
     for path in tqdm(files, desc="upscale", unit="img", file=sys.stderr):
         try:
-            image = _open_image(path, max_pixels)
-            session.run(image, tile=tile, pad=pad).save(out_dir / f"{path.stem}.png")
-        except (ServeError, OSError) as exc:  # OSError: the PNG could not be written (mode, disk)
+            picture = read_image(path, max_pixels)
+            save_image(session.run(picture.array, tile=tile, pad=pad), out_dir / f"{path.stem}.png")
+        except (ServeError, OSError) as exc:  # OSError: the PNG could not be written (disk)
             skipped += 1
             tqdm.write(f"skipped {path.name}: {exc}", file=sys.stderr)
+            continue
+        if picture.note:
+            tqdm.write(f"note {path.name}: {picture.note}", file=sys.stderr)
     done = len(files) - skipped
     click.echo(f"upscaled {done} of {len(files)} images into {out_dir}" + (f"; skipped {skipped}" if skipped else ""))
     return 1 if skipped else 0
-
-
-def _open_image(path: Path, max_pixels: int):
-    """A fully decoded PIL image, or ServeError (one line) for non-images, truncated files and oversized images.
-    The size is checked from the header before decoding, so a decompression bomb is never expanded."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ServeError(f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels} "
-                                 "(--max-pixels)")
-            image.load()
-    except UnidentifiedImageError:
-        raise ServeError("not an image PIL can read") from None
-    except Image.DecompressionBombError as exc:
-        raise ServeError(f"too large ({_first_line(exc)})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ServeError(f"cannot decode ({_first_line(exc)})") from None
-    return image
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,9 @@ manifest: input/output value range, clamp, scale, spatial multiple; channel orde
 depends on the manifest's ``task``; calling the method of another task is a one-line ServeError.
 
 - ``sr``: ``run`` takes and returns the same kind of image: numpy HxW / HxWxC (uint8, uint16 or float in [0, 1]) or
-  a PIL image; RGBA keeps its alpha (upscaled bicubic), grayscale goes through the model as RGB and comes back
-  grayscale, 16-bit stays 16-bit.
+  a PIL image; RGBA keeps its alpha (upscaled bicubic; PIL gray+alpha comes back RGBA), grayscale goes through
+  the model as RGB and comes back grayscale, 16-bit stays 16-bit. ``budget_s`` stops a tiled run between tiles once
+  it has taken longer (the demo's per-request budget).
 - ``generate``: ``generate(seeds or z, psi=None)`` -> SxSx3 uint8 images. z of seed s is
   ``numpy.random.default_rng(s).standard_normal(style_dim, dtype=float32)`` (:func:`seed_z`, the manifest's
   ``seeding``), so a seed gives the same z on every backend and for every artifact of the same style_dim: teacher
@@ -16,23 +17,33 @@ depends on the manifest's ``task``; calling the method of another task is a one-
   restores it; ``restore_face_lq(lq, scale)`` takes a face that is already low quality; ``face_lq`` returns the
   low-quality input itself (what the demo shows).
 
+Opening a Session checks the artifact before anything runs: the manifest's ``format_version`` (this gankd reads
+version 1, as ``gankd.export.manifest`` writes) and, with ``verify=True`` (the default), the sha256 of the model file
+it loads against the manifest's ``files`` entry, so a graph changed after export is refused instead of served. A
+file is hashed once per process (cached by path, inode, size and mtime); ``verify=False`` is for users who edit
+graphs on purpose.
+
 A Session is safe to share between threads: ONNX Runtime's ``InferenceSession.run`` and a torch.export module's
 forward are re-entrant, and every request works on its own arrays (``tiling.upscale`` keeps no state).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from . import faces, tiling
-from .errors import ServeError
+from .errors import OverBudget, ServeError
 
 MANIFEST_FILE = "manifest.json"
-FORMAT = "gankd-artifact"
+FORMAT = "gankd-artifact"  # FORMAT and FORMAT_VERSION mirror gankd.export.manifest (serve does not import export)
+FORMAT_VERSION = 1
 BACKENDS = ("auto", "torch", "ort", "ort-cuda", "trt")
 VARIANTS = {"fp32": "onnx", "int8": "onnx-int8", "fp16": "onnx-fp16"}
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, what PIL's convert("L") uses
@@ -61,15 +72,62 @@ def read_manifest(artifact_dir: Path) -> dict:
         raise ServeError(f"{path} is not valid JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ServeError(f"{path} is not a gankd artifact manifest (format is not {FORMAT!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ServeError(f"{path} has format_version {manifest.get('format_version')!r}; this gankd reads version "
+                         f"{FORMAT_VERSION} (re-export the model with this gankd-export)")
     for key in ("scale", "inputs", "outputs", "files"):
         if key not in manifest:
             raise ServeError(f"{path} lacks the key {key!r}")
+    if not isinstance(manifest["files"], dict):
+        raise ServeError(f"{path}: 'files' is not an object of file entries")
     return manifest
+
+
+_VERIFIED: dict[tuple, str] = {}  # (path, device, inode, size, mtime) -> sha256 checked in this process
+_VERIFIED_LOCK = threading.Lock()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, expected: str | None, artifact_dir: Path) -> None:
+    """Refuse ``path`` unless its sha256 is ``expected`` (the manifest's); each file version is hashed once per
+    process."""
+    name = path.name
+    if not expected:
+        raise ServeError(f"{str(artifact_dir)!r}: the manifest has no sha256 for {name} to check it against; "
+                         "re-export it, or pass --no-verify (Session(verify=False)) to load it unchecked")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    with _VERIFIED_LOCK:
+        known = _VERIFIED.get(key)
+    actual = known or sha256_file(path)
+    if actual != expected:
+        raise ServeError(f"{str(artifact_dir)!r}: {name} does not match the sha256 in {MANIFEST_FILE} (changed "
+                         "after export?); re-export it, or pass --no-verify (Session(verify=False)) if you edited "
+                         "it on purpose")
+    with _VERIFIED_LOCK:
+        _VERIFIED[key] = actual
+
+
+def verify_artifact(artifact_dir: str | Path) -> None:
+    """Check every model file the manifest lists and that is present (``gankd-demo`` does this at start, so a changed
+    file is refused before the server listens; Sessions opened later reuse the hashes)."""
+    artifact_dir = Path(artifact_dir)
+    for entry in read_manifest(artifact_dir)["files"].values():
+        path = artifact_dir / entry["path"] if isinstance(entry, dict) and isinstance(entry.get("path"), str) else None
+        if path is not None and path.is_file():
+            verify_file(path, entry.get("sha256"), artifact_dir)
 
 
 class Session:
     def __init__(self, artifact_dir: str | Path, backend: str = "auto", threads: int | None = None,
-                 variant: str = "fp32"):
+                 variant: str = "fp32", verify: bool = True):
         if backend not in BACKENDS:
             raise ServeError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
         if variant not in VARIANTS:
@@ -98,6 +156,7 @@ class Session:
         self.scale_range = tuple(float(v) for v in self.manifest["inputs"][1].get("range") or (1.0, math.inf)) \
             if self.task == "face_sr" else None
         self.variant = variant
+        self.verify = verify
         self.backend = self._resolve_backend(backend)
         self._forward = self._load(threads)
 
@@ -108,9 +167,13 @@ class Session:
         if not entry:
             raise ServeError(f"{str(self.artifact_dir)!r} has no {kind} file for the {required_by} backend "
                              f"(exported: {', '.join(sorted(self.manifest['files'])) or 'nothing'})")
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise ServeError(f"{str(self.artifact_dir)!r}: the manifest's {kind} entry has no path")
         path = self.artifact_dir / entry["path"]
         if not path.is_file():
             raise ServeError(f"{str(self.artifact_dir)!r}: the manifest lists {entry['path']} but the file is missing")
+        if self.verify:
+            verify_file(path, entry.get("sha256"), self.artifact_dir)
         return path
 
     def _resolve_backend(self, backend: str) -> str:
@@ -194,25 +257,33 @@ class Session:
         y = (y - lo) / (hi - lo)
         return np.clip(y, 0.0, 1.0) if self.clamp else y
 
-    def run_array(self, rgb: np.ndarray, tile: int | None = None, pad: int = DEFAULT_PAD) -> np.ndarray:
+    def run_array(self, rgb: np.ndarray, tile: int | None = None, pad: int = DEFAULT_PAD,
+                  budget_s: float | None = None) -> np.ndarray:
         """HxWx3 float32 RGB in [0, 1] -> (H*scale)x(W*scale)x3 float32 in [0, 1]."""
         self._require("sr", "run_array")
         lo, hi = self.in_range
         x = (rgb.transpose(2, 0, 1)[None] * (hi - lo) + lo).astype(np.float32)
-        y = tiling.upscale(self._forward, x, self.scale, tile=tile, pad=pad, multiple=self.multiple)
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        try:
+            y = tiling.upscale(self._forward, x, self.scale, tile=tile, pad=pad, multiple=self.multiple,
+                               deadline=deadline)
+        except tiling.OverBudget as exc:
+            raise OverBudget(f"stopped after {exc.done} of {exc.total} tiles: over the time budget of {budget_s:.3g} s "
+                             "(use a smaller image or a larger tile)", exc.done, exc.total) from None
         return self._to_unit(y[0].transpose(1, 2, 0))
 
-    def run(self, image, tile: int | None = None, pad: int = DEFAULT_PAD):
+    def run(self, image, tile: int | None = None, pad: int = DEFAULT_PAD, budget_s: float | None = None):
         """Upscale a numpy or PIL image; returns the same kind (dtype, channels, PIL mode). ``tile``: LR tile size
-        (None or 0: whole image); ``pad``: reflect padding and tile overlap in LR px."""
+        (None or 0: whole image); ``pad``: reflect padding and tile overlap in LR px; ``budget_s``: stop with a
+        ServeError between tiles once the run has taken longer."""
         self._require("sr", "run")
         if _is_pil(image):
-            return self._run_pil(image, tile, pad)
+            return self._run_pil(image, tile, pad, budget_s)
         if not isinstance(image, np.ndarray):
             raise ServeError(f"expected a numpy array or a PIL image, got {type(image).__name__}")
-        return self._run_numpy(image, tile, pad)
+        return self._run_numpy(image, tile, pad, budget_s)
 
-    def _run_numpy(self, image: np.ndarray, tile, pad) -> np.ndarray:
+    def _run_numpy(self, image: np.ndarray, tile, pad, budget_s=None) -> np.ndarray:
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
             raise ServeError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
         if image.shape[0] < 1 or image.shape[1] < 1:
@@ -232,7 +303,7 @@ class Session:
             values = values[:, :, None]
         channels = values.shape[2]
         rgb = np.repeat(values, 3, axis=2) if channels == 1 else values[:, :, :3]
-        out = self.run_array(np.clip(rgb, 0.0, 1.0), tile=tile, pad=pad)
+        out = self.run_array(np.clip(rgb, 0.0, 1.0), tile=tile, pad=pad, budget_s=budget_s)
         if channels == 1:
             out = (out @ LUMA)[:, :, None]
         elif channels == 4:
@@ -243,20 +314,19 @@ class Session:
             return out.astype(dtype)
         return np.clip(np.rint(out * peak), 0, peak).astype(dtype)
 
-    def _run_pil(self, image, tile, pad):
+    def _run_pil(self, image, tile, pad, budget_s=None):
         from PIL import Image
 
         mode = image.mode
-        if mode in ("I;16", "I;16B", "I;16L", "I"):
+        if mode.startswith("I;16") or mode == "I":
             array = np.clip(np.asarray(image, dtype=np.int64), 0, 65535).astype(np.uint16)
-            return Image.fromarray(self._run_numpy(array, tile, pad))
+            return Image.fromarray(self._run_numpy(array, tile, pad, budget_s))
         if mode == "F":
-            return Image.fromarray(self._run_numpy(np.asarray(image, dtype=np.float32), tile, pad))
+            return Image.fromarray(self._run_numpy(np.asarray(image, dtype=np.float32), tile, pad, budget_s))
         if mode not in ("L", "RGB", "RGBA"):
-            has_alpha = "A" in mode or (mode == "P" and "transparency" in image.info)
-            mode = "RGBA" if has_alpha else "RGB"
-            image = image.convert(mode)
-        return Image.fromarray(self._run_numpy(np.asarray(image), tile, pad))
+            has_alpha = "A" in mode or "a" in mode or (mode == "P" and "transparency" in image.info)
+            image = image.convert("RGBA" if has_alpha else "RGB")
+        return Image.fromarray(self._run_numpy(np.asarray(image), tile, pad, budget_s))
 
 
     # --------------------------------------------------------------------------------------- generate
@@ -341,9 +411,12 @@ class Session:
 
 
 def _rgb_float(image) -> np.ndarray:
-    """A PIL or numpy image (uint8 / uint16 / float in [0, 1]; gray, RGB or RGBA) -> HxWx3 float64 in [0, 1]."""
+    """A PIL or numpy image (uint8 / uint16 / float in [0, 1]; gray, RGB or RGBA) -> HxWx3 float64 in [0, 1] (alpha
+    dropped)."""
     if _is_pil(image):
-        image = np.asarray(image.convert("RGB"))
+        from .images import to_array
+
+        image = to_array(image)  # at its real range: a 16-bit face does not clip to white
     if not isinstance(image, np.ndarray):
         raise ServeError(f"expected a numpy array or a PIL image, got {type(image).__name__}")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or min(image.shape[:2]) < 1:

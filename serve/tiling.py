@@ -11,11 +11,20 @@ Everything here works on per-call arrays: no state is shared between calls, so c
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
 
 Forward = Callable[[np.ndarray], np.ndarray]  # 1xCxhxw float32 -> 1xC'x(h*scale)x(w*scale)
+
+
+class OverBudget(Exception):
+    """The deadline passed between two tiles: ``done`` of ``total`` tiles had run."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"over budget after {done} of {total} tiles")
+        self.done, self.total = done, total
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -30,11 +39,13 @@ def reflect_pad(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> 
 
 
 def upscale(forward: Forward, x: np.ndarray, scale: int, *, tile: int | None = None, pad: int = 10,
-            multiple: int = 1) -> np.ndarray:
+            multiple: int = 1, deadline: float | None = None) -> np.ndarray:
     """Run ``forward`` over a 1xCxHxW float32 array, whole (``tile`` None or 0) or in ``tile`` x ``tile`` LR tiles.
 
     ``multiple``: the spatial multiple the network needs (pixel-unshuffle inputs); pad and tile are rounded up to it
-    and the padded image is extended at the bottom/right to a multiple, then cropped back."""
+    and the padded image is extended at the bottom/right to a multiple, then cropped back. ``deadline``
+    (``time.monotonic()`` seconds): raise :class:`OverBudget` before a tile that would start after it (a running
+    forward is never interrupted: one tile is the unit of work)."""
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"expected a 1xCxHxW array, got shape {x.shape}")
     if tile is not None and tile < 0 or pad < 0:
@@ -50,10 +61,14 @@ def upscale(forward: Forward, x: np.ndarray, scale: int, *, tile: int | None = N
     tile = round_up(tile, multiple)
     full_h, full_w = height + extra_h, width + extra_w
     out = None
+    total, done = -(-full_h // tile) * -(-full_w // tile), 0
     for top in range(0, full_h, tile):
         core_h = min(tile, full_h - top)
         for left in range(0, full_w, tile):
             core_w = min(tile, full_w - left)
+            if deadline is not None and time.monotonic() > deadline:
+                raise OverBudget(done, total)
+            done += 1
             # padded coords: core starts at top + pad; the window adds pad px of context each side
             window = padded[:, :, top:top + core_h + 2 * pad, left:left + core_w + 2 * pad]
             result = forward(np.ascontiguousarray(window))
