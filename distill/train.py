@@ -12,6 +12,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -231,19 +232,39 @@ def check_resume_compatible(run_dir: Path, recipe: Recipe) -> None:
             raise GankdError(f"--resume: {key} is {value!r} but the run was started with {getattr(saved, key)!r}")
 
 
-def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
+def check_run_dir(recipe: Recipe, resume: bool) -> Path:
+    """The run folder, checked (nothing is written: a run that fails its checks leaves no trace)."""
     run_dir = recipe.run_dir
     state = run_dir / "state" / "last.pt"
     if resume:
         if not state.is_file():
             raise GankdError(f"--resume: no saved state at {state}")
+        check_state_readable(state, run_dir)
         check_resume_compatible(run_dir, recipe)
     elif state.exists():
         raise GankdError(f"run folder {run_dir} already holds a run: pass --resume to continue it, "
                          "or set out_dir / name to start another")
+    return run_dir
+
+
+def check_state_readable(state: Path, run_dir: Path) -> None:
+    """Fail before anything loads when state/last.pt is damaged, saying what to do. mmap: the tensors are not read,
+    only the file's structure (it is always written whole, tmp + rename, so damage means a copy or disk went bad)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(state, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or not a zip: one line with the way out
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise GankdError(f"{state}: unreadable run state ({detail[:160]}); restore that file from a copy, or move "
+                         f"{run_dir} away and start the run again without --resume") from None
+
+
+def start_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    """The run starts: its folder gets the resolved recipe (rewritten on --resume: resumable keys may change)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.resolved.yaml").write_text(recipe.to_yaml())
-    return run_dir
 
 
 def load_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
@@ -266,7 +287,7 @@ def run(recipe: Recipe, resume: bool = False, log=print) -> Path:
         from .kddlgan import MISSING_WEIGHTS
 
         raise GankdError(MISSING_WEIGHTS)
-    run_dir = prepare_run_dir(recipe, resume)
+    run_dir = check_run_dir(recipe, resume)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -284,6 +305,7 @@ def run(recipe: Recipe, resume: bool = False, log=print) -> Path:
                "d_head": nets.d_head}
     state_path = run_dir / "state" / "last.pt"
     progress = load_state(state_path, modules, nets.optimizers) if resume else Progress()
+    start_run_dir(run_dir, recipe)  # every check passed
     if resume and progress.position.stage >= len(stages):
         log(f"resumed at step {progress.position.step}: the run had finished; rewriting its report")
     elif resume:

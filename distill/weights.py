@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -24,6 +26,10 @@ STATE_DICT_CONTAINERS = ("params_ema", "params", "g_ema", "state_dict", "model")
 _PREFIXES = ("module.", "_orig_mod.")
 # The only non-tensor class a weight file may hold: rosinality checkpoints pickle their argparse args.
 SAFE_GLOBALS = [argparse.Namespace]
+# torch.save's legacy (non-zip) format starts with a pickle of its magic number (LONG1, 10 bytes little-endian)
+LEGACY_TORCH_MAGIC = bytes.fromhex("8a0a6cfc9c46f9206aa85019")
+PICKLE_PROTO = 0x80
+ZIP_LOCAL_HEADER = b"PK\x03\x04"
 
 
 def read_weights(path: str | Path) -> dict:
@@ -35,11 +41,19 @@ def read_weights(path: str | Path) -> dict:
         raise GankdError(f"weight file {str(path)!r} is empty")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
+    _check_torch_file(path)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        # torch warns about pickle protocols it did not write; the error below says what matters, in one line
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        opcode = re.search(r"Unsupported operand (\d+)", str(exc))
+        if opcode and not found:  # e.g. a legacy torch.save at pickle protocol 4: FRAME (149) is not read
+            raise GankdError(f"cannot load {str(path)!r}: its pickle uses opcode {opcode.group(1)}, which torch's "
+                             "weights-only loader does not read; re-save it with a current torch.save or as "
+                             "safetensors") from None
         if found or "weights only load failed" in str(exc).lower():
             what = f"it references {found.group(1)}" if found else "it needs more than tensors to load"
             raise GankdError(f"refusing to load {str(path)!r}: {what}; gankd loads weights only "
@@ -50,6 +64,24 @@ def read_weights(path: str | Path) -> dict:
     if not isinstance(obj, dict):
         raise GankdError(f"weight file {str(path)!r} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse, from its first bytes, a file torch.save did not write: a plain Python pickle (torch.load would only
+    say it "needs more than tensors") or bytes that are no checkpoint at all."""
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+    pickled = head[:1] == bytes([PICKLE_PROTO])
+    if zipfile.is_zipfile(path) or (pickled and LEGACY_TORCH_MAGIC in head):
+        return
+    if head.startswith(ZIP_LOCAL_HEADER):
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted (an incomplete zip archive)")
+    if pickled:
+        raise GankdError(f"refusing to load {str(path)!r}: it is a plain Python pickle, not a torch.save checkpoint; "
+                         "gankd loads weights only, never pickled objects (save the state dict with torch.save "
+                         "or safetensors)")
+    raise GankdError(f"weight file {str(path)!r} is truncated or corrupted (not a torch.save checkpoint: "
+                     f"it starts with bytes {head[:4].hex()})")
 
 
 def _first_line(exc: BaseException) -> str:
