@@ -175,7 +175,7 @@ class CpuPeak:
 
 def parse_cpu_peak(cpuinfo: str, max_freq_khz: int | None = None, threads: int | None = None) -> CpuPeak:
     """The :class:`CpuPeak` described by a /proc/cpuinfo text (and cpufreq's ``cpuinfo_max_freq`` in kHz)."""
-    blocks = [dict(_fields(block)) for block in cpuinfo.strip().split("\n\n") if block.strip()]
+    blocks = cpuinfo_blocks(cpuinfo)
     if not blocks:
         raise GankdError("cannot read the CPU description (/proc/cpuinfo is empty)")
     cores_seen = {(b.get("physical id", "0"), b.get("core id", str(i))) for i, b in enumerate(blocks)}
@@ -196,6 +196,11 @@ def parse_cpu_peak(cpuinfo: str, max_freq_khz: int | None = None, threads: int |
                    clock_source=source, isa=isa, lanes=lanes, fma_units=fma_units)
 
 
+def cpuinfo_blocks(cpuinfo: str) -> list[dict[str, str]]:
+    """/proc/cpuinfo as one {field: value} dict per logical CPU."""
+    return [dict(_fields(block)) for block in cpuinfo.strip().split("\n\n") if block.strip()]
+
+
 def _fields(block: str):
     for line in block.splitlines():
         key, sep, value = line.partition(":")
@@ -203,11 +208,18 @@ def _fields(block: str):
             yield key.strip(), value.strip()
 
 
+def read_cpuinfo() -> str | None:
+    """The text of /proc/cpuinfo; None where it does not exist (not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
 def read_cpu_peak(threads: int | None = None, override_gflops: float | None = None) -> CpuPeak | None:
     """This machine's :class:`CpuPeak`; None where /proc/cpuinfo does not exist (not Linux)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    cpuinfo = read_cpuinfo()
+    if cpuinfo is None:
         return None
     freq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
     max_khz = int(freq.read_text().strip()) if freq.is_file() else None

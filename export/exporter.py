@@ -153,8 +153,9 @@ def _export_files(model_dir: Path, out_dir: Path, model, config, settings: Expor
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the published folder gets the usual mode
     try:
         build = _Build(tmp)
-        gate = _Int8Gate.of(model, config, profile, graph) if settings.int8 else None
-        simplify = _export_onnx_family(model, build, settings, calib, log, gate, graph) \
+        cases = _ParityCases.of(model, config.scale, graph)
+        speed_feed = _speed_feed(config, profile, graph) if settings.int8 else None
+        simplify = _export_onnx_family(model, build, settings, calib, log, cases, speed_feed, graph) \
             if "onnx" in formats_wanted else None
         if "pt2" in formats_wanted:
             log("exporting model.pt2 (torch.export)")
@@ -169,9 +170,10 @@ def _export_files(model_dir: Path, out_dir: Path, model, config, settings: Expor
             _build_trt(build, settings, profile, log)
         tolerances = _tolerances(settings)
         if graph is None:
-            parity_section = _parity(model, config.scale, build.runners, profile, settings.force, log, tolerances)
+            parity_section = _parity(model, config.scale, cases, build.runners, profile, settings.force, log,
+                                     tolerances)
         else:
-            parity_section = _graph_parity(graph, build.runners, settings.force, log, tolerances)
+            parity_section = _graph_parity(graph, cases, build.runners, settings.force, log, tolerances)
         manifest = _manifest(model_dir, model, config, multiple, settings, build, simplify, parity_section, graph)
         write_manifest(tmp, manifest)
         _publish(tmp, out_dir)
@@ -208,8 +210,8 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------- steps
 
 
-def _export_onnx_family(model, build: _Build, settings: ExportSettings, calib, log, gate: "_Int8Gate | None",
-                        graph: tasks.Graph | None = None) -> dict:
+def _export_onnx_family(model, build: _Build, settings: ExportSettings, calib, log, cases: "_ParityCases",
+                        speed_feed: tuple[np.ndarray, ...] | None, graph: tasks.Graph | None = None) -> dict:
     onnx_path = build.tmp / FILE_NAMES["onnx"]
     if graph is None:
         log(f"exporting model.onnx (opset {settings.opset}, dynamic N/H/W)")
@@ -234,32 +236,41 @@ def _export_onnx_family(model, build: _Build, settings: ExportSettings, calib, l
         build.add_file("onnx-fp16", FILE_NAMES["onnx-fp16"], io_dtype="float32")
         build.runners["onnx-fp16"] = _ort_runner(build.tmp / FILE_NAMES["onnx-fp16"], names)
     if settings.int8:
-        _quantize_int8(model, build, settings, calib, names, gate, log)
+        _quantize_int8(model, build, settings, calib, names, cases, speed_feed, log)
     return simplify
 
 
 @dataclass(frozen=True)
-class _Int8Gate:
-    """What the INT8 gate runs on: the parity inputs with the PyTorch model's outputs, and one feed for timing."""
+class _ParityCases:
+    """The parity inputs and the PyTorch model's outputs for them, computed once: parity checks every artifact on
+    them, and the INT8 gate judges model.int8.onnx on them before the file is kept."""
 
-    cases: list  # tuples of input tensors
+    inputs: list  # sr: N×3×H×W tensors (parity.parity_inputs); generate / face_sr: the graph's tasks.Case list
     references: list[np.ndarray]
-    value_range: tuple[float, float]
-    speed_feed: tuple[np.ndarray, ...]
-    inputs_text: str  # what the cases are, for the one-line verdict
+    graph: tasks.Graph | None
+    text: str  # what the inputs are, for the INT8 verdict line
 
     @classmethod
-    def of(cls, model, config, profile, graph: tasks.Graph | None) -> "_Int8Gate":
+    def of(cls, model, scale: int | None, graph: tasks.Graph | None) -> "_ParityCases":
         with torch.no_grad():
             if graph is None:
-                cases = [(x,) for x in parity.parity_inputs(config.scale)]
-                references = [model(x).numpy() for (x,) in cases]
-                speed = (parity.real_lr_batch(profile.opt, config.scale).numpy(),)
-                return cls(cases, references, (0.0, 1.0), speed, "real crops")
-            cases = [tuple(case.inputs) for case in graph.cases]
-            references = [graph.module(*case).numpy() for case in cases]
-            return cls(cases, references, graph.output_range, tuple(x.numpy() for x in cases[0]),
-                       {"generate": "seeded z", "face_sr": "a real face"}[graph.task])
+                inputs = parity.parity_inputs(scale)
+                return cls(inputs, [model(x).numpy() for x in inputs], None, "real crops")
+            references = [graph.module(*case.inputs).numpy() for case in graph.cases]
+            return cls(list(graph.cases), references, graph, {"generate": "seeded z", "face_sr": "a real face"}[
+                graph.task])
+
+    def check(self, kind: str, run, tolerance: parity.Tolerance) -> list[dict]:
+        if self.graph is None:
+            return parity.check_artifact(kind, run, self.inputs, self.references, tolerance)
+        return parity.check_cases(kind, run, self.inputs, self.references, self.graph.output_range, tolerance)
+
+
+def _speed_feed(config, profile, graph: tasks.Graph | None) -> tuple[np.ndarray, ...]:
+    """What the INT8 gate times: a real LR crop at the opt shape (sr), or the first parity case (generate, face_sr)."""
+    if graph is None:
+        return (parity.real_lr_batch(profile.opt, config.scale).numpy(),)
+    return tuple(x.numpy() for x in graph.cases[0].inputs)
 
 
 def _tolerances(settings: ExportSettings) -> dict[str, parity.Tolerance]:
@@ -268,7 +279,8 @@ def _tolerances(settings: ExportSettings) -> dict[str, parity.Tolerance]:
     return {**parity.TOLERANCES, "onnx-int8": parity.Tolerance(min_psnr_db=settings.int8_min_psnr_db)}
 
 
-def _quantize_int8(model, build: _Build, settings: ExportSettings, calib, names, gate: _Int8Gate, log) -> None:
+def _quantize_int8(model, build: _Build, settings: ExportSettings, calib, names, cases: _ParityCases,
+                   speed_feed: tuple[np.ndarray, ...], log) -> None:
     """model.int8.onnx with the family's recipe, kept only when it passes the gate (:func:`int8.judge`); the
     outcome, written or not, goes to ``build.int8`` for the manifest."""
     recipe = int8.recipe_for(get_arch(model.gankd_config.arch).family)
@@ -282,11 +294,10 @@ def _quantize_int8(model, build: _Build, settings: ExportSettings, calib, names,
                            "shape": list(calib_shape), "seed": settings.seed}
     run_int8 = _ort_runner(path, names)
     run_fp32 = build.runners["onnx"]
-    psnrs = [parity.compare(ref, run_int8(*(x.numpy() for x in case)), gate.value_range)[1]
-             for case, ref in zip(gate.cases, gate.references)]
-    verdict = int8.judge(psnrs, lambda: run_fp32(*gate.speed_feed), lambda: run_int8(*gate.speed_feed),
-                         gate.speed_feed[0].shape, _tolerances(settings)["onnx-int8"].min_psnr_db,
-                         settings.int8_min_speedup, gate.inputs_text)
+    tolerance = _tolerances(settings)["onnx-int8"]
+    psnrs = [r["psnr_db"] for r in cases.check("onnx-int8", run_int8, tolerance)]
+    verdict = int8.judge(psnrs, lambda: run_fp32(*speed_feed), lambda: run_int8(*speed_feed), speed_feed[0].shape,
+                         tolerance.min_psnr_db, settings.int8_min_speedup, cases.text)
     build.int8 = {"written": verdict.passed, "gate": verdict.to_json(), "quantization": info}
     if not verdict.passed:
         path.unlink()
@@ -294,7 +305,7 @@ def _quantize_int8(model, build: _Build, settings: ExportSettings, calib, names,
         log(f"INT8 not written: {verdict.reason()} [measured at {'x'.join(map(str, verdict.shape))} on "
             f"{info['calibration_cpu']['model']}: {verdict.psnr_db:.2f} dB, {verdict.speedup:.2f}x]")
         return
-    log(f"INT8 kept: {verdict.psnr_db:.2f} dB PSNR to fp32 on {gate.inputs_text}, {verdict.speedup:.2f}x the fp32 speed")
+    log(f"INT8 kept: {verdict.psnr_db:.2f} dB PSNR to fp32 on {cases.text}, {verdict.speedup:.2f}x the fp32 speed")
     build.add_file("onnx-int8", FILE_NAMES["onnx-int8"], quantization=info)
     build.runners["onnx-int8"] = run_int8
 
@@ -323,14 +334,14 @@ def _pt2_runner(path: Path):
     return run
 
 
-def _parity(model, scale: int, runners: dict, profile: trt.ShapeProfile, force: bool, log,
+def _parity(model, scale: int, cases: _ParityCases, runners: dict, profile: trt.ShapeProfile, force: bool, log,
             tolerances: dict[str, parity.Tolerance]) -> dict:
-    inputs = parity.parity_inputs(scale)
     # an engine only takes shapes inside its profile: the parity sizes that fit, and the profile's opt shape
     has_engine = any(kind.startswith("trt") for kind in runners)
-    engine_inputs = [x for x in inputs if profile.contains(x.shape)] + [parity.real_lr_batch(profile.opt, scale)] \
-        if has_engine else []
-    outputs: dict[int, np.ndarray] = {}  # the PyTorch model runs once per input, however many artifacts
+    engine_inputs = [x for x in cases.inputs if profile.contains(x.shape)] \
+        + [parity.real_lr_batch(profile.opt, scale)] if has_engine else []
+    # the PyTorch model runs once per input, however many artifacts (the parity inputs' outputs are known already)
+    outputs: dict[int, np.ndarray] = {id(x): ref for x, ref in zip(cases.inputs, cases.references)}
 
     def reference(x: torch.Tensor) -> np.ndarray:
         if id(x) not in outputs:
@@ -340,8 +351,11 @@ def _parity(model, scale: int, runners: dict, profile: trt.ShapeProfile, force: 
 
     results = []
     for kind, run in runners.items():
-        xs = engine_inputs if kind.startswith("trt") else inputs
-        results += parity.check_artifact(kind, run, xs, [reference(x) for x in xs], tolerances[kind])
+        if kind.startswith("trt"):
+            results += parity.check_artifact(kind, run, engine_inputs, [reference(x) for x in engine_inputs],
+                                             tolerances[kind])
+        else:
+            results += cases.check(kind, run, tolerances[kind])
     message = _log_parity(results, force, log)
     return {"passed": message is None, "forced": bool(message), "reference": "the PyTorch model, fp32, CPU",
             "tolerances": {k: t.text() for k, t in tolerances.items()},
@@ -366,13 +380,11 @@ def _log_parity(results: list[dict], force: bool, log) -> str | None:
     return message
 
 
-def _graph_parity(graph: tasks.Graph, runners: dict, force: bool, log,
+def _graph_parity(graph: tasks.Graph, cases: _ParityCases, runners: dict, force: bool, log,
                   tolerances: dict[str, parity.Tolerance]) -> dict:
-    with torch.no_grad():  # the PyTorch model runs once per case, however many artifacts
-        references = [graph.module(*case.inputs).numpy() for case in graph.cases]
     results = []
     for kind, run in runners.items():
-        results += parity.check_cases(kind, run, graph.cases, references, graph.output_range, tolerances[kind])
+        results += cases.check(kind, run, tolerances[kind])
     message = _log_parity(results, force, log)
     section = {"passed": message is None, "forced": bool(message), "reference": "the PyTorch model, fp32, CPU",
                "tolerances": {k: t.text() for k, t in tolerances.items()},

@@ -118,16 +118,13 @@ def quantize(src: Path, dst: Path, batches: list, recipe: Int8Recipe) -> dict:
 
 def cpu_features(cpuinfo: str | None = None) -> dict:
     """The CPU model and the flags that decide how ORT runs int8 (VNNI or not), from /proc/cpuinfo."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return {"model": None, "flags": None}
-    first = cpuinfo.strip().split("\n\n")[0]
-    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return {"model": fields.get("model name"), "flags": [f for f in CPU_INT8_FLAGS if f in flags]}
+    from .bench import cpuinfo_blocks, read_cpuinfo
+
+    blocks = cpuinfo_blocks(cpuinfo if cpuinfo is not None else read_cpuinfo() or "")
+    if not blocks:
+        return {"model": None, "flags": None}
+    flags = set(blocks[0].get("flags", "").split())
+    return {"model": blocks[0].get("model name"), "flags": [f for f in CPU_INT8_FLAGS if f in flags]}
 
 
 @dataclass(frozen=True)
@@ -160,9 +157,10 @@ class Verdict:
                 "inputs": self.inputs_text, "passed": self.passed}
 
 
-def judge(psnrs: list[float], run_fp32: Callable[[], object], run_int8: Callable[[], object], shape,
+def judge(psnrs: list[float | None], run_fp32: Callable[[], object], run_int8: Callable[[], object], shape,
           min_psnr_db: float, min_speedup: float, inputs_text: str = "real crops") -> Verdict:
-    """The gate: the worst parity PSNR, and the speed-up measured interleaved (about 2 s, at least 5 rounds)."""
+    """The gate: the worst parity PSNR (None, as parity records a NaN/inf output, counts as -inf), and the speed-up
+    measured interleaved (about 2 s, at least 5 rounds)."""
     from .bench import measure_interleaved
 
     if not psnrs:
@@ -174,7 +172,7 @@ def judge(psnrs: list[float], run_fp32: Callable[[], object], run_int8: Callable
     rounds = int(min(max(SPEED_ROUNDS[0], math.ceil(2.0 / max(per_round_s, 1e-6))), SPEED_ROUNDS[1]))
     fp32_ms, int8_ms = (statistics.median(t) for t in
                         measure_interleaved([run_fp32, run_int8], warmup_ms=0, duration_s=None, iterations=rounds))
-    worst = min(psnrs) if all(p is not None for p in psnrs) else -math.inf
+    worst = min(-math.inf if p is None else p for p in psnrs)
     return Verdict(psnr_db=float(worst), speedup=fp32_ms / int8_ms, fp32_ms=fp32_ms, int8_ms=int8_ms,
                    shape=list(shape), min_psnr_db=float(min_psnr_db), min_speedup=float(min_speedup),
                    inputs_text=inputs_text)
