@@ -33,13 +33,12 @@ import hashlib
 import json
 import math
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
 from . import faces, tiling
-from .errors import OverBudget, ServeError
+from .errors import ServeError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "gankd-artifact"  # FORMAT and FORMAT_VERSION mirror gankd.export.manifest (serve does not import export)
@@ -88,6 +87,8 @@ _VERIFIED_LOCK = threading.Lock()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Mirrors gankd.distill.modelio.sha256_file, which writes the manifest's hashes (serve imports neither distill
+    nor export: DESIGN.md layering)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -263,13 +264,8 @@ class Session:
         self._require("sr", "run_array")
         lo, hi = self.in_range
         x = (rgb.transpose(2, 0, 1)[None] * (hi - lo) + lo).astype(np.float32)
-        deadline = None if budget_s is None else time.monotonic() + budget_s
-        try:
-            y = tiling.upscale(self._forward, x, self.scale, tile=tile, pad=pad, multiple=self.multiple,
-                               deadline=deadline)
-        except tiling.OverBudget as exc:
-            raise OverBudget(f"stopped after {exc.done} of {exc.total} tiles: over the time budget of {budget_s:.3g} s "
-                             "(use a smaller image or a larger tile)", exc.done, exc.total) from None
+        y = tiling.upscale(self._forward, x, self.scale, tile=tile, pad=pad, multiple=self.multiple,
+                           budget_s=budget_s)
         return self._to_unit(y[0].transpose(1, 2, 0))
 
     def run(self, image, tile: int | None = None, pad: int = DEFAULT_PAD, budget_s: float | None = None):

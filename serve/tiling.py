@@ -16,15 +16,9 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import OverBudget
+
 Forward = Callable[[np.ndarray], np.ndarray]  # 1xCxhxw float32 -> 1xC'x(h*scale)x(w*scale)
-
-
-class OverBudget(Exception):
-    """The deadline passed between two tiles: ``done`` of ``total`` tiles had run."""
-
-    def __init__(self, done: int, total: int):
-        super().__init__(f"over budget after {done} of {total} tiles")
-        self.done, self.total = done, total
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -39,13 +33,13 @@ def reflect_pad(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> 
 
 
 def upscale(forward: Forward, x: np.ndarray, scale: int, *, tile: int | None = None, pad: int = 10,
-            multiple: int = 1, deadline: float | None = None) -> np.ndarray:
+            multiple: int = 1, budget_s: float | None = None) -> np.ndarray:
     """Run ``forward`` over a 1xCxHxW float32 array, whole (``tile`` None or 0) or in ``tile`` x ``tile`` LR tiles.
 
     ``multiple``: the spatial multiple the network needs (pixel-unshuffle inputs); pad and tile are rounded up to it
-    and the padded image is extended at the bottom/right to a multiple, then cropped back. ``deadline``
-    (``time.monotonic()`` seconds): raise :class:`OverBudget` before a tile that would start after it (a running
-    forward is never interrupted: one tile is the unit of work)."""
+    and the padded image is extended at the bottom/right to a multiple, then cropped back. ``budget_s``:
+    raise :class:`OverBudget` before a tile that would start once the call has run that long (a running forward is
+    never interrupted: one tile is the unit of work)."""
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"expected a 1xCxHxW array, got shape {x.shape}")
     if tile is not None and tile < 0 or pad < 0:
@@ -62,12 +56,14 @@ def upscale(forward: Forward, x: np.ndarray, scale: int, *, tile: int | None = N
     full_h, full_w = height + extra_h, width + extra_w
     out = None
     total, done = -(-full_h // tile) * -(-full_w // tile), 0
+    deadline = None if budget_s is None else time.monotonic() + budget_s
     for top in range(0, full_h, tile):
         core_h = min(tile, full_h - top)
         for left in range(0, full_w, tile):
             core_w = min(tile, full_w - left)
             if deadline is not None and time.monotonic() > deadline:
-                raise OverBudget(done, total)
+                raise OverBudget(f"stopped after {done} of {total} tiles: over the time budget of {budget_s:.3g} s "
+                                 "(use a smaller image or a larger tile)", done, total)
             done += 1
             # padded coords: core starts at top + pad; the window adds pad px of context each side
             window = padded[:, :, top:top + core_h + 2 * pad, left:left + core_w + 2 * pad]
