@@ -31,7 +31,7 @@ gankd-distill run quickstart teacher="$TEACHER" out_dir="$RUN" ${QUICKSTART_OVER
 
 EXPORTS=${EXPORTS:-exports}
 THREADS=${QUICKSTART_THREADS:-$(nproc)}
-echo "== exporting teacher and student (onnx, pt2, int8) with parity checks into $EXPORTS/"
+echo "== exporting teacher and student (onnx, pt2; int8 only where it passes its gate) with parity checks into $EXPORTS/"
 # the teacher does not change between runs: its artifact is re-exported only when the teacher's weights are newer
 if [ -f "$EXPORTS/teacher/manifest.json" ] && [ "$EXPORTS/teacher/manifest.json" -nt "$TEACHER/model.safetensors" ]; then
   echo "   teacher artifact $EXPORTS/teacher is newer than its weights: kept (delete it to re-export)"
