@@ -143,7 +143,7 @@ def _export_files(model_dir: Path, out_dir: Path, model, config, settings: Expor
         multiple = formats.spatial_multiple(model)
         profile = trt.ShapeProfile.parse(settings.min_shape, settings.opt_shape, settings.max_shape,
                                          channels=int(config.kwargs.get("num_in_ch", 3)), multiple=multiple)
-        calib = _calibration_batches(settings, profile.opt, config.scale) if settings.int8 else None
+        calib = calibration_batches(settings, profile.opt, config.scale) if settings.int8 else None
     else:
         multiple, profile = 1, None
         calib = graph.calibration(settings.calib_count, settings.seed) if settings.int8 else None
@@ -399,7 +399,7 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
-def _calibration_batches(settings: ExportSettings, shape, scale: int) -> list[np.ndarray]:
+def calibration_batches(settings: ExportSettings, shape, scale: int) -> list[np.ndarray]:
     """``calib_count`` random LR-sized crops (1×3×H×W at the opt shape's H, W), seeded.
 
     From the embedded train photos: an HR crop bicubic-downscaled by the scale, so the crops look like the LR

@@ -4,29 +4,28 @@ Why these settings (ONNX Runtime's quantization guide, and OpenVINO's "saturatio
 ORT runs a QDQ model's convolutions as u8×s8 integer products. With VNNI (``vpdpbusd``) they accumulate exactly in
 int32; without it (AVX2, AVX-512 before Cascade Lake, AMD Zen 2/3) the kernels use ``vpmaddubsw``, which adds two
 u8×s8 products into a *saturating* int16. Two products of 255 × 127 overflow it, so the same file computed different
-(and worse) numbers on the AMD EPYC than on the Intel Xeon: the quickstart student lost 2.4 dB there. Weights on 7
+(and worse) numbers on the AMD EPYC than on the Intel Xeon: the quickstart student lost 2.8 dB there. Weights on 7
 bits (``reduce_range``, [-64, 64]) keep every pair sum within int16 (2 × 255 × 64 = 32640), so the integer results
 are exact, and identical, on every x86 CPU; activations keep their full 8 bits. u8×u8 is also exact but ran no faster
 than fp32 on the AVX2 machine (1.04x on animevideov3), so it is not used.
 
-Measured (2026-12, AMD EPYC Zen 3, AVX2 only, 2 threads; held-out crops: 16 LR crops of 64² from the scikit-image
-photos hubble_deep_field, motorcycle_left, gravel and clock, none used for training or calibration; calibration: 16
-crops of the embedded train photos; speed-ups in one interleaved run, noisy ±25%):
+Measured with ``python demos/int8_holdout.py teachers/x4plus MODEL...`` (2026-12, AMD EPYC Zen 3, AVX2 without
+VNNI, 2 threads; 16 LR crops of 64² from the ``holdout`` photos, which nothing trains, calibrates or validates on;
+calibration: 16 crops of the embedded train photos; speed-ups interleaved, ±25% on this shared machine):
 
-======================================  ============  ===============  =======  ==========================
-setting, model                          PSNR to fp32  Δ PSNR→x4plus    speed-up  note
-======================================  ============  ===============  =======  ==========================
-U8S8 8-bit weights (as in 2026-11), av3     34.24 dB      −0.68 dB       2.01x  saturates without VNNI
-7-bit weights, av3                          36.66 dB      −0.22 dB       1.54x
-7-bit, first + last conv fp32, av3          36.47 dB      −0.02 dB       1.52x  the ``srvgg`` recipe
-U8U8, av3                                   37.71 dB      −0.18 dB       1.04x
-dynamic (ConvInteger), av3                  39.13 dB      −0.07 dB       0.89x  slower than fp32
-U8S8 8-bit weights, x4plus                  26.79 dB      (is the teacher) 1.82x  saturates without VNNI
-7-bit, first + last 3 convs fp32, x4plus    31.05 dB                     1.87x  the ``rrdb`` recipe
-======================================  ============  ===============  =======  ==========================
+==========================================  ===============  ==================  ========
+model, settings                             PSNR→own fp32    Δ PSNR→x4plus       speed-up
+==========================================  ===============  ==================  ========
+animevideov3 (SRVGG 64×16), 2026-11              34.59 dB     −0.75 dB            1.35x
+animevideov3, the ``srvgg`` recipe               36.84 dB     ±0.00 dB            1.31x
+quickstart student (RRDB 2 blocks), 2026-11      31.38 dB     −2.77 dB            1.50x
+quickstart student, the ``rrdb`` recipe          37.56 dB     −0.73 dB            1.23x
+==========================================  ===============  ==================  ========
 
-Quantising one conv of animevideov3 at a time costs 44–52 dB each, spread evenly over its 18 convs, so no small set
-of fp32 layers lifts the whole model to 40 dB: 8-bit activations after every layer are the limit, not one layer.
+One-off experiments on animevideov3 (scripts not kept; same machine and crops of the same photos): u8×u8 37.7 dB
+at 1.04x; dynamic quantization (ConvInteger) 39.1 dB at 0.89x; percentile calibration 36.7 dB; 64 calibration crops
+instead of 16 36.5 dB; quantising one conv at a time costs 44–52 dB each, spread evenly over the 18 convs, so no
+small set of fp32 layers lifts the whole model to 40 dB: 8-bit activations after every layer are the limit.
 
 The gate (:func:`judge`): an INT8 file is written only when it reaches ``min_psnr_db`` (the parity tolerance of
 ``onnx-int8``, 40 dB, unless the user lowers it with ``--int8-min-psnr-db``) to the fp32 model on the parity's real

@@ -129,7 +129,9 @@ def test_sample_split_disjoint_with_astronaut_in_validation():
     for tname, timg in train:  # the same photo under two names would leak too
         for vname, vimg in val:
             assert timg.shape != vimg.shape or not torch.equal(timg, vimg), (tname, vname)
-    with pytest.raises(GankdError, match="unknown sample split 'test'; expected one of train, validation"):
+    holdout = sample_images("holdout")
+    assert len(holdout) == 4 and not set(dict(holdout)) & (set(dict(train)) | set(dict(val)))
+    with pytest.raises(GankdError, match="unknown sample split 'test'; expected one of train, validation, holdout"):
         sample_images("test")
 
 

@@ -283,10 +283,10 @@ def test_calibration_from_a_user_folder(tmp_path):
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (20 + i, 30, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     settings = exporter.ExportSettings(int8=True, calib=str(folder), calib_count=3, opt_shape="1x3x24x24")
-    batches = exporter._calibration_batches(settings, (1, 3, 24, 24), 4)
+    batches = exporter.calibration_batches(settings, (1, 3, 24, 24), 4)
     assert len(batches) == 3 and all(b.shape == (1, 3, 24, 24) and b.dtype == np.float32 for b in batches)
     assert all(0 <= b.min() and b.max() <= 1 for b in batches)
-    again = exporter._calibration_batches(settings, (1, 3, 24, 24), 4)
+    again = exporter.calibration_batches(settings, (1, 3, 24, 24), 4)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))  # seeded
 
 
@@ -478,3 +478,22 @@ def test_cpu_features_name_the_int8_instructions():
     assert cpu_features(intel) == {"model": "Intel Xeon", "flags": ["avx2", "avx512f", "avx512bw", "avx512_vnni"]}
     assert cpu_features(amd) == {"model": "AMD EPYC", "flags": ["avx2"]}
     assert cpu_features("") == {"model": None, "flags": None}
+
+
+def test_int8_holdout_benchmark_script(tmp_path):
+    """demos/int8_holdout.py, as documented: a teacher and students in, one table row per variant out, with the CPU
+    model it was measured on (tiny random models; the figures themselves are the script's business)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    teacher, student = _save(tmp_path / "teacher", RRDB_X4), _save(tmp_path / "student", SRVGG_X4)
+    proc = subprocess.run([sys.executable, str(root / "demos" / "int8_holdout.py"), str(teacher), str(student),
+                           "--rounds", "2", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("CPU: ") and "int8 flags" in lines[0] and "16 held-out LR crops" in lines[0]
+    rows = [ln for ln in lines if ln.startswith("| student |")]
+    assert [r.split(" | ")[1] for r in rows] == ["fp32", "int8 (gankd recipe)", "int8 (2026-11 settings)"]
+    assert rows[0].split(" | ")[3] == "+0.00" and "1.00x" in rows[0]
