@@ -18,7 +18,6 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gankd.distill import load_model
