@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gankd.serve.errors import first_line
+
 from .errors import GankdError
 
 # BasicSR/Real-ESRGAN/GCFSR save {"params_ema": ..., "params": ...}; EMA weights are the ones to serve.
@@ -58,9 +60,9 @@ def read_weights(path: str | Path) -> dict:
             what = f"it references {found.group(1)}" if found else "it needs more than tensors to load"
             raise GankdError(f"refusing to load {str(path)!r}: {what}; gankd loads weights only "
                              "(torch.load weights_only=True), never code") from None
-        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({_first_line(exc)})") from None
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - any other failure of the weights-only unpickler means a bad file
-        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({_first_line(exc)})") from None
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({first_line(exc)})") from None
     if not isinstance(obj, dict):
         raise GankdError(f"weight file {str(path)!r} holds a {type(obj).__name__}, not a state dict")
     return obj
@@ -84,10 +86,6 @@ def _check_torch_file(path: Path) -> None:
                      f"it starts with bytes {head[:4].hex()})")
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -95,7 +93,7 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({_first_line(exc)})") from None
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({first_line(exc)})") from None
 
 
 def extract_state_dict(obj: dict, source: str = "checkpoint", prefer: tuple[str, ...] = STATE_DICT_CONTAINERS):

@@ -1,59 +1,27 @@
-"""``manifest.json`` of an artifact dir (DESIGN.md "Directory contracts"): what a runtime needs to use the files
-without our architecture code.
+"""Writing ``manifest.json`` of an artifact dir (DESIGN.md "Directory contracts"): what a runtime needs to use the
+files without our architecture code.
 
-Schema (``format_version`` 1); every key is always present, ``None`` where it does not apply::
-
-    format, format_version, created_by, created_at
-    source     {model_dir, weights_sha256}                 the model folder exported and its model.safetensors
-    config     {arch, kwargs, task, scale, input_range, width, provenance}   the folder's ModelConfig
-    scale      int                                         output size = input size x scale
-    inputs     [{name, shape, dtype, range, spatial_multiple}]   shape symbolic: ["N", 3, "H", "W"]
-    outputs    [{name, shape, dtype, range, clamp}]        ["N", 3, "H*4", "W*4"]; clamp the raw output to range
-    opset      int
-    exporter   {onnx, pt2, simplify}                       which exporter wrote each format, and whether the graph
-                                                           was simplified
-    compute    {macs_per_input_pixel, params}              GMACs at any size = N*H*W*macs_per_input_pixel / 1e9
-    files      {kind: {path, sha256, bytes, ...}}          kind: onnx, onnx-fp16, onnx-int8, pt2, trt
-    int8       {written, gate, quantization[, reason]} | None   the --int8 outcome, also when the file was left out:
-                                                           gate {psnr_db, speedup, min_psnr_db, min_speedup, ...},
-                                                           quantization {recipe, fp32_convs, calibration,
-                                                           calibration_cpu {model, flags}} (absent before 2026-12)
-    parity     {passed, forced, tolerances, inputs, results}   each artifact against the PyTorch model
-    bench      {results: [...]}                            filled in by ``gankd-bench --write-manifest``
-    task       "sr" | "generate" | "face_sr"               (absent in older manifests: read config.task)
-
-The tasks beyond sr (``gankd.export.tasks``) have fixed-size inputs with a symbolic batch only, ``scale: None`` and
-``compute {macs_per_input_pixel: None, macs_per_sample, params}``, and add keys of their own::
-
-    generate   inputs  [{name: z, shape: [N, style_dim], range: None, distribution, seeding}]
-                       (+ {name: psi, shape: [N], range: [0, 1]} when exported with --psi)
-               outputs [{name: image, shape: [N, 3, S, S], range: [-1, 1], clamp: True}]
-               style_dim, size, truncation {psi_input, latent_avg {samples, seed, by, norm}, formula} | None
-               parity.results carry seeds (and psi) per z batch
-    face_sr    inputs  [{name: image, shape: [N, 3, S, S], range: [-1, 1]}, {name: scale, shape: [N], range: [4, 64]}]
-               outputs [{name: restored, shape: [N, 3, S, S], range: [-1, 1], clamp: True}]
-               size, scales (the parity scales), degradation (how the low-quality input is made)
-               parity.results carry scale; parity.by_scale {scale: {artifact: {max_abs, psnr_db, passed}}}
+The schema (keys per task, ``format_version``), its checks and the one reader live in ``gankd.serve.manifest``,
+which serve reads without importing export; this module writes what that one describes.
 
 Files are written atomically (tmp + rename), so a reader never sees half a manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
 from gankd.distill.errors import GankdError
+from gankd.serve import manifest as schema
+from gankd.serve.errors import ServeError
+from gankd.serve.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, REQUIRED_KEYS  # noqa: F401  (the writer's)
 
-MANIFEST_FILE = "manifest.json"
-FORMAT = "gankd-artifact"
-FORMAT_VERSION = 1
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-REQUIRED_KEYS = ("format", "format_version", "created_by", "created_at", "source", "config", "scale", "inputs",
-                 "outputs", "opset", "exporter", "compute", "files", "parity", "bench")
 
 
 def io_specs(config, spatial_multiple: int) -> tuple[list[dict], list[dict]]:
@@ -72,7 +40,10 @@ def io_specs(config, spatial_multiple: int) -> tuple[list[dict], list[dict]]:
 
 
 def write_manifest(artifact_dir: str | Path, manifest: dict) -> Path:
+    """Write ``manifest`` atomically, after the reader's checks: gankd never writes a manifest it would refuse."""
     target = Path(artifact_dir) / MANIFEST_FILE
+    with _as_gankd_error():
+        schema.check_manifest(manifest, target)
     text = json.dumps(manifest, indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}.", suffix=".tmp", dir=target.parent)
     try:
@@ -89,29 +60,19 @@ def write_manifest(artifact_dir: str | Path, manifest: dict) -> Path:
 
 
 def read_manifest(artifact_dir: str | Path) -> dict:
-    """The manifest of an artifact dir, checked for the keys every reader relies on (one-line errors)."""
-    artifact_dir = Path(artifact_dir)
-    if not artifact_dir.exists():
-        raise GankdError(f"artifact folder {str(artifact_dir)!r} does not exist")
-    if not artifact_dir.is_dir():
-        raise GankdError(f"{str(artifact_dir)!r} is a file, not an artifact folder")
-    path = artifact_dir / MANIFEST_FILE
-    if not path.is_file():
-        raise GankdError(f"{str(artifact_dir)!r} is not a gankd artifact folder: {MANIFEST_FILE} is missing "
-                         "(make one with gankd-export)")
+    """The manifest of an artifact dir, read and checked by ``gankd.serve.manifest.read_manifest``; its one-line
+    refusal comes as the GankdError that gankd-export and gankd-bench print."""
+    with _as_gankd_error():
+        return schema.read_manifest(artifact_dir)
+
+
+@contextlib.contextmanager
+def _as_gankd_error():
+    """The schema's ServeError as the GankdError of gankd.export, with the same one-line message."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GankdError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise GankdError(f"{path} is not a gankd artifact manifest (format is not {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise GankdError(f"{path} has format_version {manifest.get('format_version')!r}; this gankd reads "
-                         f"version {FORMAT_VERSION}")
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
-    if missing:
-        raise GankdError(f"{path} lacks the key {missing[0]!r}")
-    return manifest
+        yield
+    except ServeError as exc:
+        raise GankdError(str(exc)) from None
 
 
 def artifact_file(artifact_dir: str | Path, manifest: dict, kind: str) -> Path | None:

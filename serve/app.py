@@ -1,7 +1,8 @@
 """The Gradio demo: ``build_app(artifact_dirs)`` -> ``gr.Blocks`` (``gankd-demo [ARTIFACT_DIR ...]`` launches it).
 
-One tab per task, shown only when an artifact of that task is given (the manifest's ``task``), each comparing a
-teacher and a student with their latency:
+One tab per task of the sessions (``session.SESSIONS``; :data:`TABS` holds each one's title and builder), shown only
+when an artifact of that task is given (the manifest's ``task``), each comparing a teacher and a student with their
+latency (:meth:`TaskTab.compare` runs both, the same way on every tab):
 
 - Super-resolution (``sr``): both on the same upload; the student's PSNR to the teacher.
 - Generation (``generate``): the same seeds through both (z of a seed is the same for every artifact of a
@@ -34,14 +35,17 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from . import guard
-from .errors import OverBudget, ServeError
+from .errors import OverBudget, ServeError, first_line
 from .images import Picture, read_image, to_uint8, to_unit
-from .session import Session, read_manifest
+from .manifest import MANIFEST_FILE, input_names, read_manifest, task_of
+from .session import SESSIONS, Session
 
 DEFAULT_MAX_PIXELS = 1024 * 1024
 QUICKSTART_DIRS = (Path("exports/teacher"), Path("exports/student"))
@@ -57,12 +61,13 @@ LOG = logging.getLogger("gankd.serve")
 MAX_GENERATE = 8
 DEFAULT_PSI = 0.7
 FACE_SCALES = (4, 64)  # the face scale slider's range, step 4
+ROLES = ("teacher", "student")
 
 
 def default_artifact_dirs(root: Path | None = None) -> list[Path]:
     """The quickstart's output (``exports/teacher``, ``exports/student``) where it exists under ``root``."""
     root = Path.cwd() if root is None else root
-    return [root / d for d in QUICKSTART_DIRS if (root / d / "manifest.json").is_file()]
+    return [root / d for d in QUICKSTART_DIRS if (root / d / MANIFEST_FILE).is_file()]
 
 
 class SessionCache:
@@ -82,11 +87,12 @@ class SessionCache:
 
 
 class Requests:
-    """What every event function of one app shares: the files each client may name, the limits, and the one-line
-    refusal (to the client and to the log, with one request id)."""
+    """What every event function of one app shares: the files each client may name, the limits, the sessions, and
+    the one-line refusal (to the client and to the log, with one request id)."""
 
     def __init__(self, files: guard.ClientFiles, max_pixels: int, request_budget_s: float, verify: bool):
         self.files, self.max_pixels, self.request_budget_s, self.verify = files, max_pixels, request_budget_s, verify
+        self.sessions = SessionCache(verify)
 
     @staticmethod
     def new_id() -> str:
@@ -132,24 +138,17 @@ def build_app(artifact_dirs: list[Path] | None = None, max_pixels: int = DEFAULT
                          f"got {default_tile}")
     dirs = default_artifact_dirs() if artifact_dirs is None else [Path(d) for d in artifact_dirs]
     manifests = {d: read_manifest(d) for d in dirs}
-    by_task = {task: _named({d: m for d, m in manifests.items() if _task(m) == task})
-               for task in ("sr", "generate", "face_sr")}
     requests = Requests(guard.ClientFiles(), max_pixels, request_budget_s, verify)
     with _guarded_blocks_class()(title="gankd demo") as demo:
         gr.Markdown("# gankd: distilled GANs, teacher vs student")
         if not manifests:
             gr.Markdown(QUICKSTART_HINT)
-        if by_task["sr"]:
-            with gr.Tab("Super-resolution"):
-                _super_resolution_tab(by_task["sr"], requests, default_tile)
-        if by_task["generate"]:
-            with gr.Tab("Generation"):
-                psi_names = {name for name, d in by_task["generate"].items()
-                             if any(spec.get("name") == "psi" for spec in manifests[d]["inputs"])}
-                _generation_tab(by_task["generate"], psi_names, requests)
-        if by_task["face_sr"]:
-            with gr.Tab("Face SR"):
-                _face_tab(by_task["face_sr"], requests)
+        for task in SESSIONS:  # one tab per task that has artifacts, in the sessions' order
+            models = _named([d for d, manifest in manifests.items() if task_of(manifest) == task])
+            if models:
+                title, build = TABS[task]
+                with gr.Tab(title):
+                    build(TaskTab(models, {n: manifests[d] for n, d in models.items()}, requests, default_tile))
     for block in demo.blocks.values():  # example images Gradio copied into its cache: any client may name them
         for path in getattr(block, "keep_in_cache", ()):
             requests.files.add_public(path)
@@ -210,7 +209,7 @@ def _ensure_log_handler() -> None:
 
 
 def _port_message(host: str, port: int | None, exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     busy = getattr(exc, "errno", None) == errno.EADDRINUSE or "empty port" in text  # gradio: "Cannot find empty port"
     if busy:
         return f"port {port} on {host} is in use (another gankd-demo?); pass --port with a free one"
@@ -233,14 +232,10 @@ def check_port_free(host: str, port: int) -> None:
             raise ServeError(_port_message(host, port, exc)) from None
 
 
-def _task(manifest: dict) -> str:
-    return manifest.get("task") or manifest.get("config", {}).get("task", "sr")
-
-
-def _named(manifests: dict[Path, dict]) -> dict[str, Path]:
+def _named(paths: list[Path]) -> dict[str, Path]:
     """Display name (the folder's name, made unique) -> artifact folder, in the order given."""
     names: dict[str, Path] = {}
-    for path in manifests:
+    for path in paths:
         name, n = path.name or str(path), 2
         while name in names:
             name, n = f"{path.name} ({n})", n + 1
@@ -248,71 +243,126 @@ def _named(manifests: dict[Path, dict]) -> dict[str, Path]:
     return names
 
 
-def _super_resolution_tab(models: dict[str, Path], requests: Requests, default_tile: int) -> None:
-    import gradio as gr
+class Ran(NamedTuple):
+    """One model's part of a request: what it returned and how long its timed call took."""
 
-    sessions = SessionCache(requests.verify)
-    names = list(models)
-    with gr.Row():
-        with gr.Column():
-            image = _upload_image(label="Input image (low resolution)", elem_id="input-image")
-            examples = _example_files()
-            if examples:
-                gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Real photos")
-        with gr.Column():
-            teacher = gr.Dropdown(names, value=names[0], label="Teacher (reference) model")
-            student = gr.Dropdown(names, value=names[-1], label="Student model")
-            backend = gr.Radio(list(UI_BACKENDS), value="auto", label="Backend")
-            tile = _unchecked(gr.Slider, 0, TILE_MAX_PX, value=default_tile, step=TILE_MIN_PX,
-                              label="Tile size, LR px (0: whole image)")
-            run = gr.Button("Run", variant="primary", elem_id="run-button")
-    with gr.Row():
-        out_teacher = gr.Image(label="Teacher", format="png", type="numpy", interactive=False, elem_id="out-teacher")
-        out_student = gr.Image(label="Student", format="png", type="numpy", interactive=False, elem_id="out-student")
-    report = gr.Markdown(elem_id="report")
+    role: str
+    name: str
+    session: Session
+    result: object
+    latency_ms: float
 
-    def upscale(path, teacher_name, student_name, backend_name, tile_px, request: gr.Request):
-        request_id = requests.new_id()
-        deadline = time.monotonic() + requests.request_budget_s
-        tile_value = _tile(tile_px, request_id, requests)
-        picture = requests.picture(request_id, path, request)
-        outputs, lines = [], []
-        for role, name in (("teacher", teacher_name), ("student", student_name)):
-            _check_choice(role, name, models, request_id, requests)
+
+@dataclass(frozen=True)
+class TaskTab:
+    """What a task's tab is built from: its models (display name -> artifact folder; the teacher first, then the
+    students), their manifests, the app's request handling, and the default tile (sr)."""
+
+    models: dict[str, Path]
+    manifests: dict[str, dict]
+    requests: Requests
+    default_tile: int
+
+    def compare(self, request_id: str, names: tuple, backend_name, work: Callable) -> list[Ran]:
+        """The teacher, then the student: ``work(session) -> (result, latency_ms)`` on each model's session; any
+        refusal (unknown model or backend, a ServeError, the time budget) in one line."""
+        requests, runs = self.requests, []
+        for role, name in zip(ROLES, names):
+            if name not in self.models:
+                raise requests.refuse(request_id, f"unknown {role} model {name!r}")
             try:
-                session = sessions.get(models[name], _backend(backend_name, request_id, requests))
-                start = time.perf_counter()
-                result = session.run(picture.array, tile=tile_value,
-                                     budget_s=max(deadline - time.monotonic(), 0.0))
-                latency_ms = (time.perf_counter() - start) * 1000
+                session = requests.sessions.get(self.models[name], _backend(backend_name, request_id, requests))
+                runs.append(Ran(role, name, session, *work(session)))
             except OverBudget as exc:
                 raise requests.refuse(request_id, f"{role} {name}: stopped after {exc.done} of {exc.total} tiles: "
                                                   f"over the time budget of {requests.request_budget_s:g} s per "
                                                   "request (use a smaller image or a larger tile)") from None
             except ServeError as exc:
                 raise requests.refuse(request_id, f"{role} {name}: {exc}") from None
-            outputs.append(result)
-            lines.append(f"- **{role}** `{name}` ({session.backend}): {latency_ms:.1f} ms, "
-                         f"{picture.width}x{picture.height} -> {result.shape[1]}x{result.shape[0]}")
-        lines.append(f"- **student PSNR to teacher**: {_psnr_text(*(to_unit(o) for o in outputs))}")
+        return runs
+
+
+def _timed(call: Callable, *args, **kwargs) -> tuple[object, float]:
+    """``call``'s result and its wall time in ms."""
+    start = time.perf_counter()
+    result = call(*args, **kwargs)
+    return result, (time.perf_counter() - start) * 1000
+
+
+def _model_choice(names: list[str], teacher_id: str | None = None, student_id: str | None = None):
+    """The teacher and student dropdowns and the backend radio of a tab."""
+    import gradio as gr
+
+    teacher = gr.Dropdown(names, value=names[0], label="Teacher (reference) model", elem_id=teacher_id)
+    student = gr.Dropdown(names, value=names[-1], label="Student model", elem_id=student_id)
+    backend = gr.Radio(list(UI_BACKENDS), value="auto", label="Backend")
+    return teacher, student, backend
+
+
+def _output_images(*labelled: tuple[str, str]) -> list:
+    """One read-only PNG image per (label, elem_id), in a row."""
+    import gradio as gr
+
+    with gr.Row():
+        return [gr.Image(label=label, format="png", type="numpy", interactive=False, elem_id=elem_id)
+                for label, elem_id in labelled]
+
+
+def _upload_with_examples(label: str, elem_id: str, examples: list[str], examples_label: str):
+    """The upload widget of a tab, with its example images (none without scikit-image)."""
+    import gradio as gr
+
+    image = _upload_image(label=label, elem_id=elem_id)
+    if examples:
+        gr.Examples(examples=[[p] for p in examples], inputs=[image], label=examples_label)
+    return image
+
+
+def _super_resolution_tab(tab: TaskTab) -> None:
+    import gradio as gr
+
+    with gr.Row():
+        with gr.Column():
+            image = _upload_with_examples("Input image (low resolution)", "input-image", _example_files(),
+                                          "Real photos")
+        with gr.Column():
+            teacher, student, backend = _model_choice(list(tab.models))
+            tile = _unchecked(gr.Slider, 0, TILE_MAX_PX, value=tab.default_tile, step=TILE_MIN_PX,
+                              label="Tile size, LR px (0: whole image)")
+            run = gr.Button("Run", variant="primary", elem_id="run-button")
+    out_teacher, out_student = _output_images(("Teacher", "out-teacher"), ("Student", "out-student"))
+    report = gr.Markdown(elem_id="report")
+    requests = tab.requests
+
+    def upscale(path, teacher_name, student_name, backend_name, tile_px, request: gr.Request):
+        request_id = requests.new_id()
+        deadline = time.monotonic() + requests.request_budget_s
+        tile_value = _tile(tile_px, request_id, requests)
+        picture = requests.picture(request_id, path, request)
+
+        def work(session):
+            return _timed(session.run, picture.array, tile=tile_value, budget_s=max(deadline - time.monotonic(), 0.0))
+
+        runs = tab.compare(request_id, (teacher_name, student_name), backend_name, work)
+        lines = [f"- **{r.role}** `{r.name}` ({r.session.backend}): {r.latency_ms:.1f} ms, "
+                 f"{picture.width}x{picture.height} -> {r.result.shape[1]}x{r.result.shape[0]}" for r in runs]
+        lines.append(f"- **student PSNR to teacher**: {_psnr_text(*(to_unit(r.result) for r in runs))}")
         if picture.note:
             lines.append(f"- note: {picture.note}")
-        return to_uint8(outputs[0]), to_uint8(outputs[1]), "\n".join(lines)
+        return to_uint8(runs[0].result), to_uint8(runs[1].result), "\n".join(lines)
 
     run.click(upscale, inputs=[image, teacher, student, backend, tile], outputs=[out_teacher, out_student, report],
               api_name="upscale")
 
 
-def _generation_tab(models: dict[str, Path], psi_names: set[str], requests: Requests) -> None:
+def _generation_tab(tab: TaskTab) -> None:
     import gradio as gr
 
-    sessions = SessionCache(requests.verify)
-    names = list(models)
+    names = list(tab.models)
+    psi_names = {name for name, manifest in tab.manifests.items() if "psi" in input_names(manifest)}
     with gr.Row():
         with gr.Column():
-            teacher = gr.Dropdown(names, value=names[0], label="Teacher (reference) model", elem_id="gen-teacher-model")
-            student = gr.Dropdown(names, value=names[-1], label="Student model", elem_id="gen-student-model")
-            backend = gr.Radio(list(UI_BACKENDS), value="auto", label="Backend")
+            teacher, student, backend = _model_choice(names, "gen-teacher-model", "gen-student-model")
         with gr.Column():
             seed = _unchecked(gr.Number, value=0, precision=0, minimum=0,
                               label="First seed (images use seed, seed+1, ...)", elem_id="gen-seed")
@@ -321,10 +371,9 @@ def _generation_tab(models: dict[str, Path], psi_names: set[str], requests: Requ
                              visible=bool(psi_names), interactive=_any_psi(psi_names, names[0], names[-1]),
                              elem_id="gen-psi")
             run = gr.Button("Generate", variant="primary", elem_id="gen-run")
-    with gr.Row():
-        out_teacher = gr.Image(label="Teacher", format="png", type="numpy", interactive=False, elem_id="gen-teacher")
-        out_student = gr.Image(label="Student", format="png", type="numpy", interactive=False, elem_id="gen-student")
+    out_teacher, out_student = _output_images(("Teacher", "gen-teacher"), ("Student", "gen-student"))
     report = gr.Markdown(elem_id="gen-report")
+    requests = tab.requests
 
     def generate(teacher_name, student_name, backend_name, first_seed, n, psi_value):
         request_id = requests.new_id()
@@ -334,24 +383,27 @@ def _generation_tab(models: dict[str, Path], psi_names: set[str], requests: Requ
             raise requests.refuse(request_id, f"Generate 1 to {MAX_GENERATE} images.")
         n = int(n)
         seeds = list(range(int(first_seed), int(first_seed) + n))
-        grids, lines = [], []
-        for role, name in (("teacher", teacher_name), ("student", student_name)):
-            _check_choice(role, name, models, request_id, requests)
+        used_psi = []  # the psi each model ran with, teacher first (None: no psi input)
+
+        def work(session):
             try:
-                session = sessions.get(models[name], _backend(backend_name, request_id, requests))
-                used_psi = float(psi_value) if session.has_psi else None
-                start = time.perf_counter()
-                images = session.generate(seeds, psi=used_psi)
-                latency_ms = (time.perf_counter() - start) * 1000
-            except (ServeError, TypeError, ValueError) as exc:  # TypeError/ValueError: a psi that is not a number
-                raise requests.refuse(request_id, f"{role} {name}: {exc}") from None
-            grids.append(_grid(images))
-            truncation = f"psi {used_psi:g}" if used_psi is not None else "no psi input (psi 1)"
-            lines.append(f"- **{role}** `{name}` ({session.backend}): {latency_ms:.1f} ms for {n} image"
-                         f"{'s' if n > 1 else ''} ({latency_ms / n:.1f} ms each), {session.size}x{session.size}, "
+                psi_number = float(psi_value) if session.has_psi else None
+            except (TypeError, ValueError) as exc:  # a psi that is not a number
+                raise ServeError(first_line(exc)) from None
+            used_psi.append(psi_number)
+            images, latency_ms = _timed(session.generate, seeds, psi=psi_number)
+            return _grid(images), latency_ms
+
+        runs = tab.compare(request_id, (teacher_name, student_name), backend_name, work)
+        lines = []
+        for r, psi_number in zip(runs, used_psi):
+            truncation = f"psi {psi_number:g}" if psi_number is not None else "no psi input (psi 1)"
+            lines.append(f"- **{r.role}** `{r.name}` ({r.session.backend}): {r.latency_ms:.1f} ms for {n} image"
+                         f"{'s' if n > 1 else ''} ({r.latency_ms / n:.1f} ms each), {r.session.size}x{r.session.size}, "
                          f"{truncation}")
-        lines.append(f"- seeds {seeds[0]}..{seeds[-1]}; **student PSNR to teacher**: {_psnr_text(*grids)}")
-        return grids[0], grids[1], "\n".join(lines)
+        lines.append(f"- seeds {seeds[0]}..{seeds[-1]}; **student PSNR to teacher**: "
+                     f"{_psnr_text(*(r.result for r in runs))}")
+        return runs[0].result, runs[1].result, "\n".join(lines)
 
     def psi_state(teacher_name, student_name):
         return gr.update(interactive=_any_psi(psi_names, teacher_name, student_name))
@@ -389,11 +441,6 @@ def _unchecked(component, *args, **kwargs):
     return Unchecked(*args, **kwargs)
 
 
-def _check_choice(role: str, name, models: dict[str, Path], request_id: str, requests: Requests) -> None:
-    if name not in models:
-        raise requests.refuse(request_id, f"unknown {role} model {name!r}")
-
-
 def _backend(name, request_id: str, requests: Requests) -> str:
     if name not in UI_BACKENDS:
         raise requests.refuse(request_id, f"unknown backend {name!r}; backends: {', '.join(UI_BACKENDS)}")
@@ -422,58 +469,51 @@ def _grid(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
     return grid
 
 
-def _face_tab(models: dict[str, Path], requests: Requests) -> None:
+def _face_tab(tab: TaskTab) -> None:
     import gradio as gr
 
-    sessions = SessionCache(requests.verify)
-    names = list(models)
     with gr.Row():
         with gr.Column():
-            image = _upload_image(label="Face (clean: it is degraded by the scale first)", elem_id="face-input")
-            examples = _face_example_files()
-            if examples:
-                gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Real face")
+            image = _upload_with_examples("Face (clean: it is degraded by the scale first)", "face-input",
+                                          _face_example_files(), "Real face")
         with gr.Column():
-            teacher = gr.Dropdown(names, value=names[0], label="Teacher (reference) model",
-                                  elem_id="face-teacher-model")
-            student = gr.Dropdown(names, value=names[-1], label="Student model", elem_id="face-student-model")
-            backend = gr.Radio(list(UI_BACKENDS), value="auto", label="Backend")
+            teacher, student, backend = _model_choice(list(tab.models), "face-teacher-model", "face-student-model")
             scale = _unchecked(gr.Slider, FACE_SCALES[0], FACE_SCALES[1], value=16, step=4,
                                label="Scale: the face is shrunk by this factor and blown back up",
                                elem_id="face-scale")
             run = gr.Button("Restore", variant="primary", elem_id="face-run")
-    with gr.Row():
-        out_lq = gr.Image(label="Low-quality input", format="png", type="numpy", interactive=False, elem_id="face-lq")
-        out_teacher = gr.Image(label="Teacher", format="png", type="numpy", interactive=False, elem_id="face-teacher")
-        out_student = gr.Image(label="Student", format="png", type="numpy", interactive=False, elem_id="face-student")
+    out_lq, out_teacher, out_student = _output_images(("Low-quality input", "face-lq"), ("Teacher", "face-teacher"),
+                                                      ("Student", "face-student"))
     report = gr.Markdown(elem_id="face-report")
+    requests = tab.requests
 
     def restore(path, teacher_name, student_name, backend_name, factor, request: gr.Request):
         request_id = requests.new_id()
         if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not math.isfinite(factor):
             raise requests.refuse(request_id, f"The scale must be a number, got {factor!r}.")
         picture = requests.picture(request_id, path, request)
-        outputs, lines, lq = [], [], None
-        for role, name in (("teacher", teacher_name), ("student", student_name)):
-            _check_choice(role, name, models, request_id, requests)
-            try:
-                session = sessions.get(models[name], _backend(backend_name, request_id, requests))
-                own_lq = session.face_lq(picture.array, float(factor))
-                start = time.perf_counter()
-                result = session.restore_face_lq(own_lq, float(factor))
-                latency_ms = (time.perf_counter() - start) * 1000
-            except ServeError as exc:
-                raise requests.refuse(request_id, f"{role} {name}: {exc}") from None
-            lq = own_lq if lq is None else lq
-            outputs.append(result)
-            lines.append(f"- **{role}** `{name}` ({session.backend}): {latency_ms:.1f} ms at "
-                         f"{session.size}x{session.size}")
+        lqs = []  # each model's own low-quality input (the same for models of one size); the teacher's is shown
+
+        def work(session):
+            lqs.append(session.face_lq(picture.array, float(factor)))
+            return _timed(session.restore_face_lq, lqs[-1], float(factor))
+
+        runs = tab.compare(request_id, (teacher_name, student_name), backend_name, work)
+        lines = [f"- **{r.role}** `{r.name}` ({r.session.backend}): {r.latency_ms:.1f} ms at "
+                 f"{r.session.size}x{r.session.size}" for r in runs]
         lines.append(f"- scale x{factor:g} (the input is {picture.width}x{picture.height}, centre-cropped square); "
-                     f"**student PSNR to teacher**: {_psnr_text(*outputs)}")
-        return lq, outputs[0], outputs[1], "\n".join(lines)
+                     f"**student PSNR to teacher**: {_psnr_text(*(r.result for r in runs))}")
+        return lqs[0], runs[0].result, runs[1].result, "\n".join(lines)
 
     run.click(restore, inputs=[image, teacher, student, backend, scale],
               outputs=[out_lq, out_teacher, out_student, report], api_name="restore_face")
+
+
+TABS: dict[str, tuple[str, Callable[[TaskTab], None]]] = {  # task -> its tab's title and builder
+    "sr": ("Super-resolution", _super_resolution_tab),
+    "generate": ("Generation", _generation_tab),
+    "face_sr": ("Face SR", _face_tab),
+}
 
 
 def _psnr_text(reference: np.ndarray, other: np.ndarray) -> str:

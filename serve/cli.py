@@ -36,7 +36,8 @@ def serve(artifact_dirs, host, port, max_pixels, tile, request_budget_s, queue_s
     """The Gradio demo over ARTIFACT_DIRs (teacher first, then students); none: exports/teacher and
     exports/student from `make quickstart`."""
     from .app import TILE_MAX_PX, TILE_MIN_PX, check_port_free, default_artifact_dirs, launch
-    from .session import read_manifest, verify_artifact
+    from .manifest import read_manifest
+    from .session import verify_artifact
 
     if tile != 0 and not TILE_MIN_PX <= tile <= TILE_MAX_PX:
         raise click.BadParameter(f"0 (whole image) or {TILE_MIN_PX} to {TILE_MAX_PX}, got {tile}", param_hint="--tile")
@@ -74,7 +75,7 @@ def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads,
     from tqdm import tqdm
 
     from .images import read_image, save_image
-    from .session import Session
+    from .session import Session, SRSession
 
     if not in_dir.is_dir():
         raise ServeError(f"input folder {str(in_dir)!r} does not exist or is not a folder")
@@ -84,7 +85,7 @@ def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads,
     if out_dir.exists() and not out_dir.is_dir():
         raise ServeError(f"output {str(out_dir)!r} is a file, not a folder")
     session = Session(artifact_dir, backend=backend, threads=threads, variant=variant, verify=not no_verify)
-    if session.task != "sr":
+    if not isinstance(session, SRSession):
         raise ServeError(f"upscale runs sr artifacts; {str(artifact_dir)!r} is a {session.task} artifact (use "
                          "gankd.serve.Session in Python, or the demo)")
     out_dir.mkdir(parents=True, exist_ok=True)

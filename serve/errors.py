@@ -1,7 +1,9 @@
 """The error type of gankd.serve: a one-line message a user can act on (the CLI prints it as ``error: ...``);
-``OverBudget`` is the ServeError of a run stopped at its time budget.
+``OverBudget`` is the ServeError of a run stopped at its time budget; :func:`first_line` turns any exception into
+such a line.
 
-Defined here rather than imported from gankd.distill, which serve never imports."""
+Defined here rather than imported from gankd.distill, which serve never imports. A bottom-layer module: it imports
+nothing of gankd, so gankd.distill and gankd.export may import it (``first_line``)."""
 
 
 class ServeError(Exception):
@@ -14,3 +16,10 @@ class OverBudget(ServeError):
     def __init__(self, message: str, done: int, total: int):
         super().__init__(message)
         self.done, self.total = done, total
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty): what a one-line error
+    quotes of a library's multi-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ServeError
+from .errors import ServeError, first_line
 
 MIN_SIDE_PX = 8  # a 1x1 "photo" is not one; reflect padding wants a few pixels anyway
 INT32_PEAK = float(2 ** 31 - 1)
@@ -70,11 +70,11 @@ def read_image(path: str | Path, max_pixels: int, min_side: int = MIN_SIDE_PX) -
     except UnidentifiedImageError:
         raise ServeError("not an image PIL can read") from None
     except Image.DecompressionBombError as exc:
-        raise ServeError(f"too large ({_first_line(exc)})") from None
+        raise ServeError(f"too large ({first_line(exc)})") from None
     except FileNotFoundError:
         raise ServeError("the file does not exist") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error) as exc:
-        raise ServeError(f"cannot decode ({_first_line(exc)})") from None
+        raise ServeError(f"cannot decode ({first_line(exc)})") from None
     note = f"the file has {frames} frames: used the first" if frames > 1 else ""
     return Picture(array=array, source_mode=mode, note=note)
 
@@ -146,8 +146,3 @@ def save_image(array: np.ndarray, path: Path) -> None:
     if array.dtype == np.uint16 and array.ndim != 2:
         array = to_uint8(array)
     Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,27 +1,28 @@
-"""``Session``: one artifact folder, one backend, images in and out.
+"""Sessions: one artifact folder, one backend, inputs in and images out; one class per task.
 
-Reads ``manifest.json`` and the model files only (no architecture code). Pre/post-processing comes from the
-manifest: input/output value range, clamp, scale, spatial multiple; channel order is RGB. What a Session does
-depends on the manifest's ``task``; calling the method of another task is a one-line ServeError.
+Reads ``manifest.json`` (through ``serve.manifest``, the one reader) and the model files only (no architecture
+code). Pre/post-processing comes from the manifest: input/output value range, clamp, scale, spatial multiple;
+channel order is RGB. ``Session(artifact_dir, ...)`` opens the class of the manifest's ``task`` (:data:`SESSIONS`);
+:class:`Session` itself holds what every task shares (backend loading, verification, the raw ``forward``), and a
+method of another task is a one-line ServeError that names the right one.
 
-- ``sr``: ``run`` takes and returns the same kind of image: numpy HxW / HxWxC (uint8, uint16 or float in [0, 1]) or
-  a PIL image; RGBA keeps its alpha (upscaled bicubic; PIL gray+alpha comes back RGBA), grayscale goes through
-  the model as RGB and comes back grayscale, 16-bit stays 16-bit. ``budget_s`` stops a tiled run between tiles once
-  it has taken longer (the demo's per-request budget).
-- ``generate``: ``generate(seeds or z, psi=None)`` -> SxSx3 uint8 images. z of seed s is
-  ``numpy.random.default_rng(s).standard_normal(style_dim, dtype=float32)`` (:func:`seed_z`, the manifest's
+- ``sr`` (:class:`SRSession`): ``run`` takes and returns the same kind of image: numpy HxW / HxWxC (uint8, uint16
+  or float in [0, 1]) or a PIL image; RGBA keeps its alpha (upscaled bicubic; PIL gray+alpha comes back RGBA),
+  grayscale goes through the model as RGB and comes back grayscale, 16-bit stays 16-bit. ``budget_s`` stops a
+  tiled run between tiles once it has taken longer (the demo's per-request budget).
+- ``generate`` (:class:`GenerateSession`): ``generate(seeds or z, psi=None)`` -> SxSx3 uint8 images. z of seed s
+  is ``numpy.random.default_rng(s).standard_normal(style_dim, dtype=float32)`` (:func:`seed_z`, the manifest's
   ``seeding``), so a seed gives the same z on every backend and for every artifact of the same style_dim: teacher
   and student artifacts show the same face.
-- ``face_sr``: ``restore_face(face, scale)`` makes GCFSR's low-quality input from a clean face (square centre crop,
-  resized to the artifact's size S, MATLAB-bicubic down by ``scale`` and back up, 8-bit: ``serve.faces``) and
-  restores it; ``restore_face_lq(lq, scale)`` takes a face that is already low quality; ``face_lq`` returns the
-  low-quality input itself (what the demo shows).
+- ``face_sr`` (:class:`FaceSession`): ``restore_face(face, scale)`` makes GCFSR's low-quality input from a clean
+  face (square centre crop, resized to the artifact's size S, MATLAB-bicubic down by ``scale`` and back up, 8-bit:
+  ``serve.faces``) and restores it; ``restore_face_lq(lq, scale)`` takes a face that is already low quality;
+  ``face_lq`` returns the low-quality input itself (what the demo shows).
 
-Opening a Session checks the artifact before anything runs: the manifest's ``format_version`` (this gankd reads
-version 1, as ``gankd.export.manifest`` writes) and, with ``verify=True`` (the default), the sha256 of the model file
-it loads against the manifest's ``files`` entry, so a graph changed after export is refused instead of served. A
-file is hashed once per process (cached by path, inode, size and mtime); ``verify=False`` is for users who edit
-graphs on purpose.
+Opening a Session checks the artifact before anything runs: the manifest (``serve.manifest``: ``format_version``,
+the keys of its task) and, with ``verify=True`` (the default), the sha256 of the model file it loads against the
+manifest's ``files`` entry, so a graph changed after export is refused instead of served. A file is hashed once per
+process (cached by path, inode, size and mtime); ``verify=False`` is for users who edit graphs on purpose.
 
 A Session is safe to share between threads: ONNX Runtime's ``InferenceSession.run`` and a torch.export module's
 forward are re-entrant, and every request works on its own arrays (``tiling.upscale`` keeps no state).
@@ -30,7 +31,6 @@ forward are re-entrant, and every request works on its own arrays (``tiling.upsc
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import threading
 from pathlib import Path
@@ -38,48 +38,19 @@ from pathlib import Path
 import numpy as np
 
 from . import faces, tiling
-from .errors import ServeError
+from .errors import ServeError, first_line
+from .manifest import MANIFEST_FILE, input_names, read_manifest, task_of
 
-MANIFEST_FILE = "manifest.json"
-FORMAT = "gankd-artifact"  # FORMAT and FORMAT_VERSION mirror gankd.export.manifest (serve does not import export)
-FORMAT_VERSION = 1
 BACKENDS = ("auto", "torch", "ort", "ort-cuda", "trt")
 VARIANTS = {"fp32": "onnx", "int8": "onnx-int8", "fp16": "onnx-fp16"}
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, what PIL's convert("L") uses
 DEFAULT_PAD = 10
-TASK_METHODS = {"sr": "run", "generate": "generate", "face_sr": "restore_face"}
 GENERATE_BATCH = 8  # z per forward call of generate: bounds memory for long seed lists
 
 
 def seed_z(seeds, style_dim: int) -> np.ndarray:
     """N×style_dim float32, one standard-normal z per seed (numpy's PCG64 ``default_rng(seed)``)."""
     return np.stack([np.random.default_rng(int(s)).standard_normal(style_dim, dtype=np.float32) for s in seeds])
-
-
-def read_manifest(artifact_dir: Path) -> dict:
-    if not artifact_dir.exists():
-        raise ServeError(f"artifact folder {str(artifact_dir)!r} does not exist")
-    if not artifact_dir.is_dir():
-        raise ServeError(f"{str(artifact_dir)!r} is a file, not an artifact folder")
-    path = artifact_dir / MANIFEST_FILE
-    if not path.is_file():
-        raise ServeError(f"{str(artifact_dir)!r} is not a gankd artifact folder: {MANIFEST_FILE} is missing "
-                         "(make one with gankd-export)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ServeError(f"{path} is not valid JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ServeError(f"{path} is not a gankd artifact manifest (format is not {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ServeError(f"{path} has format_version {manifest.get('format_version')!r}; this gankd reads version "
-                         f"{FORMAT_VERSION} (re-export the model with this gankd-export)")
-    for key in ("scale", "inputs", "outputs", "files"):
-        if key not in manifest:
-            raise ServeError(f"{path} lacks the key {key!r}")
-    if not isinstance(manifest["files"], dict):
-        raise ServeError(f"{path}: 'files' is not an object of file entries")
-    return manifest
 
 
 _VERIFIED: dict[tuple, str] = {}  # (path, device, inode, size, mtime) -> sha256 checked in this process
@@ -126,40 +97,75 @@ def verify_artifact(artifact_dir: str | Path) -> None:
             verify_file(path, entry.get("sha256"), artifact_dir)
 
 
+def _check_options(backend: str, threads: int | None, variant: str) -> None:
+    if backend not in BACKENDS:
+        raise ServeError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+    if variant not in VARIANTS:
+        raise ServeError(f"unknown variant {variant!r}; variants: {', '.join(VARIANTS)}")
+    if threads is not None and threads < 1:
+        raise ServeError(f"threads must be at least 1, got {threads}")
+
+
+def _other_task(method: str):
+    """The stand-in of another task's method on a session: calling it is a one-line ServeError that names the
+    task it is for and this session's own method."""
+
+    def refuse(self, *args, **kwargs):
+        owner = next(task for task, cls in SESSIONS.items() if method in vars(cls))
+        raise ServeError(f"Session.{method} is for {owner} artifacts; {str(self.artifact_dir)!r} is a {self.task} "
+                         f"artifact: use Session.{self.main_method}")
+
+    refuse.__name__ = method
+    return refuse
+
+
 class Session:
+    """What every task's session shares: the checked manifest, the backend, verification and the raw ``forward``.
+
+    ``Session(artifact_dir, ...)`` opens the class of the artifact's task (:data:`SESSIONS`); a task class opened on
+    an artifact of another task refuses it in one line."""
+
+    task: str  # the manifest task a subclass serves
+    main_method: str  # its entry point, named when a method of another task is called
+
+    def __new__(cls, artifact_dir: str | Path, backend: str = "auto", threads: int | None = None,
+                variant: str = "fp32", verify: bool = True):
+        if cls is Session:
+            _check_options(backend, threads, variant)
+            cls = SESSIONS[task_of(read_manifest(artifact_dir))]
+        return super().__new__(cls)
+
     def __init__(self, artifact_dir: str | Path, backend: str = "auto", threads: int | None = None,
                  variant: str = "fp32", verify: bool = True):
-        if backend not in BACKENDS:
-            raise ServeError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
-        if variant not in VARIANTS:
-            raise ServeError(f"unknown variant {variant!r}; variants: {', '.join(VARIANTS)}")
-        if threads is not None and threads < 1:
-            raise ServeError(f"threads must be at least 1, got {threads}")
+        _check_options(backend, threads, variant)
         self.artifact_dir = Path(artifact_dir)
         self.manifest = read_manifest(self.artifact_dir)
-        self.task = self.manifest.get("task") or self.manifest.get("config", {}).get("task", "sr")
-        if self.task not in TASK_METHODS:
-            raise ServeError(f"{str(self.artifact_dir)!r} has task {self.task!r}; this gankd.serve runs "
-                             f"{', '.join(TASK_METHODS)}")
+        if task_of(self.manifest) != self.task:
+            raise ServeError(f"{type(self).__name__} runs {self.task} artifacts; {str(self.artifact_dir)!r} is a "
+                             f"{task_of(self.manifest)} artifact (open it with Session)")
         spec_in, spec_out = self.manifest["inputs"][0], self.manifest["outputs"][0]
-        self.input_names = tuple(spec.get("name", "input") for spec in self.manifest["inputs"])
+        self.input_names = input_names(self.manifest)
         self.input_name = self.input_names[0]
-        self.scale = int(self.manifest["scale"]) if self.task == "sr" else None
         self.in_range = tuple(float(v) for v in spec_in.get("range") or (0.0, 1.0))
         self.out_range = tuple(float(v) for v in spec_out.get("range") or self.in_range)
         self.clamp = bool(spec_out.get("clamp", True))
-        self.multiple = int(spec_in.get("spatial_multiple") or 1)
-        self.in_channels = int(spec_in["shape"][1])
-        # generate: z [N, style_dim] (+ psi [N]); face_sr: image [N, 3, S, S] + scale [N]; output [N, 3, S, S]
-        self.size = int(spec_out["shape"][-1]) if self.task != "sr" else None
-        self.style_dim = int(spec_in["shape"][1]) if self.task == "generate" else None
-        self.has_psi = "psi" in self.input_names
-        self.scale_range = tuple(float(v) for v in self.manifest["inputs"][1].get("range") or (1.0, math.inf)) \
-            if self.task == "face_sr" else None
+        self._read_task_keys()
         self.variant = variant
         self.verify = verify
         self.backend = self._resolve_backend(backend)
         self._forward = self._load(threads)
+
+    def _read_task_keys(self) -> None:
+        """Set what this task reads from the manifest beyond the shared keys."""
+        raise NotImplementedError
+
+    # the methods of each task, on the sessions of the others
+    run = _other_task("run")
+    run_array = _other_task("run_array")
+    generate = _other_task("generate")
+    face_lq = _other_task("face_lq")
+    restore_face = _other_task("restore_face")
+    restore_face_lq = _other_task("restore_face_lq")
 
     # ------------------------------------------------------------------------------------------- backends
 
@@ -207,7 +213,7 @@ class Session:
         try:
             module = torch.export.load(str(path)).module()
         except Exception as exc:  # noqa: BLE001 - a corrupt or incompatible file, reported in one line
-            raise ServeError(f"cannot load {path}: {_first_line(exc)}") from None
+            raise ServeError(f"cannot load {path}: {first_line(exc)}") from None
 
         def forward(*xs: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -231,7 +237,7 @@ class Session:
         try:
             session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001
-            raise ServeError(f"cannot load {path}: {_first_line(exc)}") from None
+            raise ServeError(f"cannot load {path}: {first_line(exc)}") from None
         if cuda and "CUDAExecutionProvider" not in session.get_providers():
             raise ServeError("the ort-cuda backend could not start CUDAExecutionProvider (CUDA/cuDNN libraries?)")
         names = self.input_names
@@ -247,21 +253,27 @@ class Session:
                              f"got {len(xs)}")
         return self._forward(*xs)
 
-    def _require(self, task: str, method: str) -> None:
-        if self.task != task:
-            raise ServeError(f"Session.{method} is for {task} artifacts; {str(self.artifact_dir)!r} is a {self.task} "
-                             f"artifact: use Session.{TASK_METHODS[self.task]}")
-
     def _to_unit(self, y: np.ndarray) -> np.ndarray:
         """Network output in the output range -> [0, 1] (clamped when the manifest says so)."""
         lo, hi = self.out_range
         y = (y - lo) / (hi - lo)
         return np.clip(y, 0.0, 1.0) if self.clamp else y
 
+
+class SRSession(Session):
+    """Super-resolution: an image in, the image ``scale`` times larger out (``run``; ``run_array`` on float RGB)."""
+
+    task, main_method = "sr", "run"
+
+    def _read_task_keys(self) -> None:
+        spec_in = self.manifest["inputs"][0]
+        self.scale = int(self.manifest["scale"])
+        self.multiple = int(spec_in.get("spatial_multiple") or 1)
+        self.in_channels = int(spec_in["shape"][1])
+
     def run_array(self, rgb: np.ndarray, tile: int | None = None, pad: int = DEFAULT_PAD,
                   budget_s: float | None = None) -> np.ndarray:
         """HxWx3 float32 RGB in [0, 1] -> (H*scale)x(W*scale)x3 float32 in [0, 1]."""
-        self._require("sr", "run_array")
         lo, hi = self.in_range
         x = (rgb.transpose(2, 0, 1)[None] * (hi - lo) + lo).astype(np.float32)
         y = tiling.upscale(self._forward, x, self.scale, tile=tile, pad=pad, multiple=self.multiple,
@@ -272,7 +284,6 @@ class Session:
         """Upscale a numpy or PIL image; returns the same kind (dtype, channels, PIL mode). ``tile``: LR tile size
         (None or 0: whole image); ``pad``: reflect padding and tile overlap in LR px; ``budget_s``: stop with a
         ServeError between tiles once the run has taken longer."""
-        self._require("sr", "run")
         if _is_pil(image):
             return self._run_pil(image, tile, pad, budget_s)
         if not isinstance(image, np.ndarray):
@@ -280,35 +291,19 @@ class Session:
         return self._run_numpy(image, tile, pad, budget_s)
 
     def _run_numpy(self, image: np.ndarray, tile, pad, budget_s=None) -> np.ndarray:
-        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise ServeError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
-        if image.shape[0] < 1 or image.shape[1] < 1:
-            raise ServeError(f"the image is empty (shape {image.shape})")
-        dtype = image.dtype
-        if dtype == np.uint8 or dtype == np.uint16:
-            peak = float(np.iinfo(dtype).max)
-        elif np.issubdtype(dtype, np.floating):
-            peak = 1.0
-        else:
-            raise ServeError(f"unsupported pixel type {dtype}; use uint8, uint16 or float in [0, 1]")
-        values = image.astype(np.float32) / peak
-        if np.issubdtype(dtype, np.floating) and not np.isfinite(values).all():
-            raise ServeError("the image has NaN or infinite values")
-        squeeze = image.ndim == 2
-        if squeeze:
-            values = values[:, :, None]
+        values, peak = _pixels(image, np.float32)
         channels = values.shape[2]
-        rgb = np.repeat(values, 3, axis=2) if channels == 1 else values[:, :, :3]
+        rgb = _as_rgb(values)
         out = self.run_array(np.clip(rgb, 0.0, 1.0), tile=tile, pad=pad, budget_s=budget_s)
         if channels == 1:
             out = (out @ LUMA)[:, :, None]
         elif channels == 4:
             out = np.concatenate([out, _bicubic(values[:, :, 3], self.scale)[:, :, None]], axis=2)
-        if squeeze:
+        if image.ndim == 2:
             out = out[:, :, 0]
         if peak == 1.0:
-            return out.astype(dtype)
-        return np.clip(np.rint(out * peak), 0, peak).astype(dtype)
+            return out.astype(image.dtype)
+        return np.clip(np.rint(out * peak), 0, peak).astype(image.dtype)
 
     def _run_pil(self, image, tile, pad, budget_s=None):
         from PIL import Image
@@ -325,13 +320,21 @@ class Session:
         return Image.fromarray(self._run_numpy(np.asarray(image), tile, pad, budget_s))
 
 
-    # --------------------------------------------------------------------------------------- generate
+class GenerateSession(Session):
+    """Generation: seeds (or z) in, SxSx3 uint8 images out (``generate``)."""
+
+    task, main_method = "generate", "generate"
+
+    def _read_task_keys(self) -> None:
+        # z [N, style_dim] (+ psi [N]); output [N, 3, S, S]
+        self.size = int(self.manifest["outputs"][0]["shape"][-1])
+        self.style_dim = int(self.manifest["inputs"][0]["shape"][1])
+        self.has_psi = "psi" in self.input_names
 
     def generate(self, seeds, psi: float | None = None) -> list[np.ndarray]:
         """SxSx3 uint8 images, one per seed (ints >= 0: z = :func:`seed_z`) or per row of ``seeds`` given as a
         float array of z (N x style_dim, or one z of style_dim). ``psi``: truncation (0..1, 1 = none) for artifacts
         exported with ``--psi``; None means 1."""
-        self._require("generate", "generate")
         z = self._latents(seeds)
         psi_value = self._psi(psi)
         images = []
@@ -370,22 +373,28 @@ class Session:
                              "gankd-export --psi to use psi")
         return float(psi)
 
-    # --------------------------------------------------------------------------------------- face_sr
+
+class FaceSession(Session):
+    """Face restoration (GCFSR): a face and a scale in, the restored SxSx3 uint8 face out (``restore_face``)."""
+
+    task, main_method = "face_sr", "restore_face"
+
+    def _read_task_keys(self) -> None:
+        # image [N, 3, S, S] + scale [N]; output [N, 3, S, S]
+        self.size = int(self.manifest["outputs"][0]["shape"][-1])
+        self.scale_range = tuple(float(v) for v in self.manifest["inputs"][1].get("range") or (1.0, math.inf))
 
     def face_lq(self, face, scale: float) -> np.ndarray:
         """The low-quality input ``restore_face`` makes from ``face``: SxSx3 uint8."""
-        self._require("face_sr", "face_lq")
         return np.rint(self._face_lq(face, scale) * 255).astype(np.uint8)
 
     def restore_face(self, face, scale: float) -> np.ndarray:
         """A clean face (PIL or numpy image) -> degraded by ``scale`` the GCFSR way -> restored: SxSx3 uint8."""
-        self._require("face_sr", "restore_face")
         return self._restore(self._face_lq(face, scale), scale)
 
     def restore_face_lq(self, lq, scale: float) -> np.ndarray:
         """A face that is already low quality (blurred by ``scale``; resized to S here if it is not) -> SxSx3
         uint8."""
-        self._require("face_sr", "restore_face_lq")
         self._check_scale(scale)
         return self._restore(_square(_rgb_float(lq), self.size), scale)
 
@@ -406,6 +415,9 @@ class Session:
         return np.rint(y * 255).astype(np.uint8)
 
 
+SESSIONS: dict[str, type[Session]] = {cls.task: cls for cls in (SRSession, GenerateSession, FaceSession)}
+
+
 def _rgb_float(image) -> np.ndarray:
     """A PIL or numpy image (uint8 / uint16 / float in [0, 1]; gray, RGB or RGBA) -> HxWx3 float64 in [0, 1] (alpha
     dropped)."""
@@ -415,19 +427,31 @@ def _rgb_float(image) -> np.ndarray:
         image = to_array(image)  # at its real range: a 16-bit face does not clip to white
     if not isinstance(image, np.ndarray):
         raise ServeError(f"expected a numpy array or a PIL image, got {type(image).__name__}")
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or min(image.shape[:2]) < 1:
+    return np.clip(_as_rgb(_pixels(image, np.float64)[0]), 0.0, 1.0)
+
+
+def _pixels(image: np.ndarray, float_type) -> tuple[np.ndarray, float]:
+    """A numpy image (HxW or HxWxC with C 1, 3 or 4; uint8, uint16 or float in [0, 1]) -> its HxWxC values in
+    [0, 1] units (not clipped) and the peak its type maps to 1 (255, 65535 or 1.0); ServeError in one line."""
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
         raise ServeError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ServeError(f"the image is empty (shape {image.shape})")
     if image.dtype in (np.uint8, np.uint16):
-        values = image.astype(np.float64) / np.iinfo(image.dtype).max
+        peak = float(np.iinfo(image.dtype).max)
     elif np.issubdtype(image.dtype, np.floating):
-        values = image.astype(np.float64)
-        if not np.isfinite(values).all():
-            raise ServeError("the image has NaN or infinite values")
+        peak = 1.0
     else:
         raise ServeError(f"unsupported pixel type {image.dtype}; use uint8, uint16 or float in [0, 1]")
-    values = values[:, :, None] if values.ndim == 2 else values
-    values = np.repeat(values, 3, axis=2) if values.shape[2] == 1 else values[:, :, :3]
-    return np.clip(values, 0.0, 1.0)
+    values = image.astype(float_type) / peak
+    if peak == 1.0 and not np.isfinite(values).all():
+        raise ServeError("the image has NaN or infinite values")
+    return (values[:, :, None] if image.ndim == 2 else values), peak
+
+
+def _as_rgb(values: np.ndarray) -> np.ndarray:
+    """HxWxC (C 1, 3 or 4) -> HxWx3: gray repeated, alpha dropped."""
+    return np.repeat(values, 3, axis=2) if values.shape[2] == 1 else values[:, :, :3]
 
 
 def _square(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -462,8 +486,3 @@ def _has_onnxruntime() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("onnxruntime") is not None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
