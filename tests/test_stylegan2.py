@@ -18,13 +18,12 @@ from gankd.distill.archs.stylegan2 import (
     StyleGAN2DiscriminatorConfig,
     StyleGAN2GeneratorConfig,
     StyleGAN2Sampler,
-    import_rosinality,
     stylegan2_channels,
-    stylegan2_discriminator_student_kwargs,
-    stylegan2_student_kwargs,
 )
 from gankd.distill.errors import GankdError
+from gankd.distill.importers import import_rosinality
 from gankd.distill.registry import create_model, get_arch, make_config
+from gankd.distill.students import stylegan2_discriminator_student_kwargs, stylegan2_student_kwargs
 
 G_KW = {"size": 32, "style_dim": 32, "n_mlp": 2, "narrow": 1 / 32}
 D_KW = {"size": 32, "narrow": 1 / 32}

@@ -3,7 +3,8 @@
 Written after the official code of He et al., "GCFSR: a Generative and Controllable Face Super Resolution Method
 Without Facial and GAN Priors" (CVPR 2022), https://github.com/hejingwenhejingwen/GCFSR
 ``basicsr/archs/gcfsr_arch.py`` (class ``GCFSR``). Our own implementation; module and parameter names are the
-official ones, so the published checkpoints (``params_ema`` holds the generator) load with ``strict=True``.
+official ones, so the published checkpoints (``params_ema`` holds the generator) load with ``strict=True``
+(``gankd.distill.importers.gcfsr`` reads them).
 
 Layout: an encoder (``conv_body_first`` at full resolution, ``conv_body_down`` halving down to 16x16) whose feature at
 each resolution 16..out_size becomes a ``condition_shift``; the 16x16 feature goes through ``final_down1/2`` and
@@ -23,6 +24,9 @@ Facts followed, and where we differ:
   buffers have StyleGAN2's shapes, not GCFSR's, so ``randomize_noise=False`` cannot run there). Our ``forward`` is
   deterministic: the noise is zero (its mean), so the noise strengths ``*.weight`` of shape [1] and the buffers are
   kept for the key names but do not enter the graph. Expect small differences from the official sampled outputs.
+* Layers. The official code builds on BasicSR's StyleGAN2 layers; ours are StyleGAN2's from ``stylegan2.py``, with
+  the FIR kernels kept out of the state dict and, upsampling, the blur applied after demodulation, as the official
+  modules do (``kernel_in_state_dict=False``, ``blur_demodulated=True``).
 * Modulated convs run in the "non-fused" form (scale the activations, one shared conv, demodulate the output),
   which is the same function as the official grouped conv but keeps ONNX's Conv ``group`` independent of the
   batch size, so the exported graph has a dynamic batch axis.
@@ -34,22 +38,17 @@ Facts followed, and where we differ:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import GankdError
 from ..registry import register_arch
-from .ops import FusedLeakyReLU, make_kernel
-from .stylegan2 import EqualConv2d, EqualLinear  # same parameters and arithmetic as the official GCFSR ones
+from .ops import FusedLeakyReLU
+# GCFSR's decoder is StyleGAN2's: same parameters and arithmetic as the official GCFSR layers (see module doc)
+from .stylegan2 import ConvLayer, EqualLinear, ModulatedConv2d, ToRGB, stylegan2_channels
 
-# StyleGAN2's channel table (before channel_multiplier and narrow), as in the official code.
-_BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
-_MULTIPLIED = (64, 128, 256, 512, 1024)  # the resolutions whose width channel_multiplier scales
 MIN_OUT_SIZE, MAX_OUT_SIZE = 16, 1024
 
 
@@ -87,93 +86,12 @@ class GCFSRConfig:
         return (self.log_size - 2) * 2 - 2
 
     def channels(self) -> dict[int, int]:
-        """Channels per resolution, after ``channel_multiplier`` and ``narrow``."""
-        return {res: max(1, round(base * (self.channel_multiplier if res in _MULTIPLIED else 1) * self.narrow))
-                for res, base in _BASE_CHANNELS.items()}
+        """Channels per resolution 4..1024 (StyleGAN2's table, as the official code), after ``channel_multiplier``
+        and ``narrow``."""
+        return stylegan2_channels(MAX_OUT_SIZE, self.channel_multiplier, self.narrow)
 
 
 # ---------------------------------------------------------------------------------------------------- layers
-
-
-class Blur(nn.Module):
-    """``upfirdn2d`` (up 1 or 2, down 1) with a fixed FIR kernel for ``channels`` channels: the official
-    ``UpFirDnSmooth`` (up 1) and ``UpFirDnUpsample`` (up 2). Same result as ``ops.upfirdn2d``, but the depthwise
-    weight is a static [C, 1, k, k] buffer: ``ops.upfirdn2d`` builds it with ``expand(x.shape[1], ...)``, which the
-    TorchScript ONNX exporter cannot give a static shape once the batch axis is dynamic. Non-persistent, as the
-    official modules keep their kernel out of the state dict."""
-
-    def __init__(self, channels: int, kernel: tuple[int, ...], pad: tuple[int, int], up: int = 1,
-                 gain: float = 1.0):
-        super().__init__()
-        fir = torch.flip(make_kernel(kernel) * gain, [0, 1])  # upfirdn2d correlates with the flipped kernel
-        self.register_buffer("weight", fir[None, None].repeat(channels, 1, 1, 1), persistent=False)
-        self.pad, self.up, self.channels = pad, up, channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.up > 1:  # zero insertion: each pixel followed by up - 1 zeros along both axes
-            n, c, h, w = x.shape
-            x = F.pad(x[:, :, :, None, :, None], (0, self.up - 1, 0, 0, 0, self.up - 1))
-            x = x.reshape(n, c, h * self.up, w * self.up)
-        pad0, pad1 = self.pad
-        return F.conv2d(F.pad(x, (pad0, pad1, pad0, pad1)), self.weight, groups=self.channels)
-
-
-def _smooth_pads(kernel_len: int, kernel_size: int, mode: str) -> tuple[int, int]:
-    """Pads of the blur around a stride-2 conv (``kernel_size``) that up- or downsamples, as StyleGAN2 sets them."""
-    if mode == "upsample":
-        pad = (kernel_len - 2) - (kernel_size - 1)
-        return (pad + 1) // 2 + 1, pad // 2 + 1
-    pad = (kernel_len - 2) + (kernel_size - 1)
-    return (pad + 1) // 2, pad // 2
-
-
-class ConvLayer(nn.Sequential):
-    """[blur] -> EqualConv2d -> [FusedLeakyReLU]; indices as the official Sequential (so keys are ``0.weight``,
-    ``1.bias`` or, downsampling, ``1.weight``, ``2.bias``). With an activation, the bias lives in the activation."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, downsample: bool = False,
-                 resample_kernel: tuple[int, ...] = (1, 3, 3, 1), activate: bool = True):
-        layers: list[nn.Module] = []
-        if downsample:
-            pads = _smooth_pads(len(resample_kernel), kernel_size, "downsample")
-            layers.append(Blur(in_channels, resample_kernel, pads))
-        stride, padding = (2, 0) if downsample else (1, kernel_size // 2)
-        layers.append(EqualConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=not activate))
-        if activate:
-            layers.append(FusedLeakyReLU(out_channels))
-        super().__init__(*layers)
-
-
-class ModulatedConv2d(nn.Module):
-    """StyleGAN2's modulated conv. Computed as conv(x * style) * demod with one weight shared by the batch: the same
-    function as the official per-sample grouped conv, with a batch-independent graph (ONNX dynamic batch)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, num_style_feat: int,
-                 demodulate: bool = True, upsample: bool = False, resample_kernel: tuple[int, ...] = (1, 3, 3, 1),
-                 eps: float = 1e-8):
-        super().__init__()
-        self.modulation = EqualLinear(num_style_feat, in_channels, bias_init=1.0)
-        self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
-        self.scale = 1 / math.sqrt(in_channels * kernel_size ** 2)
-        self.demodulate, self.upsample, self.eps = demodulate, upsample, eps
-        self.padding = kernel_size // 2
-        if upsample:
-            # after a stride-2 transposed conv: the filter carries the factor^2 gain of zero insertion
-            pads = _smooth_pads(len(resample_kernel), kernel_size, "upsample")
-            self.smooth = Blur(out_channels, resample_kernel, pads, gain=4)
-
-    def forward(self, x: Tensor, style: Tensor) -> Tensor:
-        style = self.modulation(style)  # [b, in]
-        weight = self.weight[0] * self.scale  # [out, in, k, k]
-        x = x * style[:, :, None, None]
-        if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
-        else:
-            out = F.conv2d(x, weight, padding=self.padding)
-        if self.demodulate:
-            demod = torch.rsqrt(style.square() @ weight.square().sum((2, 3)).t() + self.eps)  # [b, out]
-            out = out * demod[:, :, None, None]
-        return self.smooth(out) if self.upsample else out
 
 
 def _unit_pair(scale1: Tensor, scale2: Tensor) -> tuple[Tensor, Tensor]:
@@ -183,13 +101,15 @@ def _unit_pair(scale1: Tensor, scale2: Tensor) -> tuple[Tensor, Tensor]:
 
 class StyleConv(nn.Module):
     """Modulated conv -> (noise, zero here) -> [conditional scale/shift] -> bias + leaky ReLU. ``weight`` is the
-    official noise strength, kept for the key names (the noise is zero, so it does not enter the graph)."""
+    official noise strength, kept for the key names (the noise is zero, so it does not enter the graph). Not
+    StyleGAN2's ``StyledConv``: the condition enters between conv and activation, and the keys differ."""
 
     def __init__(self, in_channels: int, out_channels: int, num_style_feat: int, upsample: bool = False,
                  resample_kernel: tuple[int, ...] = (1, 3, 3, 1)):
         super().__init__()
         self.modulated_conv = ModulatedConv2d(in_channels, out_channels, 3, num_style_feat, upsample=upsample,
-                                              resample_kernel=resample_kernel)
+                                              blur_kernel=resample_kernel, kernel_in_state_dict=False,
+                                              blur_demodulated=True)
         self.weight = nn.Parameter(torch.zeros(1))
         self.activate = FusedLeakyReLU(out_channels)
 
@@ -202,24 +122,6 @@ class StyleConv(nn.Module):
         return self.activate(out)
 
 
-class ToRGB(nn.Module):
-    def __init__(self, in_channels: int, num_style_feat: int, upsample: bool,
-                 resample_kernel: tuple[int, ...] = (1, 3, 3, 1)):
-        super().__init__()
-        self.upsample = None
-        if upsample:
-            pad = len(resample_kernel) - 2
-            self.upsample = Blur(3, resample_kernel, ((pad + 1) // 2 + 1, pad // 2), up=2, gain=4)
-        self.modulated_conv = ModulatedConv2d(in_channels, 3, 1, num_style_feat, demodulate=False)
-        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
-
-    def forward(self, x: Tensor, style: Tensor, skip: Tensor | None = None) -> Tensor:
-        out = self.modulated_conv(x, style) + self.bias
-        if skip is not None:
-            out = out + (self.upsample(skip) if self.upsample is not None else skip)
-        return out
-
-
 # ---------------------------------------------------------------------------------------------------- the generator
 
 
@@ -229,26 +131,28 @@ class GCFSR(nn.Module):
         self.config = config
         ch, log_size, kernel = config.channels(), config.log_size, config.resample_kernel
         style_dim, out_size = config.num_style_feat, config.out_size
+        # StyleGAN2's layers with the official GCFSR keys: FIR kernels out of the state dict, ToRGB's modulated_conv
+        conv = partial(ConvLayer, kernel_size=3, blur_kernel=kernel, kernel_in_state_dict=False)
+        to_rgb = partial(ToRGB, blur_kernel=kernel, kernel_in_state_dict=False, conv_name="modulated_conv")
 
         # encoder: full resolution down to 16x16
-        self.conv_body_first = ConvLayer(3, ch[out_size], 3)
-        self.conv_body_down = nn.ModuleList(
-            ConvLayer(ch[2 ** (i + 1)], ch[2 ** i], 3, downsample=True, resample_kernel=kernel)
-            for i in range(log_size - 1, 3, -1))
-        self.final_conv = ConvLayer(ch[16], ch[16], 3)
-        self.final_down1 = ConvLayer(ch[16], ch[8], 3, downsample=True, resample_kernel=kernel)
-        self.final_down2 = ConvLayer(ch[8], max(1, ch[4] // 2), 3, downsample=True, resample_kernel=kernel)
+        self.conv_body_first = conv(3, ch[out_size])
+        self.conv_body_down = nn.ModuleList(conv(ch[2 ** (i + 1)], ch[2 ** i], downsample=True)
+                                            for i in range(log_size - 1, 3, -1))
+        self.final_conv = conv(ch[16], ch[16])
+        self.final_down1 = conv(ch[16], ch[8], downsample=True)
+        self.final_down2 = conv(ch[8], max(1, ch[4] // 2), downsample=True)
         self.final_linear = EqualLinear(max(1, ch[4] // 2) * 16, style_dim * config.num_latent, activation=True)
 
         # conditions, one per resolution out_size .. 16 (the encoder's order)
         resolutions = [2 ** i for i in range(log_size, 3, -1)]
         self.condition_scale1 = nn.ModuleList(EqualLinear(1, ch[r], bias_init=1.0) for r in resolutions)
         self.condition_scale2 = nn.ModuleList(EqualLinear(1, ch[r], bias_init=1.0) for r in resolutions)
-        self.condition_shift = nn.ModuleList(ConvLayer(ch[r], ch[r], 3, activate=False) for r in resolutions)
+        self.condition_shift = nn.ModuleList(conv(ch[r], ch[r], activate=False) for r in resolutions)
 
         # StyleGAN2 decoder from 16x16
         self.style_conv1 = StyleConv(ch[16], ch[16], style_dim, resample_kernel=kernel)
-        self.to_rgb1 = ToRGB(ch[16], style_dim, upsample=False, resample_kernel=kernel)
+        self.to_rgb1 = to_rgb(ch[16], style_dim, upsample=False)
         self.style_convs = nn.ModuleList()
         self.to_rgbs = nn.ModuleList()
         self.noises = nn.Module()
@@ -262,7 +166,7 @@ class GCFSR(nn.Module):
             self.style_convs.append(StyleConv(in_channels, out_channels, style_dim, upsample=True,
                                               resample_kernel=kernel))
             self.style_convs.append(StyleConv(out_channels, out_channels, style_dim, resample_kernel=kernel))
-            self.to_rgbs.append(ToRGB(out_channels, style_dim, upsample=True, resample_kernel=kernel))
+            self.to_rgbs.append(to_rgb(out_channels, style_dim, upsample=True))
             in_channels = out_channels
 
     def _in_size(self, scale: Tensor, like: Tensor) -> Tensor:
@@ -311,67 +215,3 @@ class GCFSR(nn.Module):
 @register_arch("gcfsr", GCFSRConfig, kind="generator", family="gcfsr")
 def gcfsr(config: GCFSRConfig) -> GCFSR:
     return GCFSR(config)
-
-
-# ---------------------------------------------------------------------------------------------------- students
-
-
-def gcfsr_student_kwargs(teacher_kwargs: dict, width: float, depth: int | None = None) -> dict:
-    """A GCFSR student: the teacher's options with ``narrow`` multiplied by ``width``. Depth is fixed by out_size."""
-    if depth is not None:
-        raise GankdError(f"gcfsr students cannot change depth (got depth {depth}); its depth is set by out_size")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise GankdError(f"student width must be a positive number, got {width!r}")
-    kwargs = dict(teacher_kwargs)
-    kwargs["narrow"] = float(kwargs.get("narrow", 1.0)) * float(width)
-    return kwargs
-
-
-# ---------------------------------------------------------------------------------------------------- import
-
-_REQUIRED_KEYS = ("conv_body_first.0.weight", "final_conv.0.weight", "final_linear.weight",
-                  "condition_scale1.0.weight", "style_conv1.modulated_conv.modulation.weight",
-                  "to_rgb1.modulated_conv.weight")
-
-
-def detect_gcfsr(state: dict, source: str = "state dict", cond_norm: float = 64.0) -> dict:
-    """Read the GCFSR options off the key names and shapes of an official state dict."""
-    missing = next((k for k in _REQUIRED_KEYS if k not in state), None)
-    if missing is not None:
-        raise GankdError(f"{source}: not a GCFSR checkpoint (key {missing!r} is missing)")
-    levels = sum(1 for k in state if k.startswith("condition_scale1.") and k.endswith(".weight"))
-    log_size = levels + 3
-    c16 = int(state["final_conv.0.weight"].shape[0])
-    narrow = c16 / 512
-    multiplier: float = 2
-    if log_size >= 6:  # a 64x64 level exists: its width tells channel_multiplier
-        key = f"condition_scale1.{log_size - 6}.weight"
-        if key not in state:
-            raise GankdError(f"{source}: not a GCFSR checkpoint (key {key!r} is missing)")
-        multiplier = int(state[key].shape[0]) / (256 * narrow)
-        multiplier = int(round(multiplier)) if abs(multiplier - round(multiplier)) < 1e-6 else multiplier
-    if not MIN_OUT_SIZE <= 2 ** log_size <= MAX_OUT_SIZE:
-        raise GankdError(f"{source}: {levels} condition levels give out_size {2 ** log_size}, outside "
-                         f"[{MIN_OUT_SIZE}, {MAX_OUT_SIZE}]")
-    return {"out_size": 2 ** log_size, "num_style_feat": int(state["style_conv1.modulated_conv.modulation.weight"]
-                                                              .shape[1]),
-            "channel_multiplier": multiplier, "narrow": 1.0 if c16 == 512 else narrow, "cond_norm": float(cond_norm)}
-
-
-def import_gcfsr(path: str | Path, cond_norm: float = 64.0):
-    """An official GCFSR checkpoint (``{"params_ema": G, "params": G}`` or a bare state dict) -> (model, ModelConfig).
-
-    ``cond_norm`` is not stored in the checkpoint: 64 for the published 1024 model, 32 for the 512 one."""
-    # imported here: modelio/importers import the arch package, which imports this module
-    from ..importers import _provenance
-    from ..modelio import ModelConfig
-    from ..weights import extract_state_dict, load_state_dict_strict, read_weights
-
-    path = Path(path)
-    state, container = extract_state_dict(read_weights(path), source=str(path))
-    kwargs = detect_gcfsr(state, str(path), cond_norm)
-    config = ModelConfig(arch="gcfsr", kwargs=kwargs, task="face_sr", scale=None, input_range=(-1.0, 1.0),
-                         width=1.0, provenance=_provenance("gcfsr", path.name, [path], container=container))
-    model = config.build()
-    load_state_dict_strict(model, state, source=str(path))
-    return model, config

@@ -3,7 +3,9 @@
 Written after rosinality/stylegan2-pytorch ``model.py`` (MIT, Kim Seonghyeon), itself a port of NVlabs StyleGAN2
 (Karras et al., "Analyzing and Improving the Image Quality of StyleGAN", CVPR 2020). Module and parameter names
 follow rosinality's, so its ``g_ema``/``g``/``d`` state dicts load with ``strict=True`` (noise buffers and blur
-kernels included). Differences that do not touch the weights:
+kernels included); ``gankd.distill.importers.rosinality`` reads those checkpoints. The layers (``Blur`` ..
+``ToRGB``, ``ConvLayer``) also build GCFSR (``gcfsr.py``), whose official keys they give with their
+``kernel_in_state_dict``/``conv_name`` options. Differences that do not touch the weights:
 
 * ``forward(z)`` is deterministic (stored noise, no truncation, no mixing) so export sees a clean graph; truncation
   and style mixing live in ``StyleGAN2Sampler``, and ``PsiGenerator`` exports psi as a graph input.
@@ -17,12 +19,8 @@ kernels included). Differences that do not touch the weights:
 
 from __future__ import annotations
 
-import argparse
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,15 +30,11 @@ from ..errors import GankdError
 from ..registry import register_arch
 from .ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
 
-if TYPE_CHECKING:  # modelio imports the archs: a runtime import would be circular
-    from ..modelio import ModelConfig
-
 # rosinality's channel table (at narrow=1); sizes of 64 and up scale with channel_multiplier
 _BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512}
 _MULTIPLIED_CHANNELS = {64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
 MIN_SIZE, MAX_SIZE = 8, 1024
 NOISE_MODES = ("const", "random", "none")
-WHICH = ("g_ema", "g", "d")
 
 
 def stylegan2_channels(size: int, channel_multiplier: int, narrow: float) -> dict[int, int]:
@@ -146,11 +140,15 @@ class EqualConv2d(nn.Module):
 
 
 class Blur(nn.Module):
-    """FIR filter with padding; after a x2 transposed conv the kernel is scaled by 4 to keep the gain."""
+    """FIR filter with padding; after a x2 transposed conv the kernel is scaled by 4 to keep the gain.
 
-    def __init__(self, kernel, pad: tuple[int, int], upsample_factor: int = 1):
+    ``kernel_in_state_dict``: rosinality saves the FIR kernel as a buffer (its checkpoints carry ``*.kernel`` keys);
+    the official GCFSR (BasicSR's ``UpFirDnSmooth``/``UpFirDnUpsample``) keeps it out of the state dict.
+    """
+
+    def __init__(self, kernel, pad: tuple[int, int], upsample_factor: int = 1, kernel_in_state_dict: bool = True):
         super().__init__()
-        self.register_buffer("kernel", make_kernel(kernel) * upsample_factor ** 2)
+        self.register_buffer("kernel", make_kernel(kernel) * upsample_factor ** 2, persistent=kernel_in_state_dict)
         self.pad = pad
 
     def forward(self, x: Tensor) -> Tensor:
@@ -158,9 +156,11 @@ class Blur(nn.Module):
 
 
 class Upsample(nn.Module):
-    def __init__(self, kernel, factor: int = 2):
+    """Zero insertion + FIR filter (gain factor^2); ``kernel_in_state_dict`` as for ``Blur``."""
+
+    def __init__(self, kernel, factor: int = 2, kernel_in_state_dict: bool = True):
         super().__init__()
-        self.register_buffer("kernel", make_kernel(kernel) * factor ** 2)
+        self.register_buffer("kernel", make_kernel(kernel) * factor ** 2, persistent=kernel_in_state_dict)
         p = self.kernel.shape[0] - factor
         self.factor, self.pad = factor, ((p + 1) // 2 + factor - 1, p // 2)
 
@@ -169,16 +169,24 @@ class Upsample(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-    """Style-modulated conv (optionally x2 upsampling), with weight demodulation."""
+    """Style-modulated conv (optionally x2 upsampling), with weight demodulation.
+
+    Upsampling, rosinality blurs the transposed conv's output and then demodulates; the official GCFSR demodulates
+    the weights and blurs last (``blur_demodulated=True``). The same function; the flag keeps each family's float
+    rounding, so outputs stay bit-identical to the earlier per-family layers. ``kernel_in_state_dict`` as for
+    ``Blur``.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int, demodulate: bool = True,
-                 upsample: bool = False, blur_kernel=(1, 3, 3, 1)):
+                 upsample: bool = False, blur_kernel=(1, 3, 3, 1), kernel_in_state_dict: bool = True,
+                 blur_demodulated: bool = False):
         super().__init__()
         self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
-        self.upsample, self.demodulate = upsample, demodulate
+        self.upsample, self.demodulate, self.blur_demodulated = upsample, demodulate, blur_demodulated
         if upsample:
             p = (len(blur_kernel) - 2) - (kernel_size - 1)
-            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2,
+                             kernel_in_state_dict=kernel_in_state_dict)
         self.scale = 1 / math.sqrt(in_ch * kernel_size ** 2)
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
@@ -189,13 +197,17 @@ class ModulatedConv2d(nn.Module):
         weight = self.weight[0] * self.scale  # out x in x k x k
         x = x * style[:, :, None, None]
         if self.upsample:
-            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
+            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            if not self.blur_demodulated:
+                out = self.blur(out)
         else:
             out = F.conv2d(x, weight, padding=self.padding)
         if self.demodulate:
             # |W * s| per output channel: sum_i s_i^2 * sum_k W_oik^2
             demod = torch.rsqrt(style.pow(2) @ weight.pow(2).sum((2, 3)).t() + 1e-8)  # N x out
             out = out * demod[:, :, None, None]
+        if self.upsample and self.blur_demodulated:
+            out = self.blur(out)
         return out
 
 
@@ -231,16 +243,23 @@ class StyledConv(nn.Module):
 
 
 class ToRGB(nn.Module):
-    def __init__(self, in_ch: int, style_dim: int, upsample: bool = True, blur_kernel=(1, 3, 3, 1)):
+    """1x1 modulated conv to RGB + bias, plus the (upsampled) skip. ``conv_name``: the conv's attribute, ``conv`` in
+    rosinality, ``modulated_conv`` in the official GCFSR (its state-dict keys); ``kernel_in_state_dict`` as for
+    ``Blur``."""
+
+    def __init__(self, in_ch: int, style_dim: int, upsample: bool = True, blur_kernel=(1, 3, 3, 1),
+                 kernel_in_state_dict: bool = True, conv_name: str = "conv"):
         super().__init__()
-        if upsample:
-            self.upsample = Upsample(blur_kernel)
-        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
+        self.upsample = Upsample(blur_kernel, kernel_in_state_dict=kernel_in_state_dict) if upsample else None
+        self.conv_name = conv_name
+        self.add_module(conv_name, ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False))
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
-        out = self.conv(x, w) + self.bias
-        return out if skip is None else out + self.upsample(skip)
+        out = getattr(self, self.conv_name)(x, w) + self.bias
+        if skip is None:
+            return out
+        return out + (skip if self.upsample is None else self.upsample(skip))
 
 
 # ---------------------------------------------------------------------------------------------- generator
@@ -394,14 +413,16 @@ class PsiGenerator(nn.Module):
 
 
 class ConvLayer(nn.Sequential):
-    """[Blur] + EqualConv2d + [FusedLeakyReLU]; a Sequential so the keys are ``N.weight`` as in rosinality."""
+    """[Blur] + EqualConv2d + [FusedLeakyReLU]; a Sequential so the keys are ``N.weight`` as in rosinality and the
+    official GCFSR. With an activation, the bias lives in the activation. ``kernel_in_state_dict`` as for ``Blur``."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, downsample: bool = False,
-                 blur_kernel=(1, 3, 3, 1), bias: bool = True, activate: bool = True):
+                 blur_kernel=(1, 3, 3, 1), bias: bool = True, activate: bool = True,
+                 kernel_in_state_dict: bool = True):
         layers: list[nn.Module] = []
         if downsample:
             p = (len(blur_kernel) - 2) + (kernel_size - 1)
-            layers.append(Blur(blur_kernel, pad=((p + 1) // 2, p // 2)))
+            layers.append(Blur(blur_kernel, pad=((p + 1) // 2, p // 2), kernel_in_state_dict=kernel_in_state_dict))
         stride, padding = (2, 0) if downsample else (1, kernel_size // 2)
         layers.append(EqualConv2d(in_ch, out_ch, kernel_size, stride, padding, bias=bias and not activate))
         if activate:
@@ -469,100 +490,3 @@ def stylegan2_generator(config: StyleGAN2GeneratorConfig) -> StyleGAN2Generator:
 @register_arch("stylegan2_discriminator", StyleGAN2DiscriminatorConfig, kind="discriminator", family="stylegan2_d")
 def stylegan2_discriminator(config: StyleGAN2DiscriminatorConfig) -> StyleGAN2Discriminator:
     return StyleGAN2Discriminator(config)
-
-
-# ---------------------------------------------------------------------------------------------- students
-
-
-def stylegan2_student_kwargs(teacher_kwargs: dict, width: float, depth: int | None = None) -> dict:
-    """Generator student options: every channel count x ``width`` (via ``narrow``); ``depth`` = mapping layers."""
-    kw = dict(teacher_kwargs)
-    kw["narrow"] = kw.get("narrow", 1.0) * width
-    if depth is not None:
-        kw["n_mlp"] = depth
-    StyleGAN2GeneratorConfig(**kw)  # validate now, not when the student is built
-    return kw
-
-
-def stylegan2_discriminator_student_kwargs(teacher_kwargs: dict, width: float, depth: int | None = None) -> dict:
-    """Discriminator student options: channels x ``width``; ``depth`` is ignored (D depth follows the size)."""
-    kw = dict(teacher_kwargs)
-    kw["narrow"] = kw.get("narrow", 1.0) * width
-    StyleGAN2DiscriminatorConfig(**kw)
-    return kw
-
-
-# ------------------------------------------------------------------------------------ rosinality importer
-
-
-def _count(state: dict, pattern: str) -> int:
-    return len({m.group(1) for k in state if (m := re.fullmatch(pattern, k))})
-
-
-def _narrow_and_multiplier(c4: int, c_size: int, size: int, args_multiplier) -> tuple[float, int]:
-    narrow = c4 / 512
-    if size < 64:  # the multiplier only shows at 64 px and up; take it from the saved args, else the default
-        return narrow, int(args_multiplier) if isinstance(args_multiplier, int) else 2
-    return narrow, max(1, round(c_size / (_MULTIPLIED_CHANNELS[size] * narrow)))
-
-
-def rosinality_generator_kwargs(state: dict, source: str, args=None) -> dict:
-    """Read StyleGAN2GeneratorConfig options off a rosinality generator state dict."""
-    n_mlp = _count(state, r"style\.(\d+)\.weight")
-    if not n_mlp or "input.input" not in state or "to_rgb1.conv.weight" not in state:
-        raise GankdError(f"{source}: not a rosinality StyleGAN2 generator state dict (no style.N / input.input keys)")
-    size = 2 ** (_count(state, r"to_rgbs\.(\d+)\.conv\.weight") + 2)
-    c_size = state[f"to_rgbs.{int(math.log2(size)) - 3}.conv.weight"].shape[2] if size > 4 else 0
-    narrow, cm = _narrow_and_multiplier(state["input.input"].shape[1], c_size, size,
-                                        getattr(args, "channel_multiplier", None))
-    lr_mlp = getattr(args, "lr_mlp", None)  # not in the weights: rosinality's default unless args say otherwise
-    return {"size": size, "style_dim": int(state["style.1.weight"].shape[1]), "n_mlp": n_mlp,
-            "channel_multiplier": cm, "narrow": narrow,
-            "lr_mlp": float(lr_mlp) if isinstance(lr_mlp, (int, float)) else 0.01}
-
-
-def rosinality_discriminator_kwargs(state: dict, source: str, args=None) -> dict:
-    """Read StyleGAN2DiscriminatorConfig options off a rosinality discriminator state dict."""
-    if "convs.0.0.weight" not in state or "final_linear.1.weight" not in state:
-        raise GankdError(f"{source}: not a rosinality StyleGAN2 discriminator state dict "
-                         "(no convs.0.0.weight / final_linear.1.weight)")
-    size = 2 ** (_count(state, r"convs\.(\d+)\..*") + 1)
-    narrow, cm = _narrow_and_multiplier(state["final_linear.1.weight"].shape[1], state["convs.0.0.weight"].shape[0],
-                                        size, getattr(args, "channel_multiplier", None))
-    return {"size": size, "channel_multiplier": cm, "narrow": narrow}
-
-
-def import_rosinality(path: str | Path, which: str = "g_ema") -> tuple[nn.Module, ModelConfig]:
-    """A rosinality/stylegan2-pytorch checkpoint ({"g", "d", "g_ema", ..., "args"}) -> (model, ModelConfig).
-
-    Read with ``torch.load(weights_only=True)``; the pickled ``argparse.Namespace`` of ``args`` is the one
-    non-tensor class allowed (see ``weights.read_weights``).
-    """
-    from ..importers import _provenance
-    from ..modelio import ModelConfig
-    from ..weights import extract_state_dict, load_state_dict_strict, read_weights
-
-    if which not in WHICH:
-        raise GankdError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
-    path = Path(path)
-    source = str(path)
-    obj = read_weights(path)
-    if not any(isinstance(obj.get(k), dict) for k in WHICH):
-        raise GankdError(f"{source} is not a rosinality StyleGAN2 checkpoint (no 'g_ema'/'g'/'d' state dicts; "
-                         f"keys: {', '.join(map(str, list(obj)[:5]))})")
-    if not isinstance(obj.get(which), dict):
-        present = [k for k in WHICH if isinstance(obj.get(k), dict)]
-        raise GankdError(f"{source} has no {which!r} state dict; it has {', '.join(present)}")
-    state, _ = extract_state_dict(obj[which], source=f"{source}[{which}]", prefer=())
-    args = obj.get("args") if isinstance(obj.get("args"), argparse.Namespace) else None
-    if which == "d":
-        arch, kwargs = "stylegan2_discriminator", rosinality_discriminator_kwargs(state, source, args)
-    else:
-        arch, kwargs = "stylegan2_generator", rosinality_generator_kwargs(state, source, args)
-    provenance = _provenance("rosinality", path.name, [path], which=which)
-    # a D belongs to the same generation task; images live in [-1, 1] on both sides
-    config = ModelConfig(arch=arch, kwargs=kwargs, task="generate", scale=None, input_range=(-1.0, 1.0), width=1.0,
-                         provenance=provenance)
-    model = config.build()
-    load_state_dict_strict(model, state, source=f"{source}[{which}]")
-    return model, config

