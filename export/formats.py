@@ -4,8 +4,9 @@ ONNX goes through ``torch.onnx.export(..., dynamo=False)``, the TorchScript-base
 default (dynamo) exporter needs ``onnxscript``, which gankd does not install; the TorchScript exporter handles
 RRDBNet and SRVGG (Conv, LeakyRelu/PRelu, Concat, Resize, DepthToSpace, pixel-unshuffle as Reshape/Transpose) with
 ``dynamic_axes`` for batch, height and width, all in the default ONNX domain. It is deprecated upstream; the
-``export_onnx`` function is the one place to switch when it goes. The generate / face_sr graphs (StyleGAN2, GCFSR:
-several named inputs, dynamic batch) go through ``export_onnx_graph`` and ``export_pt2_graph``.
+``export_onnx`` function is the one place to switch when it goes. Every task goes through the same
+``export_onnx`` and ``export_pt2``: the module and its :class:`gankd.export.tasks.Signature` (named inputs with their
+dynamic axes, the output, example inputs); gankd-distill search's ORT timing too (:func:`ort_latency_runner`).
 
 Heavy packages (onnx, onnxruntime, onnxslim) import on first use.
 """
@@ -15,60 +16,45 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from gankd.distill.errors import GankdError
+from gankd.serve.errors import first_line
 
 from .manifest import INPUT_NAME, OUTPUT_NAME
+from .tasks import Port, Signature
 
 MIN_OPSET = 17
 ONNX_EXPORTER = "torch.onnx.export TorchScript exporter (dynamo=False)"
 PT2_EXPORTER = "torch.export.export (strict=False)"
 
 
-def spatial_multiple(model: nn.Module) -> int:
-    """H and W must be multiples of this: RRDBNet x2 / x1 pixel-unshuffle their input by 2 / 4 (BasicSR layout)."""
-    return int(getattr(model, "unshuffle", 1))
-
-
 # ----------------------------------------------------------------------------------------------- ONNX
 
 
-def export_onnx(model: nn.Module, path: Path, opset: int, example: torch.Tensor) -> Path:
-    """fp32 ONNX with named ``input``/``output`` and dynamic batch, height and width."""
+def export_onnx(module: nn.Module, path: Path, opset: int, signature: Signature) -> Path:
+    """fp32 ONNX of ``module`` with the named inputs and output of ``signature``, traced on its examples; the
+    ports' dynamic axes (batch, and H/W for sr) are symbolic, the other sizes fixed."""
     if opset < MIN_OPSET:
         raise GankdError(f"--opset must be at least {MIN_OPSET}, got {opset}")
     kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    axes = {INPUT_NAME: {0: "N", 2: "H", 3: "W"}, OUTPUT_NAME: {0: "N", 2: "H_out", 3: "W_out"}}
+    axes = {port.name: port.dynamic for port in (*signature.inputs, signature.output)}
     with warnings.catch_warnings():
         # the TorchScript exporter is chosen on purpose (module docstring); its deprecation notice is noise here
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-        torch.onnx.export(model.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          opset_version=opset, dynamic_axes=axes, do_constant_folding=True, **kwargs)
-    return path
-
-
-def export_onnx_graph(graph, path: Path, opset: int) -> Path:
-    """fp32 ONNX of a :class:`gankd.export.tasks.Graph`: its named inputs and output, dynamic batch (sizes fixed)."""
-    if opset < MIN_OPSET:
-        raise GankdError(f"--opset must be at least {MIN_OPSET}, got {opset}")
-    kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    axes = {name: {axis: "N"} for name, axis in graph.batch_axes.items()}
-    axes[graph.output_name] = {0: "N"}
-    with warnings.catch_warnings():
-        # see export_onnx
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning))
         try:
-            torch.onnx.export(graph.module.eval(), graph.examples, str(path), input_names=list(graph.input_names),
-                              output_names=[graph.output_name], opset_version=opset, dynamic_axes=axes,
+            torch.onnx.export(module.eval(), signature.examples, str(path), input_names=list(signature.input_names),
+                              output_names=[signature.output.name], opset_version=opset, dynamic_axes=axes,
                               do_constant_folding=True, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the first line names the cause
-            raise GankdError(f"ONNX export of the {graph.task} model failed: {_first_line(exc)}") from None
+            raise GankdError(f"ONNX export of {type(module).__name__} failed: {first_line(exc)}") from None
     return path
 
 
@@ -83,7 +69,7 @@ def simplify_onnx(path: Path) -> dict:
         slim = onnxslim.slim(onnx.load(str(path)))
         check_onnx(slim, path.name)
     except Exception as exc:  # noqa: BLE001 - any simplifier failure leaves the plain export, recorded
-        return {"applied": False, "tool": f"onnxslim {onnxslim.__version__}", "reason": _first_line(exc)}
+        return {"applied": False, "tool": f"onnxslim {onnxslim.__version__}", "reason": first_line(exc)}
     onnx.save(slim, str(path))
     return {"applied": True, "tool": f"onnxslim {onnxslim.__version__}", "reason": None}
 
@@ -97,7 +83,7 @@ def check_onnx(model_or_path, name: str | None = None) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise GankdError(f"{name} fails onnx.checker: {_first_line(exc)}") from None
+        raise GankdError(f"{name} fails onnx.checker: {first_line(exc)}") from None
     custom = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     if custom:
         raise GankdError(f"{name} uses custom-domain operators: {', '.join(custom)}")
@@ -149,7 +135,7 @@ def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ..
         return ort.InferenceSession(str(path), options, providers=list(providers), provider_options=provider_options)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, Fail, ...); one line
         raise GankdError(f"{path} cannot be loaded by ONNX Runtime (corrupted or not an ONNX model?): "
-                         f"{_first_line(exc)}") from None
+                         f"{first_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -166,39 +152,29 @@ def quiet_root_logger() -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------- torch.export
 
 
-def export_pt2(model: nn.Module, path: Path, multiple: int) -> Path:
-    """``torch.export`` program with dynamic batch, height and width, saved with ``torch.export.save``.
+def export_pt2(module: nn.Module, path: Path, signature: Signature) -> Path:
+    """``torch.export`` program of ``module`` with the dynamic axes of ``signature``'s inputs, saved with
+    ``torch.export.save``.
 
-    Traced at batch 2 and 32×32: a size of 1 would be specialised (torch.export's 0/1 rule). When the model
-    pixel-unshuffles its input, H and W are declared as ``multiple × Dim`` so the program accepts exactly the sizes
-    the network does."""
+    A symbol names one dimension for all inputs (the batch ``N`` is shared). Spatial axes of a port whose
+    ``multiple`` is above 1 (models that pixel-unshuffle their input) are declared as ``multiple × Dim``, so the
+    program accepts exactly the sizes the network does. The examples are at batch 2 and 32×32: a size of 1 would
+    be specialised (torch.export's 0/1 rule)."""
     from torch.export import Dim
 
-    if multiple > 1:
-        height, width = multiple * Dim("H_blocks"), multiple * Dim("W_blocks")
-    else:
-        height, width = Dim("H", min=1), Dim("W", min=1)
-    example = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    arg = next(iter(inspect.signature(model.forward).parameters))
+    dims: dict[str, object] = {}
+
+    def dim(symbol: str, multiple: int):
+        if symbol not in dims:
+            dims[symbol] = multiple * Dim(f"{symbol}_blocks") if multiple > 1 else Dim(symbol, min=1)
+        return dims[symbol]
+
+    shapes = tuple({axis: dim(symbol, port.multiple if axis in port.spatial else 1)
+                    for axis, symbol in port.dynamic.items()} for port in signature.inputs)
     try:
-        program = torch.export.export(model.eval(), (example,), strict=False,
-                                      dynamic_shapes={arg: {0: Dim("N", min=1), 2: height, 3: width}})
+        program = torch.export.export(module.eval(), signature.examples, strict=False, dynamic_shapes=shapes)
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the first line names the cause
-        raise GankdError(f"torch.export failed: {_first_line(exc)}") from None
-    torch.export.save(program, str(path))
-    return path
-
-
-def export_pt2_graph(graph, path: Path) -> Path:
-    """``torch.export`` program of a :class:`gankd.export.tasks.Graph` with a dynamic batch shared by its inputs."""
-    from torch.export import Dim
-
-    batch = Dim("N", min=1)
-    shapes = tuple({graph.batch_axes[name]: batch} for name in graph.input_names)
-    try:
-        program = torch.export.export(graph.module.eval(), graph.examples, strict=False, dynamic_shapes=shapes)
-    except Exception as exc:  # noqa: BLE001 - see export_pt2
-        raise GankdError(f"torch.export failed: {_first_line(exc)}") from None
+        raise GankdError(f"torch.export failed: {first_line(exc)}") from None
     torch.export.save(program, str(path))
     return path
 
@@ -207,9 +183,37 @@ def load_pt2(path: Path) -> nn.Module:
     try:
         return torch.export.load(str(path)).module()
     except Exception as exc:  # noqa: BLE001 - a damaged archive raises many types; one line
-        raise GankdError(f"{path} cannot be loaded by torch.export (corrupted?): {_first_line(exc)}") from None
+        raise GankdError(f"{path} cannot be loaded by torch.export (corrupted?): {first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+# ----------------------------------------------------------------------------------------------- runners
+
+
+def ort_runner(path: Path, names: tuple[str, ...], threads: int | None = None) -> Callable[..., np.ndarray]:
+    """A call taking the model's inputs (arrays, in ``names`` order) and returning its output, in ONNX Runtime."""
+    session = ort_session(path, threads)
+    return lambda *xs: session.run(None, dict(zip(names, xs)))[0]
+
+
+def pt2_runner(path: Path) -> Callable[..., np.ndarray]:
+    """The same for a saved ``.pt2`` (the file, not an in-memory program: parity proves the file)."""
+    module = load_pt2(path)
+
+    def run(*xs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(*(torch.from_numpy(x) for x in xs)).numpy()
+
+    return run
+
+
+def ort_latency_runner(model: nn.Module, example: torch.Tensor, threads: int) -> Callable[[], object]:
+    """``model`` exported by :func:`export_onnx` at the fixed shape of ``example`` and loaded into ONNX Runtime
+    with ``threads`` intra-op threads: a call that runs it once on ``example``.
+
+    ``gankd-distill search`` times its candidates with it. gankd.distill never imports gankd.export (DESIGN.md),
+    so it finds this function through the ``gankd.latency`` entry point ``ort`` declared in pyproject.toml."""
+    signature = Signature((Port(INPUT_NAME, batch=False),), Port(OUTPUT_NAME, batch=False), (example,))
+    with tempfile.TemporaryDirectory(prefix="gankd-latency-") as tmp:
+        run = ort_runner(export_onnx(model, Path(tmp) / "model.onnx", MIN_OPSET, signature), (INPUT_NAME,), threads)
+    x = example.numpy()
+    return lambda: run(x)

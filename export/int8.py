@@ -160,7 +160,7 @@ def judge(psnrs: list[float | None], run_fp32: Callable[[], object], run_int8: C
           min_psnr_db: float, min_speedup: float, inputs_text: str = "real crops") -> Verdict:
     """The gate: the worst parity PSNR (None, as parity records a NaN/inf output, counts as -inf), and the speed-up
     measured interleaved (about 2 s, at least 5 rounds)."""
-    from .bench import measure_interleaved
+    from gankd.distill.profile import measure_interleaved
 
     if not psnrs:
         raise GankdError("the INT8 gate got no parity results to judge")

@@ -88,6 +88,15 @@ def real_lr_batch(shape, scale: int, split: str = "validation") -> torch.Tensor:
     return bicubic_lr(hr, scale) if scale > 1 else hr.contiguous()
 
 
+@dataclass(frozen=True)
+class Case:
+    """One parity input: a batch for every input of the graph, and what identifies it in the manifest (seeds, psi,
+    scale; nothing for sr, whose results carry the input shape only)."""
+
+    inputs: tuple[torch.Tensor, ...]
+    info: dict
+
+
 def parity_inputs(scale: int) -> list[torch.Tensor]:
     return [real_lr_batch((2, 3, h, w), scale) for h, w in PARITY_SIZES]
 
@@ -112,27 +121,19 @@ def compare(reference: np.ndarray, candidate: np.ndarray,
 
 def check_artifact(kind: str, run: Callable[[np.ndarray], np.ndarray], inputs: list[torch.Tensor],
                    references: list[np.ndarray], tolerance: Tolerance | None = None) -> list[dict]:
-    """One result per input size for the artifact ``kind`` (a key of :data:`TOLERANCES`, unless ``tolerance``)."""
-    tolerance = tolerance or TOLERANCES[kind]
-    results = []
-    for x, ref in zip(inputs, references):
-        max_abs, psnr_db = compare(ref, run(x.numpy()))
-        finite = math.isfinite(max_abs)  # JSON has no inf: a NaN/inf output is recorded as null
-        results.append({"artifact": kind, "input_shape": list(x.shape), "max_abs": max_abs if finite else None,
-                        "psnr_db": round(psnr_db, 2) if finite else None, "tolerance": tolerance.text(),
-                        "passed": tolerance.passes(max_abs, psnr_db)})
-    return results
+    """:func:`check_cases` for a one-input [0, 1] model (sr): one result per input batch."""
+    return check_cases(kind, run, [Case((x,), {}) for x in inputs], references, (0.0, 1.0), tolerance)
 
 
-def check_cases(kind: str, run: Callable[..., np.ndarray], cases: list, references: list[np.ndarray],
+def check_cases(kind: str, run: Callable[..., np.ndarray], cases: list[Case], references: list[np.ndarray],
                 value_range: tuple[float, float], tolerance: Tolerance | None = None) -> list[dict]:
-    """One result per :class:`gankd.export.tasks.Case` (a multi-input batch), with the case's info (seeds, psi,
-    scale) and the shape of its first input."""
+    """One result per :class:`Case` for the artifact ``kind`` (a key of :data:`TOLERANCES`, unless ``tolerance``),
+    with the case's info (seeds, psi, scale) and the shape of its first input."""
     tolerance = tolerance or TOLERANCES[kind]
     results = []
     for case, ref in zip(cases, references):
         max_abs, psnr_db = compare(ref, run(*(x.numpy() for x in case.inputs)), value_range)
-        finite = math.isfinite(max_abs)
+        finite = math.isfinite(max_abs)  # JSON has no inf: a NaN/inf output is recorded as null
         results.append({"artifact": kind, "input_shape": list(case.inputs[0].shape), **case.info,
                         "max_abs": max_abs if finite else None, "psnr_db": round(psnr_db, 2) if finite else None,
                         "tolerance": tolerance.text(), "passed": tolerance.passes(max_abs, psnr_db)})

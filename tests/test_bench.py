@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from gankd.distill import ModelConfig, save_model
+from gankd.distill.search import pareto_front
 from gankd.export import bench, exporter
 from gankd.export.bench import (CpuPeak, interleaved_order, latency_stats, measure_interleaved, parse_cpu_peak,
                                 percentile)
@@ -147,7 +148,7 @@ def test_cpu_peak_counts_physical_cores_threads_and_max_freq():
 
 def test_pareto_front():
     points = [(10.0, 30.0), (5.0, 28.0), (20.0, 29.0), (5.0, 28.0), (1.0, 20.0)]
-    assert bench.pareto_front(points) == [0, 1, 3, 4]
+    assert pareto_front(points) == [0, 1, 3, 4]
 
 
 # ----------------------------------------------------------------------------------------------- end to end

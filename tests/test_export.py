@@ -17,7 +17,7 @@ import torch
 
 from gankd.distill import ModelConfig, load_model, save_model
 from gankd.distill.modelio import sha256_file
-from gankd.export import exporter, formats, parity, trt
+from gankd.export import exporter, formats, parity, tasks, trt
 from gankd.export.cli import export_main
 from gankd.export.manifest import REQUIRED_KEYS, read_manifest
 
@@ -394,10 +394,10 @@ def _wrong_artifact(kind: str, model_dir, art, tmp_path):
     """A genuinely wrong file of each format."""
     from gankd.export import int8
 
-    example = torch.rand(1, 3, 32, 32)
+    signature = tasks.image_signature(multiple=1)
     if kind == "pt2":
-        return formats.export_pt2(_wrong_model(model_dir), tmp_path / "wrong.pt2", 1)
-    wrong_onnx = formats.export_onnx(_wrong_model(model_dir), tmp_path / "wrong.onnx", 17, example)
+        return formats.export_pt2(_wrong_model(model_dir), tmp_path / "wrong.pt2", signature)
+    wrong_onnx = formats.export_onnx(_wrong_model(model_dir), tmp_path / "wrong.onnx", 17, signature)
     if kind == "onnx":
         return wrong_onnx
     if kind == "onnx-fp16":
