@@ -13,25 +13,19 @@ table with the CPU model and its int8 flags: quote them with any figure.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 
-from gankd.distill import load_model
-from gankd.distill.data import sample_images, validation_pool
 from gankd.distill.metrics import mean_psnr
 from gankd.export import exporter, formats, int8
 from gankd.export.bench import measure_interleaved
 
+from compact_holdout import holdout_lr, teacher_and_models_args  # noqa: E402  (demos/ is on sys.path when this script runs)
+
 LEGACY = int8.Int8Recipe(reduce_range=False, keep_first_convs=0, keep_last_convs=0)  # the 2026-11 settings
-
-
-def holdout_lr(scale: int) -> torch.Tensor:
-    pool = validation_pool([img for _, img in sample_images("holdout")], 64 * scale, scale, per_image=4)
-    return pool.lr
 
 
 def run_ort(session, lr: torch.Tensor) -> torch.Tensor:
@@ -63,14 +57,7 @@ def measure(model_dir: Path, teacher_out: torch.Tensor, lr: torch.Tensor, work: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("teacher", type=Path)
-    parser.add_argument("models", type=Path, nargs="+")
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    teacher = load_model(args.teacher)
+    args, teacher = teacher_and_models_args(__doc__.split("\n\n")[0])
     lr = holdout_lr(teacher.gankd_config.scale)
     with torch.no_grad():
         teacher_out = torch.cat([teacher(x[None]) for x in lr]).clamp(0, 1)

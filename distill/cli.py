@@ -181,13 +181,18 @@ def search_cmd(teacher_dir: Path, budget_ms: float, shape: str, minutes: float |
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table to this Markdown file.")
-def compare_cmd(run_dirs: tuple[Path, ...], out_file: Path | None) -> None:
+@click.option("--reference", "references", multiple=True, type=click.Path(path_type=Path),
+              help="A model folder (e.g. the compact model you would otherwise deploy) scored on the first run's "
+                   "validation crops against its teacher, as a row beside the runs. Repeatable.")
+def compare_cmd(run_dirs: tuple[Path, ...], out_file: Path | None, references: tuple[Path, ...]) -> None:
     """Compare finished runs (ablations: init random vs teacher, SDAKD vs scratch at equal max_minutes, ...):
     steps, wall time, GMACs and the best student's validation scores."""
     from .plots import markdown_table
-    from .report import compare_runs
+    from .report import compare_runs, reference_rows
 
     rows = compare_runs(list(run_dirs))
+    if references:
+        rows += reference_rows(run_dirs[0], list(references))
     table = markdown_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
     click.echo(table)
     if out_file:
@@ -197,20 +202,12 @@ def compare_cmd(run_dirs: tuple[Path, ...], out_file: Path | None) -> None:
 def run_click(command: click.Command, prog_name: str, argv: list[str] | None = None) -> int:
     """Run a click command as a console script: GankdError -> one line + exit 2, Ctrl-C during a run -> 130.
 
-    Shared by gankd-distill, gankd-export and gankd-bench (gankd.serve has its own: it must not import distill).
+    Shared by gankd-distill, gankd-export and gankd-bench; the wrapper itself is gankd.serve's (the bottom layer).
     """
-    try:
-        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
-    except GankdError as exc:
-        click.echo(f"{'stopped' if isinstance(exc, RunInterrupted) else 'error'}: {exc}", err=True)
-        return 130 if isinstance(exc, RunInterrupted) else 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    return 0
+    from gankd.serve.errors import run_cli
+
+    return run_cli(lambda: command.main(args=argv, prog_name=prog_name, standalone_mode=False) and None,
+                   (GankdError,), (RunInterrupted,))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,18 @@ repeated to 3 channels:
 
 - train: ``coffee``, ``chelsea``, ``rocket``, ``immunohistochemistry``, ``retina``, ``camera`` (gray), ``coins``
   (gray).
+- train_large: train plus every other real photo installed offline that no other split uses: scikit-image's
+  ``brick``, ``grass``, ``cell``, ``moon``, ``page``, ``text`` (gray) and two JPEGs that ship inside gradio
+  (``cheetah_cub``: fur; ``groot``: a film still, bark texture). For runs longer than the quickstart.
 - validation: ``astronaut`` (a face), ``motorcycle_right`` (the right view of ``stereo_motorcycle``).
 - holdout: ``hubble_deep_field``, ``motorcycle_left``, ``gravel`` (gray), ``clock`` (gray): never trained,
   calibrated, validated or selected on; benchmarks report on them (``demos/int8_holdout.py``). Not a clean test of
   generalisation: ``motorcycle_left`` shows the scene of a validation photo from the other eye, and hubble is 72%
   black sky; they are what scikit-image has offline beyond the other splits.
+- holdout_photos: three colour JPEG photos from other installed packages, nothing like any train photo:
+  ``grace_hopper`` (matplotlib's sample portrait), ``eiffel`` (gradio's tower) and ``cheetah`` (gradio's running
+  cheetah, motion blur). With ``holdout`` they are the held-out set students are reported on
+  (``demos/compact_holdout.py``).
 - left out on purpose: ``cat`` (the same photo as ``chelsea``) and the synthetic images (``colorwheel``, ``logo``,
   ...).
 """
@@ -45,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gankd.serve.errors import first_line
+
 from .errors import GankdError
 
 log = logging.getLogger(__name__)
@@ -58,7 +67,16 @@ SAMPLE_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "camera", "coins"),
     "validation": ("astronaut", "motorcycle_right"),
     "holdout": ("hubble_deep_field", "motorcycle_left", "gravel", "clock"),
+    "train_large": ("coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "camera", "coins", "brick",
+                    "grass", "cell", "moon", "page", "text", "cheetah_cub", "groot"),
+    "holdout_photos": ("grace_hopper", "eiffel", "cheetah"),
 }
+# photos that ship inside other installed packages (name -> package, file inside it)
+PACKAGE_PHOTOS = {"cheetah_cub": ("gradio", "test_data/cheetah2.jpg"),
+                  "groot": ("gradio", "media_assets/images/groot.jpeg"),
+                  "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+                  "eiffel": ("gradio", "media_assets/images/tower.jpg"),
+                  "cheetah": ("gradio", "media_assets/images/cheetah.jpg")}
 
 
 # ----------------------------------------------------------------------------------------------- images on disk
@@ -96,9 +114,9 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
                 img.load()
                 return _to_tensor(ImageOps.exif_transpose(img))
         except Image.DecompressionBombError as exc:
-            raise GankdError(f"image {str(path)!r} is too large to decode safely ({_first_line(exc)})") from None
+            raise GankdError(f"image {str(path)!r} is too large to decode safely ({first_line(exc)})") from None
         except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying truncated / not an image
-            raise GankdError(f"image {str(path)!r} is truncated or corrupted ({_first_line(exc)})") from None
+            raise GankdError(f"image {str(path)!r} is truncated or corrupted ({first_line(exc)})") from None
 
 
 def _to_tensor(img) -> torch.Tensor:
@@ -122,10 +140,6 @@ def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).clamp_(0, 1)
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 # ----------------------------------------------------------------------------------------------- embedded samples
 
 
@@ -138,7 +152,22 @@ def sample_images(split: str) -> list[tuple[str, torch.Tensor]]:
         from skimage import data
     except ImportError:
         raise GankdError("the sample images need scikit-image: pip install 'gankd[all]'") from None
-    return [(name, _array_to_tensor(_skimage_photo(data, name))) for name in SAMPLE_SPLITS[split]]
+    return [(name, _package_photo(name) if name in PACKAGE_PHOTOS else _array_to_tensor(_skimage_photo(data, name)))
+            for name in SAMPLE_SPLITS[split]]
+
+
+def _package_photo(name: str) -> torch.Tensor:
+    import importlib.util
+
+    package, relative = PACKAGE_PHOTOS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise GankdError(f"the sample photo {name!r} ships inside {package}, which is not installed: "
+                         "pip install 'gankd[all]'")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise GankdError(f"the sample photo {name!r} is missing from this {package} install ({path.name})")
+    return load_image(path)
 
 
 def _skimage_photo(data, name: str) -> np.ndarray:
@@ -148,7 +177,7 @@ def _skimage_photo(data, name: str) -> np.ndarray:
             return left if name == "motorcycle_left" else right
         return getattr(data, name)()
     except Exception as exc:  # noqa: BLE001 - a photo missing from this scikit-image build
-        raise GankdError(f"scikit-image has no usable sample photo {name!r} ({_first_line(exc)})") from None
+        raise GankdError(f"scikit-image has no usable sample photo {name!r} ({first_line(exc)})") from None
 
 
 # ----------------------------------------------------------------------------------------------- degradations
@@ -420,10 +449,12 @@ class CropPool:
     @classmethod
     def build(cls, images: Sequence[torch.Tensor], count: int, hr_size: int, scale: int,
               degradation: Degradation = "bicubic", seed: int = 0,
-              opts: RealESRGANDegradation | None = None) -> "CropPool":
+              opts: RealESRGANDegradation | None = None, augment: bool = False) -> "CropPool":
         """``count`` crops at uniformly random positions; images are used round-robin (each image equally often,
         so one large image cannot crowd out the rest). Crop i (its image, position and degradation seed) depends
-        only on ``seed`` and i, so a larger pool extends a smaller one."""
+        only on ``seed`` and i, so a larger pool extends a smaller one. ``augment`` turns each HR crop by one of
+        the 8 flips/rotations (seeded per crop) before it is degraded, so the cached teacher outputs are the
+        teacher's answers to the turned crops, not turned answers."""
         fitting, skipped = _fitting_images(images, hr_size, scale)
         if count < 1:
             raise GankdError(f"crop count must be at least 1, got {count}")
@@ -435,6 +466,9 @@ class CropPool:
             left = int(torch.randint(0, image.shape[-1] - hr_size + 1, (1,), generator=generator))
             crops.append(image[:, top:top + hr_size, left:left + hr_size])
             seeds.append(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        if augment:  # drawn from its own generator, so the positions match the pool built without augment
+            turns = torch.Generator().manual_seed(seed + 7919)
+            crops = [dihedral(crop, int(torch.randint(0, 8, (1,), generator=turns))) for crop in crops]
         return cls._degrade(crops, seeds, scale, degradation, skipped, opts)
 
     @classmethod
@@ -460,6 +494,12 @@ class CropPool:
 
     def memory_bytes(self) -> int:
         return self.hr.nbytes + self.lr.nbytes
+
+
+def dihedral(image: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 symmetries of the square: a horizontal flip when ``k >= 4``, then ``k % 4`` quarter turns."""
+    image = image.flip(-1) if k >= 4 else image
+    return torch.rot90(image, k % 4, dims=(-2, -1)).contiguous()
 
 
 def validation_pool(images: Sequence[torch.Tensor], hr_size: int, scale: int, degradation: Degradation = "bicubic",
@@ -519,21 +559,35 @@ def _progress(total: int, desc: str):
 
 
 def cache_teacher(teacher: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...], batch_size: int,
-                  max_cache_mb: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  max_cache_mb: float, folder: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the frozen teacher once over the pool: (raw outputs, last feature maps), stored where the inputs are.
 
     ``inputs`` is the LR pool (N×C×H×W), or a tuple of what the teacher takes (GCFSR: LQ faces and their scales).
     Stages 2-3 of SDAKD keep the teacher frozen, so these cached answers are exactly what it would say each step.
     Outputs are kept raw (not clamped): the student matches the teacher, not the teacher's display image. The size
     is estimated from the first batch and checked against ``max_cache_mb`` before anything large is allocated.
+
+    With ``folder`` the answers live on disk as ``.npy`` files, memory-mapped, under a key made of the teacher's
+    weights and the exact input bytes: a resumed run, or any run on the same crops with the same teacher, maps them
+    instead of running the teacher again (an hour-long run's pool costs the x4plus teacher many CPU minutes). Files
+    are written to a temporary folder renamed when complete, so an interrupted run leaves no half-written cache.
     """
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     lr = inputs[0]
-    n = lr.shape[0]
-    if lr.dim() != 4 or n < 1:
+    if lr.dim() != 4 or lr.shape[0] < 1:
         raise GankdError(f"LR pool must be N×C×H×W with N ≥ 1, got shape {list(lr.shape)}")
     if batch_size < 1:
         raise GankdError(f"batch_size must be at least 1, got {batch_size}")
+    if folder is not None:
+        return _disk_cache(teacher, inputs, batch_size, max_cache_mb, Path(folder))
+    # allocated outside inference mode: inference tensors could not be used as loss targets later
+    return _run_teacher(teacher, inputs, batch_size, max_cache_mb, lambda name, shape: lr.new_empty(shape))
+
+
+def _run_teacher(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int, max_cache_mb: float,
+                 allocate) -> tuple[torch.Tensor, torch.Tensor]:
+    lr = inputs[0]
+    n = lr.shape[0]
     device = next(teacher.parameters(), lr).device
     was_training = teacher.training
     teacher.eval()
@@ -544,14 +598,60 @@ def cache_teacher(teacher: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor,
                 out, feats = teacher.forward_with_features(*(x[start:start + batch_size].to(device) for x in inputs))
             if outputs is None:
                 _check_cache_size(out, feats[-1], n, max_cache_mb)
-                # allocated outside inference mode: inference tensors could not be used as loss targets later
-                outputs = lr.new_empty((n, *out.shape[1:]), dtype=out.dtype)
-                features = lr.new_empty((n, *feats[-1].shape[1:]), dtype=feats[-1].dtype)
-            outputs[start:start + batch_size] = out.to(lr.device)
-            features[start:start + batch_size] = feats[-1].to(lr.device)
+                outputs = allocate("outputs", (n, *out.shape[1:]))
+                features = allocate("features", (n, *feats[-1].shape[1:]))
+            outputs[start:start + batch_size] = out.to(outputs.device, outputs.dtype)
+            features[start:start + batch_size] = feats[-1].to(features.device, features.dtype)
     finally:
         teacher.train(was_training)
     return outputs, features
+
+
+def _cache_key(teacher: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    for x in inputs:
+        digest.update(str(tuple(x.shape)).encode())
+        digest.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def _disk_cache(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int, max_cache_mb: float,
+                folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import shutil
+    import tempfile
+
+    final = folder / _cache_key(teacher, inputs)
+    if (final / "outputs.npy").is_file():
+        log.info("teacher outputs mapped from %s (cached by an earlier run)", final)
+    else:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder))
+        except OSError as exc:
+            raise GankdError(f"teacher_cache_dir {str(folder)!r} is not writable ({first_line(exc)})") from None
+        maps = {}
+
+        def allocate(name, shape):
+            maps[name] = np.lib.format.open_memmap(work / f"{name}.npy", "w+", np.float32, shape)
+            return torch.from_numpy(maps[name])
+
+        try:
+            _run_teacher(teacher, inputs, batch_size, max_cache_mb, allocate)
+            for array in maps.values():
+                array.flush()
+            maps.clear()
+            work.rename(final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        log.info("teacher outputs cached on disk in %s", final)
+    # copy-on-write maps: writable tensors that never change the files
+    return tuple(torch.from_numpy(np.load(final / f"{name}.npy", mmap_mode="c")) for name in ("outputs", "features"))
 
 
 def _check_cache_size(out: torch.Tensor, feat: torch.Tensor, n: int, max_cache_mb: float) -> None:

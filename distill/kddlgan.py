@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gankd.serve.errors import first_line
+
 from .errors import GankdError
 
 FACE_EXPRESSIONS = ("neutral", "happy", "sad", "surprise", "disgust", "anger", "fear")
@@ -88,8 +90,7 @@ class CLIPImageTeacher(nn.Module):
             model = open_clip.create_model(model_name, pretrained=str(path.resolve()), device=device,
                                            pretrained_image=False, pretrained_text=False)
         except (RuntimeError, ValueError, KeyError, OSError) as error:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise GankdError(f"cannot build CLIP {model_name!r} from {path}: {first_line}") from None
+            raise GankdError(f"cannot build CLIP {model_name!r} from {path}: {first_line(error)}") from None
         preprocess = open_clip.get_model_preprocess_cfg(model)
         size = preprocess.get("size", model.visual.image_size)
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -135,8 +136,8 @@ def _tokenizer(model_name: str) -> Any:
     except (OSError, ValueError, RuntimeError, ImportError) as error:
         config = open_clip.get_model_config(model_name) or {}
         if config.get("text_cfg", {}).get("hf_tokenizer_name"):  # the BPE vocabulary would give wrong tokens
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise GankdError(f"the tokenizer of CLIP {model_name!r} is not available offline: {first_line}") from None
+            raise GankdError(f"the tokenizer of CLIP {model_name!r} is not available offline: "
+                             f"{first_line(error)}") from None
         return open_clip.tokenizer.SimpleTokenizer()
 
 

@@ -30,6 +30,14 @@ def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(output, target)
 
 
+def fft_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the 2-D spectra (orthonormal real FFT per channel): every frequency weighs alike,
+    where pixel L1 is dominated by the low frequencies a compact student gets right first, so fine texture the
+    teacher draws pulls as hard as its flat areas (after the focal frequency loss of Jiang et al., ICCV 2021,
+    without its adaptive weighting)."""
+    return (torch.fft.rfft2(output.float(), norm="ortho") - torch.fft.rfft2(target.float(), norm="ortho")).abs().mean()
+
+
 def perceptual_loss(feats_out: list[torch.Tensor], feats_target: list[torch.Tensor],
                     layer_weights: list[float]) -> torch.Tensor:
     """Real-ESRGAN's perceptual term: weighted L1 between VGG feature maps (features from ``VGGFeatures``)."""

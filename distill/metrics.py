@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gankd.serve.errors import first_line
+
 from .errors import GankdError
 
 PSNR_CAP_DB = 100.0
@@ -177,8 +179,7 @@ class FidScorer:
                 warnings.simplefilter("ignore", FutureWarning)
                 extractor = torch.jit.load(str(weights), map_location="cpu")
         except (RuntimeError, ValueError) as error:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise GankdError(f"cannot load FID Inception weights {weights}: {first_line}") from None
+            raise GankdError(f"cannot load FID Inception weights {weights}: {first_line(error)}") from None
         return cls(extractor, device)
 
     def preprocess(self, images: Tensor) -> Tensor:

@@ -81,6 +81,31 @@ def save_strip(
     return _save(figure, path, dpi=max(100, int(max(widths) / cell_in)))
 
 
+def save_grid_100(path: str | Path, cells: dict[str, Tensor], columns: int = 2, label_px: int = 14) -> Path:
+    """Images at 100% (one image pixel = one PNG pixel, no resampling), ``columns`` per row, each titled by its key
+    in a band above it: what a user sees at 1:1, where blur and texture differ, not a rescaled thumbnail."""
+    from PIL import Image, ImageDraw
+
+    if not cells:
+        raise GankdError("save_grid_100 needs at least one image")
+    arrays = {name: (x.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+              for name, x in cells.items()}
+    h = max(a.shape[0] for a in arrays.values())
+    w = max(a.shape[1] for a in arrays.values())
+    rows = -(-len(arrays) // columns)
+    gap = 4
+    canvas = Image.new("RGB", (columns * (w + gap) - gap, rows * (h + label_px + gap) - gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, array) in enumerate(arrays.items()):
+        left, top = (i % columns) * (w + gap), (i // columns) * (h + label_px + gap)
+        draw.text((left + 2, top + 1), name, fill="black")
+        canvas.paste(Image.fromarray(array), (left, top + label_px))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 def _flat(values: np.ndarray | Tensor) -> np.ndarray:
     if isinstance(values, Tensor):
         values = values.detach().float().cpu().numpy()

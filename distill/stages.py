@@ -66,7 +66,7 @@ def needs_teacher_d(recipe: Recipe) -> bool:
 
 
 def plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str = "sr") -> list[Stage]:
-    sup = (recipe.sup_loss, "perceptual")
+    sup = (recipe.sup_loss, "perceptual", "fft")
     div = ("div",) if recipe.kd_dlgan else ()
     if recipe.mode == "train":  # generation: adversarial only; restoration: supervised on the GT + adversarial
         target, terms = ("none", ()) if task_kind == "generate" else ("gt", sup)
@@ -159,6 +159,9 @@ def generator_loss(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe
         if name in stage.g_terms:
             terms[name] = losses.l1_loss(out, target) if name == "l1" else losses.mse_loss(out, target)
             weights[name] = recipe.l1_weight
+    if "fft" in stage.g_terms and recipe.fft_weight > 0:
+        terms["fft"] = losses.fft_loss(out, target)
+        weights["fft"] = recipe.fft_weight
     if "perceptual" in stage.g_terms and nets.vgg is not None and recipe.perceptual_weight > 0:
         with torch.no_grad():
             target_feats = nets.vgg(target)

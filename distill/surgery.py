@@ -187,6 +187,48 @@ def _power_iteration(matrix: Tensor, u: Tensor, iters: int = 10) -> tuple[Tensor
     return u.to(matrix.dtype), v.to(matrix.dtype)
 
 
+# --- compact (SRVGG) students from a pretrained compact model ------------------------------------------------------
+
+def resize_srvgg(state: dict[str, Tensor], num_conv: int, num_feat: int, num_feat_src: int,
+                 num_conv_src: int) -> dict[str, Tensor]:
+    """A pretrained SRVGGNetCompact's state resized to ``num_conv`` body convs of ``num_feat`` channels.
+
+    Deeper: identity convs (Dirac kernel, zero bias, PReLU slope 1) are inserted evenly, so the deeper student
+    computes exactly the pretrained function and training starts from it. Shallower: evenly spaced body convs are
+    dropped (their input and output widths agree, so the rest still connects). Narrower: each layer keeps the
+    ``num_feat`` output channels the next conv relies on most (L1 of its weights over that input channel, Li et al.
+    2017's criterion read from the consuming side), and the next conv keeps those inputs. Layer ``body.2k`` is a conv
+    and ``body.2k+1`` its PReLU (``act_type: prelu``, the official layout).
+    """
+    if "body.1.weight" not in state:
+        raise GankdError("resizing a compact model needs act_type 'prelu' (the PReLU slopes are part of the cut)")
+    convs = [(state[f"body.{2 * i}.weight"], state[f"body.{2 * i}.bias"], state[f"body.{2 * i + 1}.weight"])
+             for i in range(num_conv_src + 1)]  # the first conv and the body convs, each with its PReLU
+    last = (state[f"body.{2 * num_conv_src + 2}.weight"], state[f"body.{2 * num_conv_src + 2}.bias"])
+    if num_conv < num_conv_src:
+        drop = {round(float(v)) for v in torch.linspace(1, num_conv_src, num_conv_src - num_conv)}
+        convs = [c for i, c in enumerate(convs) if i not in drop]
+    elif num_conv > num_conv_src:
+        after = [round(float(v)) for v in torch.linspace(0, num_conv_src, num_conv - num_conv_src)]
+        dirac = torch.nn.init.dirac_(torch.empty(num_feat_src, num_feat_src, 3, 3))
+        identity = (dirac, torch.zeros(num_feat_src), torch.ones(num_feat_src))
+        convs = [c for i, conv in enumerate(convs) for c in [conv] + [identity] * after.count(i)]
+    layers = list(convs) + [last]
+    kept_in = None
+    for i, (weight, bias, *slope) in enumerate(layers[:-1]):
+        kept = top_channels(layers[i + 1][0].detach().abs().sum((0, 2, 3)), num_feat, f"body conv {i}") \
+            if num_feat < num_feat_src else None
+        layers[i] = (_take(_take(weight, kept, 0), kept_in, 1), _take(bias, kept, 0), _take(slope[0], kept, 0))
+        kept_in = kept
+    layers[-1] = (_take(last[0], kept_in, 1), last[1])
+    out = {}
+    for i, layer in enumerate(layers[:-1]):
+        out.update({f"body.{2 * i}.weight": layer[0], f"body.{2 * i}.bias": layer[1],
+                    f"body.{2 * i + 1}.weight": layer[2]})
+    out.update({f"body.{2 * len(layers) - 2}.weight": layers[-1][0], f"body.{2 * len(layers) - 2}.bias": layers[-1][1]})
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
 # --- shared pieces --------------------------------------------------------------------------------------------------
 
 def filter_l1(weight: Tensor) -> Tensor:

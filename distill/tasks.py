@@ -107,6 +107,8 @@ class Task:
 def _images(source: str, split: str) -> list[Tensor]:
     if source == "sample":
         return [image for _, image in data.sample_images(split)]
+    if source == "sample_large":  # train_images only: the larger embedded pool
+        return [image for _, image in data.sample_images(f"{split}_large")]
     return [data.load_image(path) for path in data.list_images(source)]
 
 
@@ -119,15 +121,15 @@ class SRTask(Task):
         self.scale = teacher.gankd_config.scale
         self.train = data.CropPool.build(_images(recipe.train_images, "train"), count=recipe.train_crops,
                                          hr_size=recipe.hr_size, scale=self.scale, degradation=recipe.degradation,
-                                         seed=recipe.seed)
-        self.val = data.validation_pool(_images(recipe.val_images, "validation"), hr_size=recipe.hr_size,
-                                        scale=self.scale, degradation=recipe.degradation, seed=recipe.seed + 1,
-                                        per_image=recipe.val_crops_per_image)
+                                         seed=recipe.seed, augment=recipe.augment)
+        self.val = sr_validation_pool(recipe, self.scale)
         self.train_teacher = None
         if recipe.cache_teacher:
             log(f"caching teacher outputs for {len(self.train)} train crops (the teacher is frozen in every stage)")
-            self.train_teacher = data.cache_teacher(teacher, self.train.lr, recipe.batch_size, recipe.max_cache_mb)
-        self.val_teacher_out, _ = data.cache_teacher(teacher, self.val.lr, recipe.batch_size, recipe.max_cache_mb)
+            self.train_teacher = data.cache_teacher(teacher, self.train.lr, recipe.batch_size, recipe.max_cache_mb,
+                                                    recipe.teacher_cache_dir)
+        self.val_teacher_out, _ = data.cache_teacher(teacher, self.val.lr, recipe.batch_size, recipe.max_cache_mb,
+                                                     recipe.teacher_cache_dir)
         self.metric, self.fid = pick_metric(recipe, True, device, log)
         self.real_feats = self.fid.features(self.val.hr) if self.fid else None
 
@@ -149,7 +151,10 @@ class SRTask(Task):
         from . import metrics
 
         out = predict(model, (self.val.lr,), self.recipe.batch_size, self.device).clamp(0, 1)
-        scores = {"psnr_teacher": metrics.mean_psnr(out, self.val_teacher_out.clamp(0, 1)),
+        teacher = self.val_teacher_out.clamp(0, 1)
+        scores = {"psnr_teacher": metrics.mean_psnr(out, teacher),
+                  # sharpness relative to the teacher's: a student cannot win PSNR by blurring unseen
+                  "vol_teacher": metrics.laplacian_variance(out) / max(metrics.laplacian_variance(teacher), 1e-12),
                   "psnr_gt": metrics.mean_psnr(out, self.val.hr)}
         if self.fid:
             scores["fid"] = self.fid.fid(self.fid.features(out), self.real_feats)
@@ -157,6 +162,20 @@ class SRTask(Task):
 
     def discriminator_config(self, recipe: Recipe, width: float, provenance: dict) -> ModelConfig:
         return sr_discriminator_config(recipe, width, provenance)
+
+
+def sr_validation_pool(recipe: Recipe, scale: int) -> data.CropPool:
+    """The fixed validation crops of an SR recipe (the run's, ``compare --reference``'s)."""
+    return data.validation_pool(_images(recipe.val_images, "validation"), hr_size=recipe.hr_size, scale=scale,
+                                degradation=recipe.degradation, seed=recipe.seed + 1,
+                                per_image=recipe.val_crops_per_image)
+
+
+def validation_crops_for(recipe: Recipe, teacher: nn.Module) -> tuple[Tensor, Tensor]:
+    """The LR validation crops of an SR recipe and the teacher's outputs on them, built as a run builds them."""
+    val = sr_validation_pool(recipe, teacher.gankd_config.scale)
+    out, _ = data.cache_teacher(teacher, val.lr, recipe.batch_size, recipe.max_cache_mb)
+    return val.lr, out
 
 
 def sr_discriminator_config(recipe: Recipe, width: float, provenance: dict) -> ModelConfig:

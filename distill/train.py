@@ -23,11 +23,13 @@ from torch import nn
 from . import data
 from .adapters import FeatureMLP
 from .checkpoint import Position, Progress, load_state, save_state
+from gankd.serve.errors import first_line
+
 from .errors import GankdError, RunInterrupted
 from .modelio import ModelConfig, load_model, save_model
 from .recipe import Recipe, recipe_from_dict
 from .stages import Nets, NonFiniteLoss, Stage, needs_teacher_d, plan_stages, step
-from .students import build_student
+from .students import build_student, load_pretrained
 
 RESUME_MAY_CHANGE = {"max_minutes", "device", "threads"}
 
@@ -89,6 +91,16 @@ def _clip_teacher(recipe: Recipe, device: torch.device, log):
     return clip, text
 
 
+def pretrained_model(recipe: Recipe, log) -> nn.Module | None:
+    """The compact model an ``init: pretrained`` student starts from (``init_from``, or the wheel's default)."""
+    if recipe.init != "pretrained":
+        return None
+    model = load_pretrained(recipe.init_from)
+    log(f"warm start from {model.gankd_config.provenance.get('source', recipe.init_from)} "
+        f"({model.gankd_config.arch} {model.gankd_config.kwargs})")
+    return model
+
+
 def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.device, log
                ) -> tuple[Nets, ModelConfig, ModelConfig | None]:
     gconf = generator_config(recipe, teacher)
@@ -99,7 +111,7 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
         student, sconf = build_student(teacher if recipe.init == "teacher" else gconf, width=recipe.width,
                                        depth=recipe.depth, family=recipe.family, num_feat=recipe.num_feat,
                                        init=recipe.init, up_feat=recipe.up_feat, blocks=recipe.blocks,
-                                       calib_lr=calib)
+                                       calib_lr=calib, pretrained=pretrained_model(recipe, log))
     nets = Nets(teacher=teacher, student=student)
     if recipe.mode == "sdakd" and recipe.feature_kd:
         example = task.example_inputs(1)
@@ -255,8 +267,7 @@ def check_state_readable(state: Path, run_dir: Path) -> None:
             warnings.simplefilter("ignore")
             torch.load(state, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or not a zip: one line with the way out
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        detail = f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
         raise GankdError(f"{state}: unreadable run state ({detail[:160]}); restore that file from a copy, or move "
                          f"{run_dir} away and start the run again without --resume") from None
 
@@ -293,6 +304,12 @@ def run(recipe: Recipe, resume: bool = False, log=print) -> Path:
     torch.manual_seed(recipe.seed)
     device = pick_device(recipe.device)
     teacher = load_teacher(recipe, device)
+    if recipe.reference:
+        from .report import reference_models
+
+        if teacher is None or teacher.gankd_config.task != "sr":
+            raise GankdError("reference: reference models stand beside the student of an SR teacher")
+        reference_models(recipe, teacher.gankd_config, device)  # a bad folder stops the run now, not at the report
     task = make_task(recipe, teacher, generator_config(recipe, teacher), device, log)
     nets, sconf, dt_conf = build_nets(recipe, teacher, task, device, log)
     for name in ("student", "adapter", "teacher_d", "student_d", "vgg", "clip", "d_head"):

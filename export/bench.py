@@ -25,12 +25,14 @@ Derived per row: speed-up = reference median / row median; achieved GFLOP/s = 2 
 the manifest (``macs_per_input_pixel`` × N·H·W; for int8/fp16 rows an effective figure); fraction of the CPU's FP32
 peak for fp32 rows on CPU backends (:class:`CpuPeak`).
 
-Tasks: one call measures artifacts of one task (the manifest's ``task``). ``sr`` artifacts run at ``shapes``
-(N×C×H×W). ``generate`` and ``face_sr`` artifacts have fixed-size inputs, so only a batch size varies: ``batches``
-(``--batch``; default 1). generate rows are fed z of seeds 0..N-1 (the manifest's seeding) and psi
-:data:`BENCH_PSI` where psi is an input, and their ``shape`` is [N, style_dim]; face_sr rows get the astronaut's face
-degraded by :data:`BENCH_FACE_SCALE` (the manifest's degradation, made by ``gankd.distill.faces``), shape
-[N, 3, S, S]; MACs are ``compute.macs_per_sample`` × N. Both run on the torch and ort backends (not ort-cuda / trt).
+Tasks: one call measures artifacts of one task (the manifest's ``task``); what each row is fed comes from
+:data:`gankd.export.tasks.TASKS` (``bench_inputs``), the same for every row. ``sr`` artifacts run at ``shapes``
+(N×C×H×W) on a real photo. ``generate`` and ``face_sr`` artifacts have fixed-size inputs, so only a batch size
+varies: ``batches`` (``--batch``; default 1). generate rows are fed z of seeds 0..N-1 (the manifest's seeding) and
+psi ``tasks.BENCH_PSI`` where psi is an input, and their ``shape`` is [N, style_dim]; face_sr rows get the
+astronaut's face degraded by ``tasks.BENCH_FACE_SCALE`` (the manifest's degradation, made by
+``gankd.distill.faces``), shape [N, 3, S, S]; MACs are ``compute.macs_per_sample`` × N. Both run on the torch and
+ort backends (not ort-cuda / trt).
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ from pathlib import Path
 import numpy as np
 
 from gankd.distill.errors import GankdError
+from gankd.distill.profile import measure_interleaved  # its one home; demos and tests import it from here too
+from gankd.serve.manifest import task_of
 
-from . import trt
+from . import formats, trt
 from .manifest import artifact_file, read_manifest, write_manifest
+from .tasks import TASKS, Task
 
 BACKENDS = ("torch", "ort", "ort-cuda", "trt")
 VARIANTS = ("fp32", "int8", "fp16")
@@ -59,9 +64,6 @@ PERCENTILE_DEFINITION = ("nearest rank: the p-th percentile of n sorted latencie
                          "(trtexec's findPercentile in exact arithmetic; trtexec's floats can pick one rank higher)")
 _ONNX_FILES = {"fp32": "onnx", "int8": "onnx-int8", "fp16": "onnx-fp16"}
 DEFAULT_SHAPES = ((1, 3, 64, 64),)
-FIXED_SIZE_TASKS = ("generate", "face_sr")
-BENCH_PSI = 0.7
-BENCH_FACE_SCALE = 16
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -98,33 +100,6 @@ def latency_stats(latencies_ms: Sequence[float]) -> dict:
 def interleaved_order(rows: int, rounds: int) -> list[int]:
     """The order in which rows run in the timed phase: 0 1 … rows-1, ``rounds`` times."""
     return [i for _ in range(rounds) for i in range(rows)]
-
-
-def measure_interleaved(calls: Sequence[Callable[[], object]], *, warmup_ms: float, duration_s: float | None,
-                        iterations: int | None, clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:
-    """Latencies (ms) of each call: warm-up per call by time, then interleaved rounds (module docstring). Exactly
-    ``iterations`` rounds when given, else rounds until ``duration_s`` × len(calls) seconds have passed."""
-    if (duration_s is None) == (iterations is None):
-        raise GankdError("give either a duration or a number of iterations")
-    for call in calls:
-        start = clock()
-        call()
-        while (clock() - start) * 1e3 < warmup_ms:
-            call()
-    latencies: list[list[float]] = [[] for _ in calls]
-    start = clock()
-    rounds = 0
-    while True:
-        for i, call in enumerate(calls):
-            begin = clock()
-            call()
-            latencies[i].append((clock() - begin) * 1e3)
-        rounds += 1
-        if iterations is not None and rounds >= iterations:
-            break
-        if duration_s is not None and clock() - start >= duration_s * len(calls):
-            break
-    return latencies
 
 
 # ----------------------------------------------------------------------------------------------- CPU peak
@@ -243,7 +218,7 @@ class Artifact:
 
     @property
     def task(self) -> str:
-        return self.manifest.get("task") or self.manifest["config"].get("task", "sr")
+        return task_of(self.manifest)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -319,7 +294,7 @@ def plan_rows(artifacts: Sequence[Artifact], settings: BenchSettings) -> list[Ro
 
 def _rows_for(art: Artifact, backend: str, variants: Sequence[str]) -> list[Row]:
     files = art.manifest["files"]
-    if art.task in FIXED_SIZE_TASKS and backend in ("ort-cuda", "trt"):
+    if TASKS[art.task].fixed_size and backend in ("ort-cuda", "trt"):
         raise GankdError(f"{art.path} is a {art.task} artifact: gankd-bench runs those on the torch and ort "
                          f"backends only, not {backend}")
     if backend == "torch":
@@ -394,11 +369,10 @@ class _Runners:
     def make(self, row: Row, shape) -> Callable[..., np.ndarray]:
         """A callable taking the artifact's inputs in manifest order (one array for sr artifacts)."""
         if row.backend == "torch":
-            return self._torch(row.file)
+            return self._cached(("torch", row.file), lambda: formats.pt2_runner(row.file))
         if row.backend == "ort":
-            session = self._cached(("ort", row.file), lambda: _ort_session(row.file, self.threads))
-            names = row.artifact.input_names
-            return lambda *xs: session.run(None, dict(zip(names, xs)))[0]
+            return self._cached(("ort", row.file),
+                                lambda: formats.ort_runner(row.file, row.artifact.input_names, self.threads))
         if row.backend == "ort-cuda":
             runner = OrtCudaRunner(row.file, shape, row.artifact.manifest, self.threads)
             row.timings = runner.timings
@@ -407,29 +381,10 @@ class _Runners:
         row.timings = runner.timings
         return runner
 
-    def _torch(self, path: Path):
-        import torch
-
-        from .formats import load_pt2
-
-        module = self._cached(("torch", path), lambda: load_pt2(path))
-
-        def run(*xs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return module(*(torch.from_numpy(x) for x in xs)).numpy()
-
-        return run
-
     def _cached(self, key, make):
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
-
-
-def _ort_session(path: Path, threads: int, **kwargs):
-    from .formats import ort_session
-
-    return ort_session(path, threads, **kwargs)
 
 
 class OrtCudaRunner:
@@ -442,9 +397,9 @@ class OrtCudaRunner:
 
         self._torch = torch
         self.stream = torch.cuda.Stream()
-        session = _ort_session(path, threads, providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
-                               provider_options=[{"device_id": 0, "user_compute_stream": str(self.stream.cuda_stream)},
-                                                 {}])
+        session = formats.ort_session(path, threads, providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+                                      provider_options=[{"device_id": 0,
+                                                         "user_compute_stream": str(self.stream.cuda_stream)}, {}])
         if "CUDAExecutionProvider" not in session.get_providers():
             raise GankdError("the ort-cuda backend could not start CUDAExecutionProvider (CUDA/cuDNN libraries?)")
         scale = manifest["scale"]
@@ -471,24 +426,18 @@ def benchmark(artifact_dirs: Sequence[str | Path], settings: BenchSettings,
     artifacts = load_artifacts(artifact_dirs)
     task = _common_task(artifacts, settings)
     rows = plan_rows(artifacts, settings)
-    if task == "sr":
-        shapes = settings.shapes
-        for shape in shapes:
-            for art in artifacts:
-                check_shape(art, shape, settings.backends)
-    else:
-        shapes = tuple(_fixed_shape(artifacts[0], n) for n in settings.batches or (1,))
+    shapes = _shapes(TASKS[task], artifacts, settings)
     threads = settings.threads or physical_cores()
     _set_torch_threads(threads, "torch" in settings.backends)
     peak = read_cpu_peak(threads, settings.peak_gflops)
     runners = _Runners(threads)
     results = []
     for shape in shapes:
-        feeds = _feeds(task, artifacts, shape)
+        named = TASKS[task].bench_inputs(artifacts[0].manifest, shape)  # the same inputs for every row
         for backend in settings.backends:
             group = [r for r in rows if r.backend == backend]
             log(f"{'x'.join(map(str, shape))} {backend}: {', '.join(f'{r.artifact.name}/{r.label}' for r in group)}")
-            results += _measure_group(group, shape, feeds, runners, settings, peak, clock)
+            results += _measure_group(group, shape, named, runners, settings, peak, clock)
     return {"created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": _machine(peak, threads),
             "settings": {"backends": list(settings.backends), "shapes": [list(s) for s in shapes], "task": task,
@@ -497,16 +446,11 @@ def benchmark(artifact_dirs: Sequence[str | Path], settings: BenchSettings,
             "method": {"percentiles": PERCENTILE_DEFINITION, "interleaved": "A B A B per (shape, backend)",
                        "speedup": "median latency of the first artifact's fp32 row on the same backend / this row's",
                        "fidelity": "8-bit PSNR of this row's output to that reference row's output on "
-                                   + _FIDELITY_INPUTS[task],
+                                   + TASKS[task].bench_text,
                        "gflops": "2 x MACs (manifest compute.macs_per_input_pixel x N*H*W) / median latency",
                        "peak": peak.formula() if peak else None},
             "artifacts": [{"name": a.name, "path": str(a.path)} for a in artifacts],
             "rows": results}
-
-
-_FIDELITY_INPUTS = {"sr": "a real photo",
-                    "generate": f"z of seeds 0..N-1 (psi {BENCH_PSI} where psi is an input)",
-                    "face_sr": f"the astronaut's face degraded by x{BENCH_FACE_SCALE}"}
 
 
 def _common_task(artifacts: Sequence[Artifact], settings: BenchSettings) -> str:
@@ -516,16 +460,16 @@ def _common_task(artifacts: Sequence[Artifact], settings: BenchSettings) -> str:
         found = ", ".join(f"{a.name}: {a.task}" for a in artifacts)
         raise GankdError(f"gankd-bench measures artifacts of one task at a time, got {found}")
     task = tasks.pop()
-    if task == "sr":
+    if task not in TASKS:
+        raise GankdError(f"{artifacts[0].path} has task {task!r}, which gankd-bench does not know")
+    if not TASKS[task].fixed_size:
         if settings.batches is not None:
             raise GankdError("--batch is for generate and face_sr artifacts; sr artifacts take --shapes NxCxHxW")
         return task
-    if task not in FIXED_SIZE_TASKS:
-        raise GankdError(f"{artifacts[0].path} has task {task!r}, which gankd-bench does not know")
     if settings.shapes != DEFAULT_SHAPES:
         raise GankdError(f"--shapes is for sr artifacts; {task} artifacts have a fixed input size and take a batch "
                          "size: --batch N[,N...]")
-    key = "style_dim" if task == "generate" else "size"
+    key = TASKS[task].size_key
     values = {a.manifest.get(key) for a in artifacts}
     if len(values) > 1:
         found = ", ".join(f"{a.name}: {a.manifest.get(key)}" for a in artifacts)
@@ -533,31 +477,15 @@ def _common_task(artifacts: Sequence[Artifact], settings: BenchSettings) -> str:
     return task
 
 
-def _fixed_shape(art: Artifact, batch: int) -> tuple[int, ...]:
-    """The first input's shape at batch ``batch``: [N, style_dim] or [N, 3, S, S]."""
-    return (batch, *art.manifest["inputs"][0]["shape"][1:])
-
-
-def _feeds(task: str, artifacts: Sequence[Artifact], shape) -> Callable[[Artifact], tuple[np.ndarray, ...]]:
-    """Per artifact, its inputs (manifest order) for one shape: the same images / z for every row."""
-    if task == "sr":
-        from .parity import real_lr_batch
-
-        x = np.ascontiguousarray(real_lr_batch(shape, artifacts[0].manifest["scale"]).numpy())
-        return lambda art: (x,)
-    batch = shape[0]
-    if task == "generate":
-        from .tasks import seed_z
-
-        named = {"z": seed_z(range(batch), shape[1]), "psi": np.full(batch, BENCH_PSI, np.float32)}
-    else:
-        from gankd.distill.faces import astronaut_face, gcfsr_lq
-
-        face = astronaut_face(shape[-1])[None] * 2 - 1
-        lq = gcfsr_lq(face, BENCH_FACE_SCALE).expand(batch, -1, -1, -1)
-        named = {"image": np.ascontiguousarray(lq.numpy()),
-                 "scale": np.full(batch, float(BENCH_FACE_SCALE), np.float32)}
-    return lambda art: tuple(named[name] for name in art.input_names)
+def _shapes(task: Task, artifacts: Sequence[Artifact], settings: BenchSettings) -> tuple[tuple[int, ...], ...]:
+    """The first input's shape of every measurement: ``settings.shapes``, checked against every artifact; for a
+    fixed-size task, its manifest shape at each of ``settings.batches`` ([N, style_dim] or [N, 3, S, S])."""
+    if task.fixed_size:
+        return tuple((n, *artifacts[0].manifest["inputs"][0]["shape"][1:]) for n in settings.batches or (1,))
+    for shape in settings.shapes:
+        for art in artifacts:
+            check_shape(art, shape, settings.backends)
+    return settings.shapes
 
 
 def _set_torch_threads(threads: int, needed: bool) -> None:
@@ -567,12 +495,13 @@ def _set_torch_threads(threads: int, needed: bool) -> None:
         torch.set_num_threads(threads)
 
 
-def _measure_group(group: list[Row], shape, feeds, runners: _Runners, settings: BenchSettings,
-                   peak: CpuPeak | None, clock) -> list[dict]:
+def _measure_group(group: list[Row], shape, named: dict[str, np.ndarray], runners: _Runners,
+                   settings: BenchSettings, peak: CpuPeak | None, clock) -> list[dict]:
+    """``named``: the inputs by name; each row gets those of its artifact, in manifest order."""
     calls, outputs = [], []
     for row in group:
         run = runners.make(row, shape)
-        xs = feeds(row.artifact)
+        xs = tuple(named[name] for name in row.artifact.input_names)
         outputs.append(np.asarray(run(*xs)).copy())  # the first run: fidelity, and the start of the warm-up
         row.timings.clear()
         calls.append(lambda run=run, xs=xs: run(*xs))
@@ -597,6 +526,8 @@ def _measure_group(group: list[Row], shape, feeds, runners: _Runners, settings: 
         record["peak_fraction"] = record["gflops"] / peak.gflops if fp32_cpu and peak else None
         record["psnr_to_first_db"] = (_psnr_8bit(outputs[i], outputs[reference], _output_range(row.artifact))
                                       if reference is not None and i != reference else None)
+        record["vol_to_first"] = (_vol_ratio(outputs[i], outputs[reference], _output_range(row.artifact))
+                                  if reference is not None and i != reference else None)
         own = next((j for j, r in enumerate(group) if r.artifact is row.artifact and r.variant == "fp32"), None)
         record["psnr_to_own_fp32_db"] = (_psnr_float(outputs[i], outputs[own], _output_range(row.artifact))
                                          if own is not None and row.variant != "fp32" else None)
@@ -627,6 +558,21 @@ def _psnr_8bit(a: np.ndarray, b: np.ndarray, value_range: tuple[float, float] = 
     return mean_psnr(a.clamp(0, 1), b.clamp(0, 1))
 
 
+def _vol_ratio(a: np.ndarray, b: np.ndarray, value_range: tuple[float, float]) -> float | None:
+    """Sharpness of this row's image relative to the first artifact's: the ratio of their variances of the
+    Laplacian (8-bit luma, as cv2), so a row that wins PSNR by blurring shows it next to its PSNR."""
+    if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
+        return None
+    import torch
+
+    from gankd.distill.metrics import laplacian_variance
+
+    lo, hi = value_range
+    a, b = ((torch.from_numpy(v) - lo) / (hi - lo) for v in (a, b))
+    first = laplacian_variance(b.clamp(0, 1))
+    return laplacian_variance(a.clamp(0, 1)) / first if first > 0 else None
+
+
 def _psnr_float(a: np.ndarray, b: np.ndarray, value_range: tuple[float, float]) -> float | None:
     """PSNR of a reduced-precision row to its own fp32 row, on float outputs as the export's INT8 gate measures it."""
     from .parity import compare
@@ -650,7 +596,7 @@ def _machine(peak: CpuPeak | None, threads: int) -> dict:
 
 
 TABLE_COLUMNS = ("model", "backend", "shape", "runs", "qps", "min ms", "mean ms", "median ms", "p90 ms", "p95 ms",
-                 "p99 ms", "speed-up", "GFLOP/s", "% FP32 peak", "PSNR→first dB", "PSNR→own fp32 dB")
+                 "p99 ms", "speed-up", "GFLOP/s", "% FP32 peak", "PSNR→first dB", "VoL/first", "PSNR→own fp32 dB")
 CUDA_COLUMNS = ("H2D ms", "compute ms", "D2H ms", "enqueue ms")
 
 
@@ -664,7 +610,8 @@ def format_table(result: dict) -> str:
                "median ms": r["median_ms"], "p90 ms": r["p90_ms"], "p95 ms": r["p95_ms"], "p99 ms": r["p99_ms"],
                "speed-up": r["speedup"], "GFLOP/s": r["gflops"],
                "% FP32 peak": 100 * r["peak_fraction"] if r["peak_fraction"] is not None else None,
-               "PSNR→first dB": r["psnr_to_first_db"], "PSNR→own fp32 dB": r.get("psnr_to_own_fp32_db")}
+               "PSNR→first dB": r["psnr_to_first_db"], "VoL/first": r.get("vol_to_first"),
+               "PSNR→own fp32 dB": r.get("psnr_to_own_fp32_db")}
         for column in CUDA_COLUMNS:
             key = column.replace(" ", "_").lower()
             if key in r:
@@ -675,7 +622,8 @@ def format_table(result: dict) -> str:
     if result["method"]["peak"]:
         lines.append(f"\n{result['method']['peak']}")
     lines.append(f"percentiles: {PERCENTILE_DEFINITION}; speed-up and PSNR→first are against the first artifact's "
-                 "fp32 row on the same backend (8-bit PSNR); PSNR→own fp32 is an int8/fp16 row against its own "
+                 "fp32 row on the same backend (8-bit PSNR; VoL/first: sharpness, the ratio of variances of the Laplacian); "
+                 "PSNR→own fp32 is an int8/fp16 row against its own "
                  "artifact's fp32 row (float PSNR, as the export's INT8 gate); all on the same real photo crop")
     return "\n".join(lines)
 
@@ -684,6 +632,7 @@ def save_plot(result: dict, path: str | Path) -> Path | None:
     """Latency (median) versus fidelity (PSNR to the first artifact) at the first shape, one point per row that has
     a fidelity figure, the Pareto front drawn; None when no row has one."""
     from gankd.distill.plots import save_pareto
+    from gankd.distill.search import pareto_front
 
     first = result["rows"][0]["shape"] if result["rows"] else None
     x_key = f"median latency at {'x'.join(map(str, first or ()))} (ms)"
@@ -694,12 +643,6 @@ def save_plot(result: dict, path: str | Path) -> Path | None:
         return None
     front = pareto_front([(p[x_key], p[y_key]) for p in points])
     return save_pareto(path, points, x=x_key, y=y_key, front=front)
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the (latency, psnr) points that no other point beats on both (lower latency, higher PSNR)."""
-    return [i for i, (lat, psnr) in enumerate(points)
-            if not any(ql <= lat and qp >= psnr and (ql, qp) != (lat, psnr) for ql, qp in points)]
 
 
 def write_to_manifests(result: dict) -> list[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -161,10 +162,15 @@ def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, in
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG of latency versus PSNR to the first artifact.")
 @click.option("--write-manifest", is_flag=True, help="Store the results in each artifact's manifest.json.")
+@click.option("--reference", "references", multiple=True, type=click.Path(path_type=Path),
+              help="A model folder (e.g. the compact model you would otherwise deploy; gankd-distill "
+                   "import-teacher) or artifact folder, measured in the same interleaved run as a row of its own "
+                   "(model folders are exported to ONNX and torch.export first, with parity checks). Repeatable.")
 def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, batches, variants_text: str,
               warmup_ms: float,
               duration_s: float | None, iterations: int | None, threads: int | None, peak_gflops: float | None,
-              json_path: Path | None, plot_path: Path | None, write_manifest: bool) -> None:
+              json_path: Path | None, plot_path: Path | None, write_manifest: bool,
+              references: tuple[Path, ...]) -> None:
     """Measure ARTIFACT_DIRs the way trtexec does: latency min/mean/median/p90/p95/p99 and throughput per
     (artifact, backend, shape), artifacts interleaved (A B A B ...) so ratios hold on a noisy machine. The first
     artifact is the reference (the teacher): speed-up and PSNR are against it. All artifacts of one call share a
@@ -182,7 +188,10 @@ def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, batch
                                    variants=_split(variants_text),
                                    warmup_ms=warmup_ms, duration_s=duration_s, iterations=iterations,
                                    threads=threads, peak_gflops=peak_gflops)
-    result = bench.benchmark(list(artifact_dirs), settings, log=lambda msg: click.echo(msg, err=True))
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="gankd-bench-ref-") as tmp:
+        refs = [_reference_artifact(Path(r), Path(tmp), log) for r in references]
+        result = bench.benchmark(list(artifact_dirs) + refs, settings, log=log)
     click.echo(bench.format_table(result))
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +204,21 @@ def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, batch
     if write_manifest:
         for path in bench.write_to_manifests(result):
             click.echo(f"updated {path}", err=True)
+
+
+def _reference_artifact(path: Path, tmp: Path, log) -> Path:
+    """An artifact folder for a ``--reference``: itself when it is one, else the model folder exported."""
+    from . import exporter
+
+    if (path / "manifest.json").is_file():
+        return path
+    if not (path / "config.json").is_file():
+        raise GankdError(f"--reference {path}: neither a model folder (config.json) nor an artifact folder "
+                         "(manifest.json)")
+    out = tmp / path.name
+    log(f"exporting reference {path} to a temporary artifact")
+    exporter.export_model(path, out, exporter.ExportSettings(formats=("onnx", "pt2")), log=lambda msg: None)
+    return out
 
 
 def export_main(argv: list[str] | None = None) -> int:

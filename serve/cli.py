@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .errors import ServeError
+from .errors import ServeError, run_cli
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
@@ -109,18 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in cli.commands and argv[0] not in ("-h", "--help")):
         argv.insert(0, "serve")  # `gankd-demo [ARTIFACT_DIR ...] [--host H] [--port P]`
-    try:
-        code = cli.main(args=argv, prog_name="gankd-demo", standalone_mode=False)
-    except ServeError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    return code if isinstance(code, int) else 0
+    return run_cli(lambda: cli.main(args=argv, prog_name="gankd-demo", standalone_mode=False), (ServeError,))
 
 
 if __name__ == "__main__":

@@ -23,3 +23,24 @@ def first_line(exc: BaseException) -> str:
     quotes of a library's multi-line error."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run_cli(call, errors: tuple[type[BaseException], ...], interrupted: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a click command as a console script (``call`` runs it with ``standalone_mode=False``): one of ``errors``
+    is one line, ``error: ...``, and exit code 2 (``stopped: ...`` and 130 for ``interrupted``); Ctrl-C is 130.
+    The one wrapper of gankd-distill, gankd-export, gankd-bench and gankd-demo."""
+    import click
+
+    try:
+        code = call()
+    except errors as exc:
+        stopped = isinstance(exc, interrupted)
+        click.echo(f"{'stopped' if stopped else 'error'}: {exc}", err=True)
+        return 130 if stopped else 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return code if isinstance(code, int) else 0

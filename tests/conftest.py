@@ -19,6 +19,10 @@ TINY_KWARGS = {
         {"num_feat": 16, "num_conv": 2, "upscale": 4},
         {"num_feat": 8, "num_conv": 1, "upscale": 2, "act_type": "leakyrelu"},
     ],
+    "span": [
+        {"feature_channels": 8, "upscale": 4},
+        {"feature_channels": 6, "upscale": 2, "norm": False},  # the no_norm layout (its buffer is in the state)
+    ],
     "unet_discriminator_sn": [{"num_feat": 8}],
     "stylegan2_generator": [{"size": 32, "style_dim": 32, "n_mlp": 2, "narrow": 0.0625}],
     "stylegan2_discriminator": [{"size": 32, "narrow": 0.0625}],
@@ -34,7 +38,8 @@ def tiny_configs() -> list[ModelConfig]:
     for arch, variants in TINY_KWARGS.items():
         for kwargs in variants:
             task = family_task(get_arch(arch).family)
-            scale = kwargs.get("scale", kwargs.get("upscale")) if arch in ("rrdbnet", "srvgg_compact") else None
+            scale = kwargs.get("scale", kwargs.get("upscale")) if arch in ("rrdbnet", "srvgg_compact", "span") \
+                else None
             out.append(ModelConfig(arch=arch, kwargs=kwargs, task=task, scale=scale,
                                    input_range=(0.0, 1.0) if task == "sr" else (-1.0, 1.0)))
     return out

@@ -82,7 +82,7 @@ def test_forward_features_match_forward(teacher):
     if teacher.arch in ("stylegan2_generator", "gcfsr"):  # the full-resolution map before the last to-RGB
         assert last.shape[2:] == out.shape[2:]
         return
-    num_feat = teacher.kwargs["num_feat"]
+    num_feat = teacher.kwargs.get("num_feat", teacher.kwargs.get("feature_channels"))  # SPAN's name for it
     assert last.shape[1] == num_feat
     if teacher.kind == "generator":
         # the backbone map is at LR size (pixel-unshuffled for x2/x1 RRDB): what the MLP feature loss matches

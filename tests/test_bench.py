@@ -217,6 +217,22 @@ def test_cli_end_to_end(artifacts, tmp_path):
     assert "formula" in stored["cpu"]
 
 
+def test_reference_model_folder_is_exported_and_measured_in_the_same_run(artifacts, tmp_path):
+    """--reference takes a model folder (exported to a temporary artifact first) or an artifact folder; its rows
+    join the interleaved run, with PSNR and sharpness (VoL) against the first artifact."""
+    models = artifacts["teacher"].parent / "models"
+    proc = _bench(artifacts["teacher"], "--reference", models / "student", "--reference", artifacts["x2"].parent /
+                  "student", "--backends", "ort", "--variants", "fp32", "--shapes", "1x3x16x16", "--iterations", "2",
+                  "--warmup-ms", "0", "--threads", "1", "--json", tmp_path / "b.json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["artifact"] for r in rows] == ["teacher", "student", "student"]
+    assert rows[1]["psnr_to_first_db"] == pytest.approx(rows[2]["psnr_to_first_db"], abs=1e-3)  # the same model
+    assert rows[1]["vol_to_first"] > 0 and rows[0]["vol_to_first"] is None and "VoL/first" in proc.stdout
+    bad = _bench(artifacts["teacher"], "--reference", tmp_path, "--iterations", "1")
+    assert bad.returncode == 2 and "neither a model folder" in bad.stderr
+
+
 def test_truncated_onnx_is_one_line(artifacts, tmp_path):
     """A damaged model.onnx (cut in half) gives one line naming the file, not ONNX Runtime's traceback."""
     import shutil

@@ -113,6 +113,7 @@ def test_quickstart_script(tmp_path):
     root = Path(__file__).resolve().parents[1]
     run_dir = tmp_path / "run"
     env = {**os.environ, "TEACHER": str(tmp_path / "x4plus"), "RUN": str(run_dir),
+           "REFERENCE": str(tmp_path / "animevideov3"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "QUICKSTART_RUNS": "1",
            "QUICKSTART_OVERRIDES": "steps_per_epoch=1 n2=1 n3=1 train_crops=4 hr_size=32 val_crops_per_image=1 "
                                    "teacher_d_feat=8",
@@ -124,8 +125,10 @@ def test_quickstart_script(tmp_path):
     assert "73.43" in proc.stdout and "C=1/4" in proc.stdout and "CPU ms" in proc.stdout
     assert load_model(tmp_path / "x4plus").gankd_config.provenance["source"] == "ncnn-package:realesrgan-x4plus"
     student = load_model(run_dir / "student").gankd_config
-    assert student.kwargs["num_block"] == 2 and student.provenance["init"] == "teacher"
-    assert "| student (best) |" in proc.stdout and (run_dir / "strip.png").is_file()
+    assert student.arch == "srvgg_compact" and student.provenance["init"] == "pretrained"
+    assert student.provenance["init_from"] == "ncnn-package:realesr-animevideov3-x4"
+    assert "| student (best) |" in proc.stdout and "| reference: animevideov3 |" in proc.stdout
+    assert (run_dir / "strip.png").is_file() and (run_dir / "crops_100.png").is_file()
     report = (run_dir / "report.md").read_text()
     assert "## Export and benchmark" in report and (run_dir / "bench.png").is_file()
     manifest = json.loads((tmp_path / "exports" / "student" / "manifest.json").read_text())
@@ -134,3 +137,6 @@ def test_quickstart_script(tmp_path):
                            timeout=600)
     assert again.returncode == 0 and "resuming it" in again.stdout, again.stderr
     assert "teacher artifact" in again.stdout and "kept" in again.stdout  # the real teacher is exported once
+    assert "reference artifact" in again.stdout
+    bench = json.loads((run_dir / "bench.json").read_text())
+    assert {r["artifact"] for r in bench["rows"]} >= {"teacher", "student", "reference"}

@@ -14,8 +14,8 @@ from gankd.distill import GankdError, ModelConfig, build_student, load_model, sa
 from gankd.distill.cli import main
 from gankd.distill.profile import count_params
 from gankd.distill.recipe import recipe_from_dict
-from gankd.distill.search import (Candidate, _arch_key, candidates, load_candidates, pareto_front,
-                                  training_set)
+from gankd.distill.search import (SPAN_FEATS, WARM_SHAPES, Candidate, _arch_key, candidates, load_candidates,
+                                  pareto_front, training_set)
 
 TINY_RRDB = {"scale": 4, "num_feat": 16, "num_block": 2, "num_grow_ch": 8}
 # A few candidates of every kind keep the search under ~15 s on a loaded 2-core machine.
@@ -70,16 +70,20 @@ def test_candidate_grid_is_distinct_and_respects_the_teacher_depth(num_block, ex
     rrdb = [c for c in grid if c.family == "rrdb"]
     assert {c.name for c in rrdb} == expected  # the full-width, full-depth copy of the teacher is left out
     assert all(c.init == "teacher" and 1 <= c.depth <= num_block for c in rrdb)
-    srvgg = [c for c in grid if c.family == "srvgg"]
+    srvgg = [c for c in grid if c.family == "srvgg" and c.init == "random"]
     assert {(c.num_feat, c.depth) for c in srvgg} == {(f, n) for f in (32, 48, 64) for n in (8, 16)}
-    assert all(c.init == "random" and c.width == 1.0 for c in srvgg)
+    assert all(c.width == 1.0 for c in srvgg)
+    warm = [c for c in grid if c.init == "pretrained"]  # from the wheel's animevideov3 (64 features, 16 convs)
+    assert {(c.num_feat, c.depth) for c in warm} == set(WARM_SHAPES)
+    assert all(c.family == "srvgg" and c.name.endswith("-warm") for c in warm)
+    assert {c.num_feat for c in grid if c.family == "span"} == set(SPAN_FEATS)
     keys = [(_arch_key(c.config(teacher)), c.init) for c in grid]
     assert len(set(keys)) == len(keys) and len({c.name for c in grid}) == len(grid)
 
 
 def test_srvgg_teacher_gets_srvgg_students_without_its_own_arch_and_a_discriminator_is_refused():
     teacher = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 32, "num_conv": 8, "upscale": 4}, scale=4)
-    names = [c.name for c in candidates(teacher)]
+    names = [c.name for c in candidates(teacher) if c.init == "random" and c.family == "srvgg"]
     assert names == ["srvgg-32-16", "srvgg-48-8", "srvgg-48-16", "srvgg-64-8", "srvgg-64-16"]
     with pytest.raises(GankdError, match="search needs an SR teacher"):
         candidates(ModelConfig(arch="unet_discriminator_sn", kwargs={"num_feat": 8}, scale=None))

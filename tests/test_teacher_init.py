@@ -231,7 +231,9 @@ def test_bad_teacher_init_requests():
     teacher = tiny_teacher()
     with pytest.raises(GankdError, match="init='teacher' needs the loaded teacher model"):
         build_student(teacher.gankd_config, init="teacher")
-    with pytest.raises(GankdError, match="unknown init 'pretrained'"):
+    with pytest.raises(GankdError, match="unknown init 'copy'"):
+        build_student(teacher, init="copy")
+    with pytest.raises(GankdError, match="needs the pretrained compact model"):
         build_student(teacher, init="pretrained")
     with pytest.raises(GankdError, match="blocks='greedy' needs calib_lr"):
         build_student(teacher, depth=2, init="teacher", blocks="greedy")

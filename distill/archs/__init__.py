@@ -3,11 +3,14 @@
 from . import gcfsr, stylegan2  # noqa: F401  (register their archs)
 from .discriminator import UNetDiscriminatorSN, UNetDiscriminatorSNConfig
 from .rrdbnet import RRDBNet, RRDBNetConfig
+from .span import SPAN, SPANConfig
 from .srvgg import SRVGGNetCompact, SRVGGNetCompactConfig
 
 __all__ = [
     "RRDBNet",
     "RRDBNetConfig",
+    "SPAN",
+    "SPANConfig",
     "SRVGGNetCompact",
     "SRVGGNetCompactConfig",
     "UNetDiscriminatorSN",
