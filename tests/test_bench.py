@@ -226,7 +226,7 @@ def test_reference_model_folder_is_exported_and_measured_in_the_same_run(artifac
                   "--warmup-ms", "0", "--threads", "1", "--json", tmp_path / "b.json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert [r["artifact"] for r in rows] == ["teacher", "student", "student"]
+    assert [r["artifact"] for r in rows] == ["teacher", "student", "student'"]  # a repeated name is primed
     assert rows[1]["psnr_to_first_db"] == pytest.approx(rows[2]["psnr_to_first_db"], abs=1e-3)  # the same model
     assert rows[1]["vol_to_first"] > 0 and rows[0]["vol_to_first"] is None and "VoL/first" in proc.stdout
     bad = _bench(artifacts["teacher"], "--reference", tmp_path, "--iterations", "1")
