@@ -194,8 +194,8 @@ def resize_srvgg(state: dict[str, Tensor], num_conv: int, num_feat: int, num_fea
     """A pretrained SRVGGNetCompact's state resized to ``num_conv`` body convs of ``num_feat`` channels.
 
     Deeper: identity convs (Dirac kernel, zero bias, PReLU slope 1) are inserted evenly, so the deeper student
-    computes exactly the pretrained function and training starts from it. Shallower: evenly spaced body convs are
-    dropped (their input and output widths agree, so the rest still connects). Narrower: each layer keeps the
+    computes exactly the pretrained function and training starts from it. Shallower: evenly spaced body convs are kept
+    (``even_blocks``, the rule of RRDB depth cuts; widths agree, so the rest still connects). Narrower: each layer keeps the
     ``num_feat`` output channels the next conv relies on most (L1 of its weights over that input channel, Li et al.
     2017's criterion read from the consuming side), and the next conv keeps those inputs. Layer ``body.2k`` is a conv
     and ``body.2k+1`` its PReLU (``act_type: prelu``, the official layout).
@@ -206,8 +206,8 @@ def resize_srvgg(state: dict[str, Tensor], num_conv: int, num_feat: int, num_fea
              for i in range(num_conv_src + 1)]  # the first conv and the body convs, each with its PReLU
     last = (state[f"body.{2 * num_conv_src + 2}.weight"], state[f"body.{2 * num_conv_src + 2}.bias"])
     if num_conv < num_conv_src:
-        drop = {round(float(v)) for v in torch.linspace(1, num_conv_src, num_conv_src - num_conv)}
-        convs = [c for i, c in enumerate(convs) if i not in drop]
+        kept = {0} | {1 + i for i in even_blocks(num_conv_src, num_conv)} if num_conv else {0}  # 0: first conv
+        convs = [c for i, c in enumerate(convs) if i in kept]
     elif num_conv > num_conv_src:
         after = [round(float(v)) for v in torch.linspace(0, num_conv_src, num_conv - num_conv_src)]
         dirac = torch.nn.init.dirac_(torch.empty(num_feat_src, num_feat_src, 3, 3))
