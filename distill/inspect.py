@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .modelio import ModelConfig
-from .profile import count_macs, count_params, example_inputs, model_input_shapes
+from .profile import build_for_counting, count_macs, count_params, example_inputs, model_input_shapes
 from .registry import get_arch
 from .students import student_config, width_label
 
@@ -28,14 +28,13 @@ class ProfileRow:
 
 
 def _options(config: ModelConfig) -> str:
-    keys = ("num_feat", "num_grow_ch", "num_block", "num_conv", "scale", "upscale", "size", "out_size", "style_dim",
-            "n_mlp", "narrow")
+    keys = ("architecture", "num_feat", "num_grow_ch", "num_block", "num_conv", "scale", "upscale", "size", "out_size",
+            "style_dim", "n_mlp", "narrow")
     return " ".join(f"{k}={config.kwargs[k]}" for k in keys if k in config.kwargs)
 
 
 def _macs(config: ModelConfig, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    with torch.device("meta"):
-        model = config.build()
+    model = build_for_counting(config)
     return count_params(model), count_macs(model, model_input_shapes(config, input_shape))
 
 

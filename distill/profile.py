@@ -26,11 +26,19 @@ def count_macs(model: nn.Module, input_shape: tuple) -> int:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    meta = _to_meta(model).requires_grad_(False)
     shapes = input_shape if isinstance(input_shape[0], tuple) else (input_shape,)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        meta(*(torch.empty(shape, device="meta") for shape in shapes))
+    try:
+        meta = _to_meta(model).requires_grad_(False)
+        with torch.no_grad(), counter:
+            meta(*(torch.empty(shape, device="meta") for shape in shapes))
+    except (RuntimeError, NotImplementedError):
+        # foreign code (a spandrel network) that reads tensor values while building or running: count on a real
+        # forward instead (slower, same count)
+        counter = FlopCounterMode(display=False)
+        device = next(model.parameters()).device
+        with torch.no_grad(), counter:
+            model.eval()(*(torch.zeros(shape, device=device) for shape in shapes))
     return counter.get_total_flops() // 2
 
 
@@ -59,6 +67,16 @@ def example_inputs(config, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, 
     if config.arch == "stylegan2_generator":
         return (torch.randn(shapes[0]),)
     return tuple(torch.rand(shape) for shape in shapes)
+
+
+def build_for_counting(config) -> nn.Module:
+    """``config.build()`` on the meta device (no memory, no init time) for counting params and MACs; on the CPU for
+    foreign code (a spandrel network) that reads tensor values while it builds."""
+    try:
+        with torch.device("meta"):
+            return config.build()
+    except RuntimeError:
+        return config.build()
 
 
 def _to_meta(model: nn.Module) -> nn.Module:

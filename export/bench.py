@@ -8,6 +8,8 @@ Backends (each runs files of the artifact folder; none needs architecture code):
 - ``ort-cuda``: the same files with CUDAExecutionProvider (needs onnxruntime-gpu and a GPU).
 - ``trt``: the folder's TensorRT engine (needs tensorrt and the GPU it was built on; the shape must lie in its
   profile).
+- ``ncnn``: ``model.ncnn.param``/``.bin`` in the ncnn runtime (PyPI ``ncnn``) on the CPU, one image at a time, as
+  realesrgan-ncnn-vulkan and Upscayl run it without a GPU (sr artifacts exported with ``--formats ncnn``).
 
 Method (per input shape and backend, the rows of all artifacts form one group):
 
@@ -53,11 +55,11 @@ from gankd.distill.errors import GankdError
 from gankd.distill.profile import measure_interleaved  # its one home; demos and tests import it from here too
 from gankd.serve.manifest import task_of
 
-from . import formats, trt
+from . import formats, ncnn, trt
 from .manifest import artifact_file, read_manifest, write_manifest
 from .tasks import TASKS, Task
 
-BACKENDS = ("torch", "ort", "ort-cuda", "trt")
+BACKENDS = ("torch", "ort", "ort-cuda", "trt", "ncnn")
 VARIANTS = ("fp32", "int8", "fp16")
 PERCENTILES = (90, 95, 99)
 PERCENTILE_DEFINITION = ("nearest rank: the p-th percentile of n sorted latencies is the ceil(p*n/100)-th smallest "
@@ -294,13 +296,17 @@ def plan_rows(artifacts: Sequence[Artifact], settings: BenchSettings) -> list[Ro
 
 def _rows_for(art: Artifact, backend: str, variants: Sequence[str]) -> list[Row]:
     files = art.manifest["files"]
-    if TASKS[art.task].fixed_size and backend in ("ort-cuda", "trt"):
+    if TASKS[art.task].fixed_size and backend in ("ort-cuda", "trt", "ncnn"):
         raise GankdError(f"{art.path} is a {art.task} artifact: gankd-bench runs those on the torch and ort "
                          f"backends only, not {backend}")
     if backend == "torch":
         if "pt2" not in files:
             raise GankdError(f"{art.path} has no model.pt2: the torch backend needs it (gankd-export --formats pt2)")
         return [Row(art, backend, "fp32", _existing(art, "pt2"))]
+    if backend == "ncnn":
+        if "ncnn" not in files:
+            raise GankdError(f"{art.path} has no ncnn pair: the ncnn backend needs it (gankd-export --formats ncnn)")
+        return [Row(art, backend, "fp32", _existing(art, "ncnn"))]
     if backend == "trt":
         if "trt" not in files:
             raise GankdError(f"{art.path} has no TensorRT engine: export it with --formats trt on this GPU")
@@ -322,6 +328,8 @@ def _existing(art: Artifact, kind: str) -> Path:
 def _check_backend_available(backend: str) -> None:
     if backend == "trt":
         trt.require("the trt backend")
+    elif backend == "ncnn":
+        ncnn._require_ncnn()
     elif backend == "ort-cuda":
         import onnxruntime as ort
 
@@ -373,6 +381,9 @@ class _Runners:
         if row.backend == "ort":
             return self._cached(("ort", row.file),
                                 lambda: formats.ort_runner(row.file, row.artifact.input_names, self.threads))
+        if row.backend == "ncnn":
+            weights = _existing(row.artifact, "ncnn-bin")
+            return self._cached(("ncnn", row.file), lambda: ncnn.ncnn_runner(row.file, weights, self.threads))
         if row.backend == "ort-cuda":
             runner = OrtCudaRunner(row.file, shape, row.artifact.manifest, self.threads)
             row.timings = runner.timings

@@ -30,14 +30,15 @@ from gankd.distill.errors import GankdError
 from gankd.distill.modelio import WEIGHTS_FILE, load_config, load_model, sha256_file
 from gankd.distill.registry import get_arch
 
-from . import formats, int8, parity, tasks, trt
+from . import formats, int8, ncnn, official, parity, tasks, trt
 from .manifest import FORMAT, FORMAT_VERSION, write_manifest
 from .parity import Case
 from .tasks import calibration_batches  # noqa: F401 - public here too (demos/int8_holdout.py)
 
-FORMATS = ("onnx", "pt2", "trt")
+FORMATS = ("onnx", "pt2", "trt", "ncnn", "pth")
+SR_ONLY_FORMATS = ("trt", "ncnn", "pth")  # engines and runtimes with a shape profile or no batch: SR models only
 FILE_NAMES = {"onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "onnx-int8": "model.int8.onnx",
-              "pt2": "model.pt2"}
+              "pt2": "model.pt2", "ncnn": ncnn.PARAM_FILE, "ncnn-bin": ncnn.BIN_FILE, "pth": official.PTH_FILE}
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, settings: ExportSet
     on a broken parity tolerance unless ``settings.force`` (then the manifest records ``passed: false``)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     formats_wanted = tuple(dict.fromkeys(settings.formats + (("onnx",) if "trt" in settings.formats else ())))
+    _check_formats_fit(load_config(model_dir), formats_wanted)
     if "trt" in formats_wanted:
-        task = load_config(model_dir).task
-        if tasks.TASKS[task].fixed_size:
-            raise GankdError(f"--formats trt builds engines for sr models only; export {task} models as onnx,pt2")
         trt.require("TensorRT export")  # fail fast: nothing is exported when the engine cannot be built
     _check_out_dir(out_dir, settings.force)
     model = load_model(model_dir)
@@ -136,7 +135,23 @@ def _export_files(graph: tasks.Graph, build: _Build, settings: ExportSettings, f
         build.runners["pt2"] = formats.pt2_runner(build.tmp / FILE_NAMES["pt2"])
     if "trt" in formats_wanted:
         _build_trt(build, settings, graph.profile, log)
+    if "ncnn" in formats_wanted:
+        _export_ncnn(graph, build, log)
+    if "pth" in formats_wanted:
+        log(f"writing {official.PTH_FILE} (Real-ESRGAN params_ema layout) and reloading it through spandrel")
+        info = official.export_pth(graph.module, graph.module.gankd_config, build.tmp / official.PTH_FILE)
+        build.add_file("pth", official.PTH_FILE, **info)
+        build.runners["pth"] = official.spandrel_runner(build.tmp / official.PTH_FILE)
     return simplify, _parity(graph, cases, build.runners, settings.force, log, _tolerances(settings))
+
+
+def _check_formats_fit(config, formats_wanted) -> None:
+    """Formats this model cannot have, refused before anything is written."""
+    sr_only = [f for f in formats_wanted if f in SR_ONLY_FORMATS]
+    if sr_only and tasks.TASKS[config.task].fixed_size:
+        raise GankdError(f"--formats {sr_only[0]} is for sr models only; export {config.task} models as onnx,pt2")
+    if "pth" in formats_wanted and (problem := official.layout_problem(config)):
+        raise GankdError(problem)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -257,6 +272,16 @@ def _build_trt(build: _Build, settings: ExportSettings, profile: trt.ShapeProfil
     build.add_file("trt", name, **entry)
     engine = build.tmp / name
     build.runners["trt-fp16" if settings.fp16 else "trt"] = lambda x: trt.TrtRunner(engine, x.shape)(x).copy()
+
+
+def _export_ncnn(graph: tasks.Graph, build: _Build, log) -> None:
+    """model.ncnn.param/.bin through pnnx, traced at the two parity sizes so H and W stay free."""
+    log("exporting model.ncnn.param / model.ncnn.bin (pnnx, fp16 weight storage; blobs data -> output)")
+    (h1, w1), (h2, w2) = parity.PARITY_SIZES
+    info = ncnn.export_ncnn(graph.module, build.tmp, torch.rand(1, 3, h1, w1), torch.rand(1, 3, h2, w2))
+    build.add_file("ncnn", ncnn.PARAM_FILE, **info)
+    build.add_file("ncnn-bin", ncnn.BIN_FILE)
+    build.runners["ncnn"] = ncnn.ncnn_runner(build.tmp / ncnn.PARAM_FILE, build.tmp / ncnn.BIN_FILE)
 
 
 def _parity(graph: tasks.Graph, cases: _ParityCases, runners: dict, force: bool, log,

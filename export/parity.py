@@ -19,6 +19,11 @@ without VNNI):
 - fp32 TensorRT engine: max_abs ≤ 1e-3 (GPU kernels sum in another order, TF32 off).
 - fp16 (ONNX, TensorRT): PSNR ≥ 40 dB to the fp32 output. Measured: x4plus 72–74 dB; an fp16 overflow or a wrong
   cast gives < 20 dB.
+- ncnn (``.param``/``.bin`` in the ncnn runtime, fp16 weight storage): max_abs ≤ 2/255, one 8-bit level either way
+  after rounding. Measured: an SRVGG 64×16 student 0.0024 (0.6/255), a small RRDB 4e-5; a wrong blob, layer or
+  weight order is off by > 0.1.
+- pth (the official checkpoint reloaded by spandrel): max_abs ≤ 1e-4, as fp32 artifacts (measured 0: the same
+  tensors in the same ops).
 - INT8: PSNR ≥ 40 dB, the bar for an INT8 file worth shipping (about 0.2 dB off a student 28 dB from its teacher).
   The INT8 recipe (:mod:`gankd.export.int8`) computes exact integer products on every x86 CPU, so the figure does
   not depend on the ISA; a file below the bar is not written at all (``gankd-export --int8`` says why).
@@ -63,6 +68,8 @@ TOLERANCES: dict[str, Tolerance] = {
     "onnx-int8": Tolerance(min_psnr_db=40.0),
     "trt": Tolerance(max_abs=1e-3),
     "trt-fp16": Tolerance(min_psnr_db=40.0),
+    "ncnn": Tolerance(max_abs=2 / 255),
+    "pth": Tolerance(max_abs=1e-4),
 }
 
 

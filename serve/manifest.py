@@ -18,7 +18,8 @@ apply::
     exporter   {onnx, pt2, simplify}                       which exporter wrote each format, and whether the graph
                                                            was simplified
     compute    {macs_per_input_pixel, params}              GMACs at any size = N*H*W*macs_per_input_pixel / 1e9
-    files      {kind: {path, sha256, bytes, ...}}          kind: onnx, onnx-fp16, onnx-int8, pt2, trt
+    files      {kind: {path, sha256, bytes, ...}}          kind: onnx, onnx-fp16, onnx-int8, pt2, trt, ncnn (the
+                                                           .param), ncnn-bin, pth
     int8       {written, gate, quantization[, reason]} | None   the --int8 outcome, also when the file was left out:
                                                            gate {psnr_db, speedup, min_psnr_db, min_speedup, ...},
                                                            quantization {recipe, fp32_convs, calibration,

@@ -23,6 +23,9 @@ TINY_KWARGS = {
         {"feature_channels": 8, "upscale": 4},
         {"feature_channels": 6, "upscale": 2, "norm": False},  # the no_norm layout (its buffer is in the state)
     ],
+    # a foreign teacher: a spandrel PLKSR (CNN, no size requirement) rebuilt from its recorded hyper-parameters
+    "spandrel": [{"architecture": "PLKSR", "model_class": "PLKSR", "hyperparameters": {"dim": 8, "n_blocks": 1},
+                  "scale": 4}],
     "unet_discriminator_sn": [{"num_feat": 8}],
     "stylegan2_generator": [{"size": 32, "style_dim": 32, "n_mlp": 2, "narrow": 0.0625}],
     "stylegan2_discriminator": [{"size": 32, "narrow": 0.0625}],
@@ -38,7 +41,8 @@ def tiny_configs() -> list[ModelConfig]:
     for arch, variants in TINY_KWARGS.items():
         for kwargs in variants:
             task = family_task(get_arch(arch).family)
-            scale = kwargs.get("scale", kwargs.get("upscale")) if arch in ("rrdbnet", "srvgg_compact", "span") \
+            scale = kwargs.get("scale", kwargs.get("upscale")) if arch in ("rrdbnet", "srvgg_compact", "span",
+                                                                            "spandrel") \
                 else None
             out.append(ModelConfig(arch=arch, kwargs=kwargs, task=task, scale=scale,
                                    input_range=(0.0, 1.0) if task == "sr" else (-1.0, 1.0)))

@@ -82,6 +82,12 @@ def test_forward_features_match_forward(teacher):
     if teacher.arch in ("stylegan2_generator", "gcfsr"):  # the full-resolution map before the last to-RGB
         assert last.shape[2:] == out.shape[2:]
         return
+    if teacher.arch == "spandrel":  # no named tap: a 1x1 placeholder (feature KD is switched off for it)
+        assert last.shape == (x[0].shape[0], 1, 1, 1)
+        model.set_feature_tap("feats.0")  # PLKSR's first conv: an LR-size map
+        last = model.forward_features(*x)[-1]
+        assert last.dim() == 4 and last.shape[2:] == x[0].shape[2:]
+        return
     num_feat = teacher.kwargs.get("num_feat", teacher.kwargs.get("feature_channels"))  # SPAN's name for it
     assert last.shape[1] == num_feat
     if teacher.kind == "generator":

