@@ -1,5 +1,6 @@
 """``gankd-demo``: ``serve`` (the Gradio app; ``gankd-demo [ARTIFACT_DIR ...]`` is short for
-``gankd-demo serve [ARTIFACT_DIR ...]``) and ``upscale`` (batch over a folder)."""
+``gankd-demo serve [ARTIFACT_DIR ...]``), ``upscale`` (batch over a folder) and ``triton`` (a Triton Inference
+Server over the artifacts, ``gankd.serve.triton``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
-    """gankd demo and serving tools. `gankd-demo [ARTIFACT_DIR ...] [--host H] [--port P]` runs `serve`."""
+    """gankd demo and serving tools. `gankd-demo [ARTIFACT_DIR ...] [--host H] [--port P]` runs `serve`;
+    `gankd-demo triton ARTIFACT_DIR ...` runs a Triton Inference Server."""
 
 
 @cli.command()
@@ -103,6 +105,62 @@ def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads,
     done = len(files) - skipped
     click.echo(f"upscaled {done} of {len(files)} images into {out_dir}" + (f"; skipped {skipped}" if skipped else ""))
     return 1 if skipped else 0
+
+
+@cli.command()
+@click.argument("artifact_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="address of all three endpoints")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Triton max_batch_size: images per forward call (1: no dynamic batching)")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="how long the dynamic batcher waits to fill a batch")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="model instances per artifact (processes, each with its own Session)")
+@click.option("--backend", type=click.Choice(["auto", "torch", "ort", "ort-cuda"]), default="auto",
+              show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="intra-op threads per instance")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=1024 * 1024, show_default=True,
+              help="refuse sr images with more pixels (H x W) than this")
+@click.option("--no-verify", is_flag=True,
+              help="load model files whose sha256 differs from manifest.json (graphs edited on purpose)")
+def triton(artifact_dirs, host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us, instances,
+           backend, threads, max_pixels, no_verify):
+    """Serve ARTIFACT_DIRs from a Triton Inference Server (PyTriton's tritonserver): one model per folder, named
+    after it, with dynamic batching, HTTP/gRPC (tritonclient) and Prometheus metrics. SIGTERM or Ctrl-C lets
+    in-flight requests finish and exits 0."""
+    import signal
+    import threading
+
+    from .triton import TritonServer, TritonSettings
+
+    settings = TritonSettings(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
+                              max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances,
+                              backend=backend, threads=threads, max_pixels=max_pixels, verify=not no_verify)
+    server = TritonServer(artifact_dirs, settings).start()
+    stop = threading.Event()
+    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        ends = server.endpoints
+        click.echo(f"serving {', '.join(server.names)} (Triton {backend} backend, max batch {max_batch}, "
+                   f"{instances} instance{'s' if instances > 1 else ''} each)")
+        click.echo(f"  HTTP     {ends['http']}   (POST /v2/models/<name>/infer; stats: /v2/models/<name>/stats)")
+        click.echo(f"  gRPC     {ends['grpc']}")
+        click.echo(f"  metrics  {ends['metrics']}")
+        click.echo("SIGTERM or Ctrl-C stops after in-flight requests", nl=True)
+        sys.stdout.flush()
+        while not stop.wait(1.0):
+            if not server.is_alive():
+                raise ServeError("tritonserver exited unexpectedly")
+        click.echo("stopping: letting in-flight requests finish")
+    finally:
+        server.stop()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    click.echo("stopped")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
