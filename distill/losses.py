@@ -84,3 +84,51 @@ def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Te
     """
     (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
     return grad.pow(2).flatten(1).sum(1).mean()
+
+
+# The baselines SDAKD is measured against (gankd.distill.baselines): OMGD's student terms and DCD's feature term.
+
+def ssim_loss(output: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """OMGD's output term 1 − SSIM (bytedance/OMGD ``models/modules/pytorch_ssim``: 11×11 Gaussian window, σ 1.5,
+    'same' zero padding, mean over the map). ``data_range``: 1 for images in [0, 1], 2 for [-1, 1]."""
+    channels = output.shape[1]
+    coords = torch.arange(11, dtype=output.dtype, device=output.device) - 5
+    g = torch.exp(-coords**2 / (2 * 1.5**2))
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :]).expand(channels, 1, 11, 11)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, window, padding=5, groups=channels)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(output), blur(target)
+    var_a, var_b = blur(output * output) - mu_a**2, blur(target * target) - mu_b**2
+    cov = blur(output * target) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return 1 - ssim_map.mean()
+
+
+def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
+    """(N, C, C) Gram matrix normalised by C·H·W, as OMGD's ``gram``."""
+    n, c, h, w = feat.shape
+    flat = feat.reshape(n, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def style_loss(feats_out: list[torch.Tensor], feats_target: list[torch.Tensor]) -> torch.Tensor:
+    """OMGD's style term: the sum over VGG layers of the L1 distance between Gram matrices."""
+    terms = [F.l1_loss(gram_matrix(a), gram_matrix(b)) for a, b in zip(feats_out, feats_target, strict=True)]
+    return torch.stack(terms).sum()
+
+
+def channel_distill_loss(adapted_student: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """OMGD's channel-wise distillation (``calc_CD_loss``): MSE between the spatial means of the adapted student map
+    and the teacher map — what each channel carries on average, not where."""
+    return F.mse_loss(adapted_student.mean(dim=(2, 3)), teacher_feat.mean(dim=(2, 3)))
+
+
+def dcd_feature_loss(student_d_feats: list[torch.Tensor], teacher_d_feats: list[torch.Tensor]) -> torch.Tensor:
+    """DCD's discriminator-cooperated term: the sum over the teacher discriminator's intermediate maps of the L1
+    distance between D_T's maps of the student output and of the teacher output (``calc_DCD_loss``)."""
+    terms = [F.l1_loss(s, t) for s, t in zip(student_d_feats, teacher_d_feats, strict=True)]
+    return torch.stack(terms).sum()

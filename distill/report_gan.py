@@ -10,6 +10,7 @@ from torch import nn
 
 from .profile import count_macs, count_params
 from .students import width_label
+from .baselines import DESCRIPTIONS as BASELINE_TEXT
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -92,6 +93,29 @@ def _face_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
             f"![{' | '.join(strip_columns)}, one row per scale](strip.png)", ""]
 
 
+def _d_output_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
+    """SDAKD Fig. 2 for these families: each D on real images, the teacher's and the generator's outputs (face SR:
+    every validation scale pooled)."""
+    from .baselines import write_d_histograms
+
+    task, recipe = loop.task, loop.recipe
+    if task.kind == "generate":
+        teacher, student, real = task.val_teacher_out, task.samples(model), task.real
+    else:
+        outs = task.outputs(model)
+        student, real = torch.cat([outs[s] for s in recipe.val_scales]), task.val_hr
+        teacher = None if task.val_teacher_out is None else \
+            torch.cat([task.val_teacher_out[s] for s in recipe.val_scales])
+    images = {"real": real, **({"teacher": teacher} if teacher is not None else {}), "student": student}
+    kind = recipe.teacher_adversarial if recipe.mode == "train" else recipe.adversarial
+    if not write_d_histograms(run_dir / "d_outputs.png", loop.nets, images, kind,
+                              title="Discriminator outputs (SDAKD Fig. 2)"):
+        return []
+    return ["## Discriminator outputs", "", "Per image: the discriminator's mean logit, through a sigmoid for the "
+            "logistic losses (its probability of *real*); `D_T(student)` near 1 means the teacher D is fooled by the "
+            "student (SDAKD Fig. 2).", "", "![each D on real images, teacher and student outputs](d_outputs.png)", ""]
+
+
 def write_gan_report(run_dir: Path, recipe, loop, model: nn.Module, lines: list[str], log) -> Path:
     from . import plots
 
@@ -107,11 +131,13 @@ def write_gan_report(run_dir: Path, recipe, loop, model: nn.Module, lines: list[
         f"adversarial: {recipe.adversarial if recipe.mode != 'train' else recipe.teacher_adversarial} "
         f"(R1 γ={recipe.r1_gamma} every {recipe.r1_every}); DiffAugment: {recipe.diffaugment or 'off'}; "
         f"KD-DLGAN: {'on' if recipe.kd_dlgan else 'off'}",
+        *([f"- baseline ({recipe.mode}): {BASELINE_TEXT[recipe.mode]}"] if recipe.mode in BASELINE_TEXT else []),
         f"- stages: {stages}; batch {recipe.batch_size}",
         f"- kept generator: step {loop.progress.best_step}, chosen by {task.metric}",
         f"- wall time: {loop.elapsed_s / 60:.1f} min on {loop.device}", "",
     ]
     lines += _generate_section(run_dir, loop, model) if task.kind == "generate" else _face_section(run_dir, loop, model)
+    lines += _d_output_section(run_dir, loop, model)
     history = [{"step": h["step"], "stage": h["stage"], **h["val"]} for h in loop.progress.history]
     if history:
         lines += ["## Validation history", "", plots.markdown_table(history, list(dict.fromkeys(
