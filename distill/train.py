@@ -3,10 +3,14 @@
 The loop owns no networks or losses of its own: :mod:`.stages` says what each step does, :mod:`.checkpoint` what
 is saved, :mod:`.report` what is written at the end. Batches are a function of (seed, stage, epoch), so a resumed
 run replays the same batches and reaches the same losses; ``metrics.jsonl`` is cut back to the resumed step.
+
+Under torchrun (:mod:`.distributed`) every rank runs this same loop on its rows of each global batch, with the
+trained modules under DDP; rank 0 alone writes the run folder and validates, and what ends a run is agreed by all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -20,9 +24,10 @@ import torch
 import yaml
 from torch import nn
 
-from . import data
+from . import data, distributed
 from .adapters import FeatureMLP
 from .checkpoint import Position, Progress, load_state, save_state
+from .distributed import SINGLE, Synced, World
 from gankd.serve.errors import first_line
 
 from .errors import GankdError, RunInterrupted
@@ -32,6 +37,7 @@ from .stages import Nets, NonFiniteLoss, Stage, needs_teacher_d, plan_stages, st
 from .students import build_student, load_pretrained
 
 RESUME_MAY_CHANGE = {"max_minutes", "device", "threads"}
+DISTRIBUTED_MODES = ("sdakd", "scratch", "train")  # modes whose every trained module the step calls through DDP
 
 
 def pick_device(name: str) -> torch.device:
@@ -113,7 +119,7 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
                                        init=recipe.init, up_feat=recipe.up_feat, blocks=recipe.blocks,
                                        calib_lr=calib, pretrained=pretrained_model(recipe, log))
     nets = Nets(teacher=teacher, student=student)
-    if recipe.mode == "sdakd" and recipe.feature_kd:
+    if recipe.mode in ("sdakd", "omgd") and recipe.feature_kd:  # omgd: its channel-wise distillation
         example = task.example_inputs(1)
         nets.adapter = FeatureMLP(_feature_channels(student, example), _feature_channels(teacher, example))
     provenance = {"trained_by": f"gankd-distill run {recipe.name}"}
@@ -157,6 +163,9 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
         {"params": list(student.parameters()), "lr": recipe.lr_g},
         *([{"params": list(nets.adapter.parameters()), "lr": recipe.lr_mlp}] if nets.adapter else []),
     ], betas=betas)
+    if recipe.mode == "omgd":  # OMGD trains the teacher G online, from the imported weights
+        teacher.requires_grad_(True)
+        nets.optimizers["teacher_g"] = torch.optim.Adam(teacher.parameters(), lr=recipe.lr_g, betas=betas)
     for name in ("teacher_d", "student_d"):
         module = getattr(nets, name)
         if module is not None:  # D^f trains with the discriminator it reads
@@ -201,17 +210,20 @@ def epoch_order(recipe: Recipe, stage_index: int, epoch: int, n: int) -> list[to
 class StopFlag:
     """Ctrl-C and SIGTERM set a flag the loop reads between steps, so a step is never cut in half."""
 
-    def __init__(self):
+    def __init__(self, echo_s: float = 0.0):
         self.signal_name: str | None = None
+        self.echo_s = echo_s  # torchrun: a worker gets the terminal's Ctrl-C and torchrun's copy of it
+        self.first_at = 0.0
 
     def __enter__(self):
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handle(self, signum, frame):
-        if self.signal_name:  # a second Ctrl-C: stop now
+        if self.signal_name and time.monotonic() - self.first_at > self.echo_s:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
+        if not self.signal_name:
+            self.signal_name, self.first_at = signal.Signals(signum).name, time.monotonic()
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
@@ -232,6 +244,13 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class NoMetricsLog:
+    """What ranks other than 0 log to: nothing (rank 0's losses are already the means over ranks)."""
+
+    def write(self, record: dict) -> None:
+        pass
 
 
 def check_resume_compatible(run_dir: Path, recipe: Recipe) -> None:
@@ -287,22 +306,67 @@ def load_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
         raise GankdError(f"teacher {recipe.teacher} is a {tconf.arch} (a {tconf.kind}), not a generator")
     if tconf.task == "sr" and not tconf.scale:
         raise GankdError(f"teacher {recipe.teacher} is an SR generator without a scale")
+    if hasattr(teacher, "set_feature_tap"):  # a foreign (spandrel) network: features only through a named tap
+        teacher.set_feature_tap(recipe.teacher_feature)
+    elif recipe.teacher_feature:
+        raise GankdError(f"teacher_feature names a module of a foreign (spandrel) teacher; {recipe.teacher} is "
+                         f"gankd's own {tconf.arch}, whose features are read without one")
     return teacher
 
 
+def without_teacher_features(recipe: Recipe, log) -> Recipe:
+    """Feature KD needs a teacher feature: a foreign (spandrel) teacher without a named ``teacher_feature`` has
+    none, so it is switched off (logged; the resolved recipe and the report say so) instead of failing at the first
+    step. Decided from the teacher's config.json alone, before the run folder is checked, so a resume agrees."""
+    from .modelio import load_config
+
+    if recipe.mode == "train" or not recipe.feature_kd or recipe.teacher_feature:
+        return recipe
+    try:
+        tconf = load_config(recipe.teacher)
+    except GankdError:
+        return recipe  # load_teacher says what is wrong with the folder
+    if tconf.arch != "spandrel":
+        return recipe
+    log(f"notice: feature KD is off: the teacher is a spandrel {tconf.kwargs['architecture']} network and no "
+        "teacher_feature names the module to read (output KD, the discriminators and selection are unchanged)")
+    return replace(recipe, feature_kd=False)
+
+
 def run(recipe: Recipe, resume: bool = False, log=print) -> Path:
-    """Run (or continue) ``recipe``; returns the run folder. Raises GankdError subclasses on bad input, NaN, Ctrl-C."""
+    """Run (or continue) ``recipe``; returns the run folder. Raises GankdError subclasses on bad input, NaN, Ctrl-C.
+
+    Under torchrun (``WORLD_SIZE`` set) this process is one rank of the run: it joins the process group first and
+    leaves it at the end; ranks other than 0 log nothing and write nothing."""
+    if not distributed.under_torchrun():
+        return _run(recipe, resume, log, SINGLE)
+    world = distributed.start(recipe.device)
+    try:
+        return _run(recipe, resume, log if world.is_main else (lambda msg: None), world)
+    finally:
+        distributed.stop()
+
+
+def _run(recipe: Recipe, resume: bool, log, world: World) -> Path:
     from .tasks import make_task
 
     if recipe.kd_dlgan and not (recipe.clip_model and recipe.clip_weights):
         from .kddlgan import MISSING_WEIGHTS
 
         raise GankdError(MISSING_WEIGHTS)
+    recipe = without_teacher_features(recipe, log)
     run_dir = check_run_dir(recipe, resume)
+    world.rows(recipe.batch_size)  # a global batch that does not split over the ranks stops the run here
+    if world.distributed and recipe.mode not in DISTRIBUTED_MODES:
+        raise GankdError(f"mode: {recipe.mode} does not run under torchrun yet (only {', '.join(DISTRIBUTED_MODES)}"
+                         ": its other networks' steps are not averaged over processes); run it in one process")
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
-    device = pick_device(recipe.device)
+    device = world.device if distributed.under_torchrun() else pick_device(recipe.device)
+    if distributed.under_torchrun():
+        log(f"torchrun: {world.size} process(es) on {device.type} ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+            f"global batch {recipe.batch_size} = {world.size} x {recipe.batch_size // world.size} per process")
     teacher = load_teacher(recipe, device)
     if recipe.reference:
         from .report import reference_models
@@ -319,19 +383,28 @@ def run(recipe: Recipe, resume: bool = False, log=print) -> Path:
     ema = EMA(nets.student, recipe.ema_decay)
     modules = {"student": nets.student, "student_ema": ema.model if recipe.ema_decay > 0 else None,
                "adapter": nets.adapter, "teacher_d": nets.teacher_d, "student_d": nets.student_d,
-               "d_head": nets.d_head}
+               "d_head": nets.d_head, "teacher": nets.teacher if recipe.mode == "omgd" else None}
     state_path = run_dir / "state" / "last.pt"
     progress = load_state(state_path, modules, nets.optimizers) if resume else Progress()
-    start_run_dir(run_dir, recipe)  # every check passed
+    if world.distributed:
+        trained = {name for stage in stages for name in stage.trains} | ({"d_head"} if nets.d_head else set())
+        nets.synced = {name: Synced(getattr(nets, name), world) for name in sorted(trained)}
+        world.barrier()  # every rank has read the run folder before rank 0 rewrites config.resolved.yaml
+    if world.is_main:
+        start_run_dir(run_dir, recipe)  # every check passed
     if resume and progress.position.stage >= len(stages):
         log(f"resumed at step {progress.position.step}: the run had finished; rewriting its report")
     elif resume:
         log(f"resumed at step {progress.position.step} ({stages[progress.position.stage].name} "
             f"epoch {progress.position.epoch} batch {progress.position.batch})")
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress.position.step if resume else None)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress.position.step if resume else None) \
+        if world.is_main else NoMetricsLog()
     loop = Loop(recipe, run_dir, stages, nets, ema, modules, task, metrics_log, progress, device, log,
-                sconf, dt_conf)
+                sconf, dt_conf, world)
     loop.run()
+    if not world.is_main:
+        return run_dir
+    distributed.stop()  # the report is rank 0's alone: nothing in it may wait on the other ranks
     from .report import write_report
 
     write_report(run_dir, recipe, loop, log)
@@ -342,7 +415,8 @@ class Loop:
     """The training loop over planned stages, with checkpoints, validation, budget and signal handling."""
 
     def __init__(self, recipe, run_dir, stages, nets, ema, modules, task, metrics_log, progress, device,
-                 log, student_config, teacher_d_config):
+                 log, student_config, teacher_d_config, world: World = SINGLE):
+        self.world = world
         self.recipe, self.run_dir, self.stages, self.nets, self.ema = recipe, run_dir, stages, nets, ema
         self.modules, self.task, self.metrics_log = modules, task, metrics_log
         # mode train makes a teacher (and its D) for later runs; every other mode a student
@@ -353,7 +427,7 @@ class Loop:
         self.steps_per_epoch = recipe.steps_per_epoch or max(1, len(task) // recipe.batch_size)
         self.started = time.monotonic()
         self.elapsed_before = progress.elapsed_s
-        self.tb = self._tensorboard()
+        self.tb = self._tensorboard() if world.is_main else None
         self.saved_step = progress.position.step if self.state_path.exists() else None  # what last.pt holds
 
     def _tensorboard(self):
@@ -370,7 +444,8 @@ class Loop:
 
     def save(self) -> None:
         self.progress.elapsed_s = self.elapsed_s
-        save_state(self.state_path, self.modules, self.nets.optimizers, self.progress)
+        if self.world.is_main:
+            save_state(self.state_path, self.modules, self.nets.optimizers, self.progress)
         self.saved_step = self.progress.position.step
 
     def total_steps(self) -> int:
@@ -381,9 +456,9 @@ class Loop:
 
         pos = self.progress.position
         bar = tqdm(total=self.total_steps(), initial=pos.step, desc="distill", unit="step", dynamic_ncols=True,
-                   disable=None)
+                   disable=None if self.world.is_main else True)
         try:
-            with StopFlag() as stop:
+            with StopFlag(echo_s=2.0 if self.world.distributed else 0.0) as stop, self.lost_rank(pos):
                 while pos.stage < len(self.stages):
                     stage = self.stages[pos.stage]
                     if pos.epoch == 0 and pos.batch == 0:
@@ -400,18 +475,44 @@ class Loop:
             if self.tb:
                 self.tb.close()
 
+    @contextlib.contextmanager
+    def lost_rank(self, pos: Position):
+        """torchrun: a collective that fails (a rank was killed, a node went away) ends this rank with one line."""
+        try:
+            yield
+        except RuntimeError as exc:
+            if not self.world.distributed or isinstance(exc, GankdError):
+                raise
+            if not self.world.is_main:  # rank 0 writes, and may have died while it wrote
+                kept = "the last state/last.pt that rank 0 completed is kept"
+            else:
+                kept = f"state/last.pt (step {self.saved_step}) is kept" if self.saved_step is not None \
+                    else "nothing was saved yet"
+            raise GankdError(distributed.lost_rank_message(self.world, f"step {pos.step + 1}", exc, kept)) from None
+
+    def batch(self, indices: torch.Tensor, pos: Position):
+        """This process's part of the global batch ``indices`` (all of it without torchrun)."""
+        seed, step_no = step_seed(self.recipe, pos), pos.step + 1
+        if not self.world.distributed:
+            return self.task.batch(indices, seed, step_no)
+        rows, rank, size = self.world.rows(len(indices)), self.world.rank, self.world.size
+        if self.task.kind == "generate":  # latents are drawn for the whole global batch from the step seed
+            return self.task.batch(indices, seed, step_no).rows(rows, rank, size)
+        return replace(self.task.batch(indices[rows], seed, step_no), shard=(rank, size))  # per-crop data
+
     def run_epoch(self, stage: Stage, pos: Position, stop: StopFlag, bar) -> str | None:
         order = epoch_order(self.recipe, pos.stage, pos.epoch, len(self.task))
         while pos.batch < self.steps_per_epoch:
             indices = order[pos.batch % len(order)]
-            batch = self.task.batch(indices, step_seed(self.recipe, pos), pos.step + 1)
+            batch = self.batch(indices, pos)
             where = f"{stage.name} step {pos.step + 1}"
             for name in ("student", "adapter", "teacher_d", "student_d", "d_head"):
                 module = getattr(self.nets, name)
                 if module is not None:  # frozen ones in eval: no spectral-norm power iterations on them
                     module.train(name in stage.trains)
             try:
-                logs = step(stage, self.nets, batch, self.recipe, where)
+                logs = step(stage, self.nets, batch, self.recipe, where,
+                            self.world if self.world.distributed else None)
             except NonFiniteLoss as exc:
                 kept = f"state/last.pt (step {self.saved_step}) and student/ are kept" \
                     if self.saved_step is not None else "nothing was saved yet"
@@ -421,11 +522,16 @@ class Loop:
                 self.ema.update(self.nets.student, pos.step)
             bar.update(1)
             self.log_step(stage, pos.step, logs)
-            if stop.signal_name:
+            signal_name = stop.signal_name
+            over_budget = self.recipe.max_minutes is not None and self.elapsed_s > 60 * self.recipe.max_minutes
+            if self.world.distributed:  # every rank stops after the same step
+                got_signal, over_budget = self.world.any(bool(signal_name), over_budget)
+                signal_name = (signal_name or "a signal to another process") if got_signal else None
+            if signal_name:
                 self.save()
-                raise RunInterrupted(f"{stop.signal_name} at step {pos.step}: state saved to {self.state_path}; "
+                raise RunInterrupted(f"{signal_name} at step {pos.step}: state saved to {self.state_path}; "
                                      "continue with --resume")
-            if self.recipe.max_minutes is not None and self.elapsed_s > 60 * self.recipe.max_minutes:
+            if over_budget:
                 self.log(f"max_minutes={self.recipe.max_minutes} reached at step {pos.step}: validating and stopping")
                 if stage.g_target:
                     self.validate(stage, pos.step)
@@ -463,11 +569,13 @@ class Loop:
             config = replace(self.teacher_d_config, provenance={
                 **self.teacher_d_config.provenance, "stage1_steps": self.progress.position.step,
                 "teacher": str(self.g_dir if self.recipe.mode == "train" else self.recipe.teacher)})
-            save_model(self.run_dir / "teacher_d", self.nets.teacher_d, config)
+            if self.world.is_main:
+                save_model(self.run_dir / "teacher_d", self.nets.teacher_d, config)
             self.log(f"stage1 done: teacher discriminator saved to {self.run_dir / 'teacher_d'}")
 
     def validate(self, stage: Stage, step_no: int) -> None:
-        scores = self.task.validate(self.ema.model)
+        # torchrun: rank 0 validates, every rank gets its scores, so selection is the same everywhere
+        scores = self.world.broadcast(self.task.validate(self.ema.model) if self.world.is_main else None)
         metric = self.task.metric
         score = self.task.score(scores)
         record = {"step": step_no, "stage": stage.name, "val": scores}
@@ -481,7 +589,8 @@ class Loop:
             return
         if self.task.better(score, self.progress.best_score):
             self.progress.best_score, self.progress.best_step = score, step_no
-            self.save_student(step_no, scores)
+            if self.world.is_main:
+                self.save_student(step_no, scores)
         self.log(f"step {step_no} {stage.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
                  + f" (best {metric} {self.progress.best_score:.3f} at step {self.progress.best_step})")
 

@@ -75,7 +75,10 @@ class _Shape(click.ParamType):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Artifact folder to write (manifest.json + model files).")
 @click.option("--formats", "formats_text", default="onnx,pt2", show_default=True,
-              help="Comma-separated: onnx, pt2, trt (trt also writes model.onnx, the engine's source).")
+              help="Comma-separated: onnx, pt2, trt (trt also writes model.onnx, the engine's source); sr models "
+                   "also ncnn (model.ncnn.param/.bin via pnnx, for realesrgan-ncnn-vulkan / Upscayl) and pth (the "
+                   "official Real-ESRGAN params_ema checkpoint of rrdbnet/srvgg_compact, for inference_realesrgan.py, "
+                   "chaiNNer, ComfyUI).")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (float32 I/O); fp16 TensorRT engine.")
 @click.option("--int8", is_flag=True,
               help="Also write model.int8.onnx (ONNX Runtime static QDQ: 7-bit per-channel weights, uint8 "
@@ -106,10 +109,14 @@ class _Shape(click.ParamType):
 @click.option("--force", is_flag=True,
               help="Replace a non-empty --out, and keep the artifacts when a parity tolerance is broken "
                    "(recorded as failed in the manifest).")
+@click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write a Triton model repository entry DIR/<out name>/ (config.pbtxt + 1/model.onnx, and "
+                   "model.plan with trt) for NVIDIA's Triton container; needs onnx or trt in --formats.")
 def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, int8: bool,
                int8_min_psnr_db: float | None, int8_min_speedup: float, opset: int, calib: str,
                calib_count: int, min_shape: str | None, opt_shape: str, max_shape: str | None,
-               timing_cache: Path | None, no_simplify: bool, psi: bool, force: bool) -> None:
+               timing_cache: Path | None, no_simplify: bool, psi: bool, force: bool,
+               triton_repo: Path | None = None) -> None:
     """Export MODEL_DIR (a teacher or student model folder) to deployable files with parity checks against the
     PyTorch model on real photos, and a manifest.json describing them.
 
@@ -119,8 +126,8 @@ def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, in
     [N,3,S,S]; parity per scale 4/8/16/32/64 on a real face. For generate and face_sr only the batch is dynamic,
     INT8 calibrates from seeded z / embedded faces, and trt is not available.
 
-    Tolerances: fp32 ONNX and pt2 max abs error <= 1e-4 on outputs mapped to [0, 1]; fp16 >= 40 dB PSNR to the fp32
-    output. A broken tolerance exits with status 2 and writes nothing, unless --force. INT8 is different: a file
+    Tolerances: fp32 ONNX, pt2 and pth (reloaded by spandrel) max abs error <= 1e-4 on outputs mapped to [0, 1];
+    ncnn (fp16 weight storage) <= 2/255; fp16 >= 40 dB PSNR to the fp32 output. A broken tolerance exits with status 2 and writes nothing, unless --force. INT8 is different: a file
     under 40 dB PSNR to fp32, or not faster than fp32 here, is left out (the rest is exported) and one line gives the
     measured figures. With trt in --formats, a missing tensorrt package or GPU fails before anything is exported."""
     from .exporter import ExportSettings, export_model
@@ -129,16 +136,26 @@ def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, in
                               calib_count=calib_count, min_shape=min_shape, opt_shape=opt_shape,
                               max_shape=max_shape, simplify=not no_simplify, force=force, timing_cache=timing_cache,
                               psi=psi, int8_min_psnr_db=int8_min_psnr_db, int8_min_speedup=int8_min_speedup)
+    if triton_repo is not None:  # fail before exporting
+        from .triton_repo import check_target
+
+        check_target(out_dir, triton_repo, settings.formats, force)
     manifest = export_model(model_dir, out_dir, settings, log=lambda msg: click.echo(msg, err=True))
     files = ", ".join(entry["path"] for entry in manifest["files"].values())
     status = "parity ok" if manifest["parity"]["passed"] else "PARITY FAILED (kept: --force)"
     click.echo(f"exported {model_dir} -> {out_dir}: {files}, manifest.json ({status})")
+    if triton_repo is not None:
+        from .triton_repo import write_triton_model
+
+        model = write_triton_model(out_dir, triton_repo, force=force)
+        click.echo(f"wrote Triton model {model} (config.pbtxt checked against Triton's model-config schema)")
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("artifact_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--backends", "backends_text", default="torch,ort", show_default=True,
-              help="Comma-separated: torch (model.pt2), ort (model.onnx on CPU, plus int8/fp16 rows), ort-cuda, trt.")
+              help="Comma-separated: torch (model.pt2), ort (model.onnx on CPU, plus int8/fp16 rows), ort-cuda, trt, "
+                   "ncnn (model.ncnn.param/.bin in the ncnn runtime on CPU).")
 @click.option("--shapes", type=_ShapeList(), default="1x3x64x64", show_default=True,
               help="sr artifacts: comma-separated input shapes NxCxHxW.")
 @click.option("--batch", "batches", type=_BatchList(), default=None,

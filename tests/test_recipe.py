@@ -21,6 +21,8 @@ def test_shipped_recipes_load_and_plan(path):
         expected = ["stage1"]
     elif recipe.discriminator == "none":  # MSE-only compression
         expected = ["stage2"]
+    elif recipe.mode == "omgd":  # one online stage: the teacher G, D_T and the student every step
+        expected = ["online"] if recipe.teacher_d else ["stage1", "online"]
     else:
         expected = ["stage2", "stage3"] if recipe.teacher_d else ["stage1", "stage2", "stage3"]
     assert [s.name for s in stages] == expected

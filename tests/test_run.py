@@ -74,8 +74,12 @@ def test_run_writes_the_run_folder_contract(teacher_dir, tmp_path, overrides):
         assert load_model(run_dir / "teacher_d").gankd_config.kind == "discriminator"
     report = (run_dir / "report.md").read_text()
     assert "| student (best) |" in report and "PSNR→teacher" in report
-    has_both_ds = needs_teacher_d(recipe) and recipe.discriminator == "student"  # SDAKD Fig. 3 needs D_T and D_S
-    assert ("d_outputs.png" in report) == has_both_ds == (run_dir / "d_outputs.png").exists()
+    has_d = recipe.discriminator != "none"  # every D of the run on real, teacher and student images (Figs. 2-3)
+    assert ("d_outputs.png" in report) == has_d == (run_dir / "d_outputs.png").exists()
+    if has_d:
+        series = set(json.loads((run_dir / "d_outputs.json").read_text())["scores"])
+        assert ("D_T(student)" in series) == needs_teacher_d(recipe)
+        assert ("D_S(student)" in series) == (recipe.mode == "scratch" or recipe.discriminator == "student")
 
 
 def test_resume_after_kill_9_replays_the_same_losses(teacher_dir, tmp_path):
