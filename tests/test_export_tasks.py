@@ -162,7 +162,7 @@ def test_one_line_refusals(exported, tmp_path, capsys):
     sr = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
     sr_dir = _save(tmp_path / "sr", sr)
     cases = [
-        ([str(gen_dir), "--formats", "onnx,trt"], "trt builds engines for sr models only"),
+        ([str(gen_dir), "--formats", "onnx,trt"], "--formats trt is for sr models only"),
         ([str(face_dir), "--psi"], "--psi adds truncation to generate models"),
         ([str(sr_dir), "--psi"], "--psi adds truncation to generate models"),
         ([str(gen_dir), "--int8", "--calib", str(tmp_path)], "--calib takes an image folder for sr models"),

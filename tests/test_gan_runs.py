@@ -120,8 +120,8 @@ def test_generation_resume_replays_latents_and_augmentation(sg2_teacher, tmp_pat
     full = _run("stylegan2_lfw100_teacher", tmp_path / "a", *overrides)
     real_step = stages_module.step
 
-    def interrupt_at_step_4(stage, nets, batch, recipe, where):
-        logs = real_step(stage, nets, batch, recipe, where)
+    def interrupt_at_step_4(stage, nets, batch, recipe, where, world=None):
+        logs = real_step(stage, nets, batch, recipe, where, world)
         if batch.step == 4:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does: the loop saves and stops after this step
         return logs

@@ -7,13 +7,13 @@ from gankd.distill import GankdError, create_model, get_arch, list_archs, regist
 
 
 def test_registered_archs():
-    assert list_archs() == ["gcfsr", "rrdbnet", "span", "srvgg_compact", "stylegan2_discriminator",
+    assert list_archs() == ["gcfsr", "rrdbnet", "span", "spandrel", "srvgg_compact", "stylegan2_discriminator",
                             "stylegan2_generator", "unet_discriminator_sn"]
     assert list_archs("discriminator") == ["stylegan2_discriminator", "unet_discriminator_sn"]
 
 
 def test_unknown_name_raises_one_line_listing_known():
-    with pytest.raises(GankdError, match=r"unknown arch 'esrgan'; registered: gcfsr, rrdbnet, span, srvgg_compact") as info:
+    with pytest.raises(GankdError, match=r"unknown arch 'esrgan'; registered: gcfsr, rrdbnet, span, spandrel, srvgg_compact") as info:
         get_arch("esrgan")
     assert "\n" not in str(info.value)
 
