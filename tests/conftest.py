@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -83,3 +90,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# `gankd-distill` in a fresh interpreter (what a user's process is), for tests that kill a run mid-way
+DISTILL_CLI = [sys.executable, "-c", "import sys; from gankd.distill.cli import main; sys.exit(main())"]
+
+
+def metrics_lines(path: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def kill_run_after(recipe_path: Path, run_dir: Path, min_metric_lines: int, env: dict, timeout_s: float = 300
+                   ) -> int:
+    """Start ``gankd-distill run RECIPE``, SIGKILL it (kill -9) once ``state/last.pt`` exists and metrics.jsonl has
+    more than ``min_metric_lines`` records, and return the step its last checkpoint saved."""
+    proc = subprocess.Popen([*DISTILL_CLI, "run", str(recipe_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    state, metrics = run_dir / "state" / "last.pt", run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout_s
+    while not (state.exists() and metrics.exists() and len(metrics_lines(metrics)) > min_metric_lines):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "report.md").exists(), "the run finished before the kill"
+    return torch.load(state, weights_only=True)["progress"]["position"]["step"]

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +18,11 @@ from gankd.distill.errors import GankdError
 from gankd.distill.recipe import load_recipe, recipe_from_dict
 from gankd.distill.stages import Batch, Nets, needs_teacher_d, plan_stages, step
 
+from conftest import DISTILL_CLI, kill_run_after, metrics_lines
+
 MODES = ("omgd", "dcd", "dcd_modified")
 pytestmark = pytest.mark.usefixtures("one_thread")  # 2 shared cores: one torch thread is faster
-CLI = [sys.executable, "-c", "import sys; from gankd.distill.cli import main; sys.exit(main())"]
+CLI = DISTILL_CLI
 
 # --- tiny nets of the three tasks --------------------------------------------------------------------------------
 
@@ -209,10 +207,6 @@ def _recipe(teacher_dir: Path, out_dir: Path, mode: str) -> dict:
             "log_every": 1, "threads": 1, "ema_decay": 0.9}
 
 
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_resume_after_kill_9_replays_the_same_losses(teacher_dir, tmp_path, mode, capsys):
     from gankd.distill.cli import main
@@ -224,23 +218,13 @@ def test_resume_after_kill_9_replays_the_same_losses(teacher_dir, tmp_path, mode
     run(recipe_from_dict(base), log=lambda msg: None)  # run A, uninterrupted, in this process (one thread, as B)
     total = 12 if mode != "omgd" else 4 + 8  # stage1 + (stage2, stage3) or stage1 + online (n2 + n3 epochs)
 
-    proc = subprocess.Popen([*CLI, "run", str(tmp_path / "b.yaml")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    state, metrics = tmp_path / "b" / "state" / "last.pt", tmp_path / "b" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (state.exists() and metrics.exists() and len(_lines(metrics)) > 6):
-        assert proc.poll() is None and time.monotonic() < deadline, "run B ended before it could be killed"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "b" / "report.md").exists(), "run B finished before the kill"
-    saved_step = torch.load(state, weights_only=True)["progress"]["position"]["step"]
+    saved_step = kill_run_after(tmp_path / "b.yaml", tmp_path / "b", 6, env)
     assert 0 < saved_step < total
 
     messages = []
     run(load_recipe(str(tmp_path / "b.yaml")), resume=True, log=messages.append)
     assert f"resumed at step {saved_step}" in "\n".join(messages)
-    a, b = _lines(tmp_path / "a" / "metrics.jsonl"), _lines(tmp_path / "b" / "metrics.jsonl")
+    a, b = metrics_lines(tmp_path / "a" / "metrics.jsonl"), metrics_lines(tmp_path / "b" / "metrics.jsonl")
     assert len(a) == len(b) and a == b  # every loss (the online teacher's too) and validation score, bit for bit
     assert torch.equal(load_model(tmp_path / "a" / "student").conv_first.weight,
                        load_model(tmp_path / "b" / "student").conv_first.weight)

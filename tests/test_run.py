@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,9 @@ from gankd.distill.recipe import recipe_from_dict
 from gankd.distill.stages import NonFiniteLoss, needs_teacher_d
 from gankd.distill.train import run
 
-CLI = [sys.executable, "-c", "import sys; from gankd.distill.cli import main; sys.exit(main())"]
+from conftest import DISTILL_CLI, kill_run_after, metrics_lines
+
+CLI = DISTILL_CLI
 TINY = {"scale": 4, "num_feat": 16, "num_block": 2, "num_grow_ch": 8}
 
 
@@ -39,10 +40,6 @@ def tiny_recipe(teacher_dir: Path, out_dir: Path, **overrides) -> dict:
             "teacher_d_feat": 8, "n1": 1, "n2": 1, "n3": 1, "steps_per_epoch": 3, "batch_size": 2, "hr_size": 32,
             "train_crops": 6, "val_crops_per_image": 1, "select_by": "psnr", "checkpoint_every": 2, "log_every": 1,
             "threads": 1, "ema_decay": 0.9, **overrides}
-
-
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("overrides", [
@@ -63,7 +60,7 @@ def test_run_writes_the_run_folder_contract(teacher_dir, tmp_path, overrides):
     assert student.gankd_config.provenance["init"] == recipe.init
     assert student(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
     assert recipe_from_dict(yaml.safe_load((run_dir / "config.resolved.yaml").read_text())) == recipe
-    lines = _lines(run_dir / "metrics.jsonl")
+    lines = metrics_lines(run_dir / "metrics.jsonl")
     stages = [line["stage"] for line in lines if "val" not in line]
     if recipe.mode == "scratch":
         assert stages == ["stage2"] * 3 + ["stage3"] * 3 and not (run_dir / "teacher_d").exists()
@@ -89,24 +86,14 @@ def test_resume_after_kill_9_replays_the_same_losses(teacher_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     subprocess.run([*CLI, "run", str(tmp_path / "a.yaml")], check=True, capture_output=True, env=env, timeout=600)
 
-    proc = subprocess.Popen([*CLI, "run", str(tmp_path / "b.yaml")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    state = tmp_path / "b" / "state" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not (state.exists() and len(_lines(tmp_path / "b" / "metrics.jsonl")) > 14):
-        assert proc.poll() is None and time.monotonic() < deadline, "run B ended before it could be killed"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "b" / "report.md").exists(), "run B finished before the kill"
-    saved_step = torch.load(state, weights_only=True)["progress"]["position"]["step"]
+    saved_step = kill_run_after(tmp_path / "b.yaml", tmp_path / "b", 14, env)
     assert 0 < saved_step < 36
 
     resumed = subprocess.run([*CLI, "run", str(tmp_path / "b.yaml"), "--resume"], capture_output=True, text=True,
                              env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at step {saved_step}" in resumed.stderr
-    a, b = _lines(tmp_path / "a" / "metrics.jsonl"), _lines(tmp_path / "b" / "metrics.jsonl")
+    a, b = metrics_lines(tmp_path / "a" / "metrics.jsonl"), metrics_lines(tmp_path / "b" / "metrics.jsonl")
     assert len(a) == len(b) and a == b  # every loss and validation score, bit for bit
     assert torch.equal(load_model(tmp_path / "a" / "student").conv_first.weight,
                        load_model(tmp_path / "b" / "student").conv_first.weight)
@@ -186,7 +173,7 @@ def test_compare_lists_each_run_with_its_best_validation(teacher_dir, tmp_path):
     assert [r.split("|")[3].strip() for r in rows] == ["random", "teacher"]
     best = {}
     for init in ("random", "teacher"):
-        records = _lines(tmp_path / init / "metrics.jsonl")
+        records = metrics_lines(tmp_path / init / "metrics.jsonl")
         step = load_model(tmp_path / init / "student").gankd_config.provenance["step"]
         best[init] = next(r["val"]["psnr_teacher"] for r in records if "val" in r and r["step"] == step)
         assert f"{best[init]:.2f}" in out.stdout
@@ -199,7 +186,7 @@ def test_compare_lists_each_run_with_its_best_validation(teacher_dir, tmp_path):
 def test_fid_selection_with_the_offline_inception(teacher_dir, tmp_path):
     recipe = recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "run", select_by="fid", n1=1, n2=1, n3=1))
     run_dir = run(recipe, log=lambda msg: None)
-    vals = [r["val"] for r in _lines(run_dir / "metrics.jsonl") if "val" in r]
+    vals = [r["val"] for r in metrics_lines(run_dir / "metrics.jsonl") if "val" in r]
     assert len(vals) == 2 and all("fid" in v and v["fid"] >= 0 for v in vals)
     best = load_model(run_dir / "student").gankd_config.provenance
     assert best["selected_by"] == "fid" and best["validation"]["fid"] == min(v["fid"] for v in vals)
