@@ -329,7 +329,7 @@ def _check_backend_available(backend: str) -> None:
     if backend == "trt":
         trt.require("the trt backend")
     elif backend == "ncnn":
-        ncnn._require_ncnn()
+        ncnn.require_ncnn()
     elif backend == "ort-cuda":
         import onnxruntime as ort
 

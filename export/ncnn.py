@@ -87,7 +87,7 @@ def rename_blobs(param_text: str) -> str:
 def ncnn_runner(param: Path, weights: Path, threads: int = 1):
     """callable(N×3×H×W float32) → N×3×(H·s)×(W·s): the pair in the ``ncnn`` Python runtime on the CPU, one image
     at a time (ncnn has no batch axis)."""
-    ncnn = _require_ncnn()
+    ncnn = require_ncnn()
     net = ncnn.Net()
     net.opt.use_vulkan_compute = False
     net.opt.num_threads = threads
@@ -126,7 +126,7 @@ def _require_pnnx():
     return pnnx
 
 
-def _require_ncnn():
+def require_ncnn():
     try:
         import ncnn
     except ImportError:
