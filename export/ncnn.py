@@ -16,7 +16,9 @@ realesrgan-ncnn-vulkan code, with the files loaded in place of a shipped model).
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -38,8 +40,20 @@ VERIFIED = {
                           "realesrgan-ncnn-py 2.0.0 (the realesrgan-ncnn-vulkan code), CPU: srvgg_compact and "
                           "rrdbnet exports in gankd's tests"],
     "verified_archs": ["srvgg_compact", "rrdbnet"],
+    "known_limits": ["rrdbnet past about 20 blocks (x4plus has 23) runs pnnx out of memory: export onnx"],
 }
 PNNX_TIMEOUT_S = 600
+# pnnx may take at most this share of the machine's RAM (address space, never under 2 GiB; a small model needs
+# under 1 GiB). Its ncnn pass can grow without bound: for RRDBNet its peak roughly doubles with every block past 16
+# (pnnx 20261020, 64 channels: 16 blocks 0.6 GB, 18 0.9 GB, 20 3.1 GB, 22 over 7.8 GB; the 23 of x4plus went past
+# 23 GB), and unchecked only the kernel's OOM killer stops it, which may pick the user's training run instead.
+PNNX_MEMORY_SHARE = 0.5
+OUT_OF_MEMORY_SIGNS = ("std::bad_alloc", "can't allocate memory", "Cannot allocate memory")
+
+
+def pnnx_memory_limit() -> int:
+    """Bytes of address space the pnnx process gets (:data:`PNNX_MEMORY_SHARE` of RAM, at least 2 GiB)."""
+    return max(2 << 30, int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * PNNX_MEMORY_SHARE))
 
 
 def export_ncnn(module: nn.Module, out_dir: Path, example: torch.Tensor, example2: torch.Tensor) -> dict:
@@ -59,11 +73,16 @@ def export_ncnn(module: nn.Module, out_dir: Path, example: torch.Tensor, example
         command = [pnnx.EXEC_PATH, "model.pt", f"inputshape={_shape_arg(example)}",
                    f"inputshape2={_shape_arg(example2)}", "device=cpu", "optlevel=2", "fp16=1",
                    "ncnnparam=model.ncnn.param", "ncnnbin=model.ncnn.bin"]
+        limit = pnnx_memory_limit()
         try:
-            done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S)
+            done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S,
+                                  preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
         except subprocess.TimeoutExpired:
             raise GankdError(f"ncnn export: pnnx did not finish within {PNNX_TIMEOUT_S} s") from None
         param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
+        said = f"{done.stderr or ''}{done.stdout or ''}"
+        if done.returncode == -9 or any(sign in said for sign in OUT_OF_MEMORY_SIGNS):
+            raise GankdError(_oom_message(module, limit))
         if done.returncode != 0 or not param.is_file() or not weights.is_file():
             tail = (done.stderr or done.stdout or "").strip().splitlines()
             raise GankdError(f"ncnn export: pnnx failed (exit {done.returncode})"
@@ -73,6 +92,15 @@ def export_ncnn(module: nn.Module, out_dir: Path, example: torch.Tensor, example
         shutil.copyfile(weights, out_dir / BIN_FILE)
     return {"converter": f"pnnx {getattr(pnnx, '__version__', 'unknown')}", "weights": "fp16 storage",
             "input_blob": INPUT_BLOB, "output_blob": OUTPUT_BLOB, "layers": _layer_count(text), **VERIFIED}
+
+
+def _oom_message(module: nn.Module, limit: int) -> str:
+    blocks = getattr(module, "body", None)
+    deep = (f" with {len(blocks)} RRDB blocks (pnnx's ncnn pass roughly doubles its memory with every block past "
+            "16)") if type(module).__name__ == "RRDBNet" and blocks is not None else ""
+    return (f"ncnn export: pnnx ran out of memory (limit {limit / 2**30:.1f} GiB; gankd "
+            "caps it at half the RAM, at least 2 GiB) "
+            f"converting {type(module).__name__}{deep}; export it as onnx instead")
 
 
 def rename_blobs(param_text: str) -> str:

@@ -206,3 +206,23 @@ def test_bench_ncnn_without_the_pair_is_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert bench_main([str(tmp_path / "art"), "--backends", "ncnn", "--iterations", "1"]) == 2
     assert "has no ncnn pair: the ncnn backend needs it (gankd-export --formats ncnn)" in capsys.readouterr().err
+
+
+def test_pnnx_out_of_memory_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """pnnx runs under an address-space limit (half the RAM): a conversion that outgrows it (x4plus's 23 RRDB
+    blocks do) ends in one line naming the limit and the block count, not in the kernel's OOM killer. Here the
+    limit is squeezed to 100 MB so a 2-block RRDB hits it; the same model converts under the real limit (the
+    negative control)."""
+    pytest.importorskip("pnnx")
+    pytest.importorskip("ncnn")
+    from gankd.export import ncnn
+
+    model_dir = _tiny(tmp_path, "rrdbnet", {"num_feat": 8, "num_block": 2, "num_grow_ch": 4})
+    monkeypatch.setattr(ncnn, "pnnx_memory_limit", lambda: 100 << 20)
+    assert export_main([str(model_dir), "--out", str(tmp_path / "art"), "--formats", "onnx,ncnn"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "pnnx ran out of memory (limit 0.1 GiB" in err and "with 2 RRDB blocks" in err
+    assert not (tmp_path / "art").exists()
+    monkeypatch.undo()
+    assert ncnn.pnnx_memory_limit() >= 2 << 30
+    assert export_main([str(model_dir), "--out", str(tmp_path / "art"), "--formats", "onnx,ncnn"]) == 0
