@@ -27,7 +27,7 @@ else
 fi
 
 echo "== inspecting $TEACHER"
-gankd-distill inspect "$TEACHER" --input 1x3x64x64 --latency --runs "${QUICKSTART_RUNS:-3}"
+gankd-distill inspect "$TEACHER" --input "${QUICKSTART_INSPECT_SHAPE:-1x3x64x64}" --latency --runs "${QUICKSTART_RUNS:-3}"
 
 echo "== distilling a student with SDAKD (recipe: quickstart) into $RUN"
 RESUME=()
@@ -42,18 +42,25 @@ gankd-distill run quickstart teacher="$TEACHER" out_dir="$RUN" reference="$REFER
 
 EXPORTS=${EXPORTS:-exports}
 THREADS=${QUICKSTART_THREADS:-$(nproc)}
-echo "== exporting teacher, student and reference (onnx, pt2; student int8 where it passes its gate) into $EXPORTS/"
+# ncnn (pnnx + the ncnn runtime, both in `make install`): the runtime realesr-animevideov3 ships for, so student and
+# reference are also timed there. The teacher stays out: pnnx runs out of memory on x4plus's 23 RRDB blocks.
+NCNN=""
+if [ "${QUICKSTART_NCNN:-1}" = 1 ] && python -c "import pnnx, ncnn" 2>/dev/null; then
+  NCNN=",ncnn"
+fi
+echo "== exporting teacher, student and reference (onnx, pt2${NCNN:+; student and reference also ncnn}; student int8 where it passes its gate) into $EXPORTS/"
 # teacher and reference do not change between runs: their artifacts are re-exported only when the weights are newer
-for pair in "$TEACHER:teacher" "$REFERENCE:reference"; do
-  src=${pair%%:*} name=${pair##*:}
-  if [ -f "$EXPORTS/$name/manifest.json" ] && [ "$EXPORTS/$name/manifest.json" -nt "$src/model.safetensors" ]; then
+for pair in "$TEACHER:teacher:" "$REFERENCE:reference:$NCNN"; do
+  IFS=: read -r src name extra <<< "$pair"
+  if [ -f "$EXPORTS/$name/manifest.json" ] && [ "$EXPORTS/$name/manifest.json" -nt "$src/model.safetensors" ] \
+     && { [ -z "$extra" ] || [ -f "$EXPORTS/$name/model.ncnn.param" ]; }; then
     echo "   $name artifact $EXPORTS/$name is newer than its weights: kept (delete it to re-export)"
   else
-    gankd-export "$src" --out "$EXPORTS/$name" --formats onnx,pt2 --force
+    gankd-export "$src" --out "$EXPORTS/$name" --formats "onnx,pt2$extra" --force
   fi
 done
 # shellcheck disable=SC2086
-gankd-export "$RUN/student" --out "$EXPORTS/student" --formats onnx,pt2 ${QUICKSTART_EXPORT_ARGS---int8} --force
+gankd-export "$RUN/student" --out "$EXPORTS/student" --formats "onnx,pt2$NCNN" ${QUICKSTART_EXPORT_ARGS---int8} --force
 
 echo "== benchmarking the three together (interleaved; speed-up against the teacher)"
 # shellcheck disable=SC2086
@@ -61,6 +68,13 @@ gankd-bench "$EXPORTS/teacher" "$EXPORTS/student" "$EXPORTS/reference" --backend
   --shapes "${QUICKSTART_SHAPE:-1x3x64x64}" \
   --threads "$THREADS" ${QUICKSTART_BENCH_ARGS:---duration-s 3} \
   --json "$RUN/bench.json" --plot "$RUN/bench.png" --write-manifest | tee "$RUN/bench.md"
+if [ -n "$NCNN" ]; then
+  echo "== student and reference in ncnn (speed-up against the student; PSNR to the student, not to the teacher)"
+  # shellcheck disable=SC2086
+  gankd-bench "$EXPORTS/student" "$EXPORTS/reference" --backends ncnn --shapes "${QUICKSTART_SHAPE:-1x3x64x64}" \
+    --threads "$THREADS" ${QUICKSTART_BENCH_ARGS:---duration-s 3} --json "$RUN/bench_ncnn.json" \
+    | tee "$RUN/bench_ncnn.md"
+fi
 {
   echo
   echo "## Export and benchmark (demos/quickstart.sh)"
@@ -68,6 +82,12 @@ gankd-bench "$EXPORTS/teacher" "$EXPORTS/student" "$EXPORTS/reference" --backend
   cat "$RUN/bench.md"
   echo
   echo "![latency vs PSNR to the teacher](bench.png)"
+  if [ -n "$NCNN" ]; then
+    echo
+    echo "Student and reference in ncnn (the runtime realesr-animevideov3 ships for; x4plus does not convert):"
+    echo
+    cat "$RUN/bench_ncnn.md"
+  fi
 } >> "$RUN/report.md"
 
 echo "== report: $RUN/report.md"
