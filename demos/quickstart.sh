@@ -42,15 +42,15 @@ gankd-distill run quickstart teacher="$TEACHER" out_dir="$RUN" reference="$REFER
 
 EXPORTS=${EXPORTS:-exports}
 THREADS=${QUICKSTART_THREADS:-$(nproc)}
-# ncnn (pnnx + the ncnn runtime, both in `make install`): the runtime realesr-animevideov3 ships for, so student and
-# reference are also timed there. The teacher stays out: pnnx runs out of memory on x4plus's 23 RRDB blocks.
+# ncnn (pnnx + the ncnn runtime, both in `make install`): the runtime realesr-animevideov3 and x4plus ship for, so
+# the three are also timed there.
 NCNN=""
 if [ "${QUICKSTART_NCNN:-1}" = 1 ] && python -c "import pnnx, ncnn" 2>/dev/null; then
   NCNN=",ncnn"
 fi
-echo "== exporting teacher, student and reference (onnx, pt2${NCNN:+; student and reference also ncnn}; student int8 where it passes its gate) into $EXPORTS/"
+echo "== exporting teacher, student and reference (onnx, pt2${NCNN:+, ncnn}; student int8 where it passes its gate) into $EXPORTS/"
 # teacher and reference do not change between runs: their artifacts are re-exported only when the weights are newer
-for pair in "$TEACHER:teacher:" "$REFERENCE:reference:$NCNN"; do
+for pair in "$TEACHER:teacher:$NCNN" "$REFERENCE:reference:$NCNN"; do
   IFS=: read -r src name extra <<< "$pair"
   if [ -f "$EXPORTS/$name/manifest.json" ] && [ "$EXPORTS/$name/manifest.json" -nt "$src/model.safetensors" ] \
      && { [ -z "$extra" ] || [ -f "$EXPORTS/$name/model.ncnn.param" ]; }; then
@@ -69,9 +69,9 @@ gankd-bench "$EXPORTS/teacher" "$EXPORTS/student" "$EXPORTS/reference" --backend
   --threads "$THREADS" ${QUICKSTART_BENCH_ARGS:---duration-s 3} \
   --json "$RUN/bench.json" --plot "$RUN/bench.png" --write-manifest | tee "$RUN/bench.md"
 if [ -n "$NCNN" ]; then
-  echo "== student and reference in ncnn (speed-up against the student; PSNR to the student, not to the teacher)"
+  echo "== the three in ncnn (interleaved; speed-up against the teacher)"
   # shellcheck disable=SC2086
-  gankd-bench "$EXPORTS/student" "$EXPORTS/reference" --backends ncnn --shapes "${QUICKSTART_SHAPE:-1x3x64x64}" \
+  gankd-bench "$EXPORTS/teacher" "$EXPORTS/student" "$EXPORTS/reference" --backends ncnn --shapes "${QUICKSTART_SHAPE:-1x3x64x64}" \
     --threads "$THREADS" ${QUICKSTART_BENCH_ARGS:---duration-s 3} --json "$RUN/bench_ncnn.json" \
     | tee "$RUN/bench_ncnn.md"
 fi
@@ -84,7 +84,7 @@ fi
   echo "![latency vs PSNR to the teacher](bench.png)"
   if [ -n "$NCNN" ]; then
     echo
-    echo "Student and reference in ncnn (the runtime realesr-animevideov3 ships for; x4plus does not convert):"
+    echo "The three in ncnn (the runtime realesrgan-ncnn-vulkan and Upscayl run x4plus and animevideov3 in):"
     echo
     cat "$RUN/bench_ncnn.md"
   fi

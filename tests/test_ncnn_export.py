@@ -209,8 +209,8 @@ def test_bench_ncnn_without_the_pair_is_one_line(tmp_path, capsys):
 
 
 def test_pnnx_out_of_memory_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    """pnnx runs under an address-space limit (half the RAM): a conversion that outgrows it (x4plus's 23 RRDB
-    blocks do) ends in one line naming the limit and the block count, not in the kernel's OOM killer. Here the
+    """pnnx runs under an address-space limit (half the RAM): a conversion that outgrows it (the plain 23-block
+    RRDBNet did, before pnnx_graph) ends in one line naming the limit, not in the kernel's OOM killer. Here the
     limit is squeezed to 100 MB so a 2-block RRDB hits it; the same model converts under the real limit (the
     negative control)."""
     pytest.importorskip("pnnx")
@@ -221,8 +221,35 @@ def test_pnnx_out_of_memory_is_one_line_and_writes_nothing(tmp_path, capsys, mon
     monkeypatch.setattr(ncnn, "pnnx_memory_limit", lambda: 100 << 20)
     assert export_main([str(model_dir), "--out", str(tmp_path / "art"), "--formats", "onnx,ncnn"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "pnnx ran out of memory (limit 0.1 GiB" in err and "with 2 RRDB blocks" in err
+    assert "pnnx ran out of memory (limit 0.1 GiB" in err and "converting RRDBNet" in err
     assert not (tmp_path / "art").exists()
     monkeypatch.undo()
     assert ncnn.pnnx_memory_limit() >= 2 << 30
     assert export_main([str(model_dir), "--out", str(tmp_path / "art"), "--formats", "onnx,ncnn"]) == 0
+
+
+def test_deep_rrdbnet_converts_through_the_barriers(tmp_path, capsys, monkeypatch):
+    """x4plus's depth (23 RRDB blocks) at a small width: with pnnx_graph's identity barriers pnnx converts it in
+    well under 1 GiB and parity holds; without them (the negative control) pnnx outgrows the same 1 GiB limit.
+    The barrier copy leaves the caller's model untouched and computes the same function."""
+    pytest.importorskip("pnnx")
+    pytest.importorskip("ncnn")
+    from gankd.export import ncnn
+
+    model_dir = _tiny(tmp_path, "rrdbnet", {"num_feat": 8, "num_block": 23, "num_grow_ch": 4})
+    model = load_model(model_dir).eval()
+    graph = ncnn.pnnx_graph(model)
+    assert graph is not model and len(graph.body) == 23 and not isinstance(model.body[0], torch.nn.Sequential)
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(graph(x), model(x))
+    monkeypatch.setattr(ncnn, "pnnx_memory_limit", lambda: 1 << 30)
+    assert export_main([str(model_dir), "--out", str(tmp_path / "art"), "--formats", "ncnn"]) == 0
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["parity"]["passed"] and "ReLU" in (tmp_path / "art" / PARAM_FILE).read_text()
+    assert manifest["files"]["ncnn"]["graph_change"] == ncnn.BARRIER_NOTE
+    capsys.readouterr()
+    monkeypatch.setattr(ncnn, "pnnx_graph", lambda module: module)  # negative control: no barriers
+    assert export_main([str(model_dir), "--out", str(tmp_path / "plain"), "--formats", "ncnn"]) == 2
+    assert "pnnx ran out of memory (limit 1.0 GiB" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "plain").exists()
