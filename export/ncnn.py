@@ -82,7 +82,7 @@ def export_ncnn(module: nn.Module, out_dir: Path, example: torch.Tensor, example
             raise GankdError(f"ncnn export: pnnx did not finish within {PNNX_TIMEOUT_S} s") from None
         param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
         said = f"{done.stderr or ''}{done.stdout or ''}"
-        if done.returncode == -9 or any(sign in said for sign in OUT_OF_MEMORY_SIGNS):
+        if done.returncode != 0 and (done.returncode == -9 or any(sign in said for sign in OUT_OF_MEMORY_SIGNS)):
             raise GankdError(_oom_message(module, limit))
         if done.returncode != 0 or not param.is_file() or not weights.is_file():
             tail = (done.stderr or done.stdout or "").strip().splitlines()
