@@ -6,8 +6,8 @@ unless ``--force`` is given.
 
 from __future__ import annotations
 
+import functools
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +26,22 @@ class _ShapeType(click.ParamType):
             return parse_shape(value) if isinstance(value, str) else value
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def verify_option(command):
+    """``--no-verify``: load model folders without checking their weights against the recorded sha256."""
+    @click.option("--no-verify", is_flag=True, help="Load model folders without checking model.safetensors against "
+                  "its recorded sha256 (model.safetensors.sha256).")
+    @functools.wraps(command)
+    def wrapper(*args, no_verify: bool, **kwargs):
+        from contextlib import nullcontext
+
+        from .modelio import unverified
+
+        with unverified() if no_verify else nullcontext():
+            return command(*args, **kwargs)
+
+    return wrapper
 
 
 def _scale_text(config) -> str:
@@ -53,19 +69,24 @@ def cli() -> None:
 @click.option("--cond-norm", type=click.FloatRange(min=1.0), default=64.0, show_default=True,
               help="gcfsr: the in_size normaliser the checkpoint was trained with (64: the published 1024 model, "
                    "32: the 512 one); it is not stored in the checkpoint.")
-@click.option("--force", is_flag=True, help="Replace an existing model folder at --out.")
+@click.option("--force", is_flag=True, help="Replace an existing gankd model folder at --out (never a folder of "
+              "other files).")
 def import_teacher_cmd(fmt: str, src: str, out_dir: Path, which: str, cond_norm: float, force: bool) -> None:
     """Convert a teacher from an outside format into a gankd model folder."""
     from .importers import import_teacher
-    from .modelio import save_model
+    from .modelio import is_model_folder, save_model
     from .profile import count_params
 
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise GankdError(f"{str(out_dir)!r} already exists and is not empty; pass --force to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GankdError(f"--out {str(out_dir)!r} is a file, not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise GankdError(f"{str(out_dir)!r} already exists and is not empty; pass --force to replace it")
+        if not is_model_folder(out_dir):
+            raise GankdError(f"--force replaces only a gankd model folder; {str(out_dir)!r} holds other files (no "
+                             "gankd config.json): choose another --out")
     model, config = import_teacher(fmt, src, which=which, cond_norm=cond_norm)
-    if force and out_dir.exists():
-        shutil.rmtree(out_dir)
-    save_model(out_dir, model, config)
+    save_model(out_dir, model, config)  # each file replaced atomically; nothing else in the folder is touched
     click.echo(f"imported {config.provenance['source']} -> {out_dir} ({config.arch}, "
                f"{count_params(model) / 1e6:.2f}M params{_scale_text(config)})")
 
@@ -79,6 +100,7 @@ def import_teacher_cmd(fmt: str, src: str, out_dir: Path, which: str, cond_norm:
                    "random weights for students, so only speed is meaningful).")
 @click.option("--runs", type=click.IntRange(1, 100), default=3, show_default=True, help="Timed runs for --latency.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@verify_option
 def inspect_cmd(model_dir: Path, input_shape: tuple[int, ...], latency: bool, runs: int, as_json: bool) -> None:
     """Arch, parameters and GMACs of a model folder and of its students: C = 1/2, 1/4, 1/8, SRVGG-32 and the
     SRVGG with the MACs of C=1/4."""
@@ -105,6 +127,7 @@ def inspect_cmd(model_dir: Path, input_shape: tuple[int, ...], latency: bool, ru
 @click.option("--resume", is_flag=True, help="Continue the run in the recipe's run folder from state/last.pt.")
 @click.option("--dry-run", is_flag=True, help="Validate the recipe, print it resolved and the planned stages; train "
               "nothing (under torchrun: also the world size and the per-process batch).")
+@verify_option
 def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool) -> None:
     """Distil a student from RECIPE (a YAML file or a shipped recipe name: quickstart, realesrgan_x4_sdakd_c025, ...)
     with optional key=value OVERRIDES, e.g. `gankd-distill run quickstart width=0.125 n2=0`.
@@ -159,6 +182,7 @@ def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder [default: runs/search-<teacher folder name>].")
 @click.option("--force", is_flag=True, help="Replace the results of an earlier search in --out.")
+@verify_option
 def search_cmd(teacher_dir: Path, budget_ms: float, shape: str, minutes: float | None, steps: int | None,
                threads: int | None, candidates_file: Path | None, out_dir: Path | None, force: bool) -> None:
     """Latency-vs-fidelity search over students of TEACHER_DIR: each candidate is timed with ONNX Runtime here,
@@ -199,6 +223,7 @@ def search_cmd(teacher_dir: Path, budget_ms: float, shape: str, minutes: float |
 @click.option("--reference", "references", multiple=True, type=click.Path(path_type=Path),
               help="A model folder (e.g. the compact model you would otherwise deploy) scored on the first run's "
                    "validation crops against its teacher, as a row beside the runs. Repeatable.")
+@verify_option
 def compare_cmd(run_dirs: tuple[Path, ...], out_file: Path | None, references: tuple[Path, ...]) -> None:
     """Compare finished runs (ablations: init random vs teacher, SDAKD vs scratch at equal max_minutes, ...):
     steps, wall time, GMACs and the best student's validation scores."""

@@ -5,12 +5,8 @@ Pipeline: ``list_images`` / ``load_image`` (or the embedded ``sample_images``) -
 and their LR counterparts, made once) -> ``cache_teacher`` (the frozen teacher run once over the pool) ->
 ``epoch_batches`` (a seeded permutation, so a resumed run restores the generator and sees the same batches).
 
-Degradations (``make_lr``):
-
-- ``bicubic``: bicubic downscale with antialiasing (classic SR, PSNR-oriented teachers).
-- ``realesrgan``: Real-ESRGAN's second-order degradation (blur, resize, Gaussian/Poisson noise, JPEG, twice, then the
-  final sinc filter + resize + JPEG in random order), built from basicsr's own kernel, noise, filter and DiffJPEG
-  functions with the Real-ESRGAN x4plus training values (``RealESRGANDegradation``). Deterministic given a seed.
+Each crop's LR comes from :mod:`.degrade` (``bicubic``, ``realesrgan`` or the ``photo`` mix), drawn from the crop's
+own seed; a ``photo`` validation pool holds every crop clean and in each kind of the mix.
 
 Embedded sample set (``sample_images``), real photos bundled with scikit-image (offline); grayscale ones are
 repeated to 3 channels:
@@ -35,33 +31,27 @@ repeated to 3 channels:
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import math
-import random
 import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gankd.serve.errors import first_line
 
+from .degrade import DEGRADATIONS, Degradation, PhotoMix, RealESRGANDegradation, _make_lr, degrade_lr
 from .errors import GankdError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MAX_PIXELS = 64_000_000  # below PIL's own decompression-bomb limit (~89 MP), so our check speaks first
-DEGRADATIONS = ("bicubic", "realesrgan")
-Degradation = Literal["bicubic", "realesrgan"]
 
 SAMPLE_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "camera", "coins"),
@@ -83,7 +73,13 @@ PACKAGE_PHOTOS = {"cheetah_cub": ("gradio", "test_data/cheetah2.jpg"),
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """All images under ``folder`` (recursive), sorted so that crop pools built from a folder are reproducible."""
+    """All images under ``folder`` (recursive), sorted so that crop pools built from a folder are reproducible.
+    ``photos`` and ``photos_holdout`` name the train and held-out scenes of the photo pool fetched by ``make
+    photos`` (:mod:`.photos`); ``./photos`` is a folder."""
+    if isinstance(folder, str) and folder in ("photos", "photos_holdout"):
+        from .photos import pool_images
+
+        return pool_images(folder)
     folder = Path(folder)
     if not folder.exists():
         raise GankdError(f"image folder {str(folder)!r} does not exist")
@@ -183,245 +179,6 @@ def _skimage_photo(data, name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- degradations
 
 
-@dataclass(frozen=True)
-class RealESRGANDegradation:
-    """Real-ESRGAN's degradation options, named as in its ``train_realesrgan_x4plus.yml``; defaults are that file's
-    values. ``usm_sharpen`` degrades the USM-sharpened HR, as ``RealESRGANModel.feed_data`` does."""
-
-    # the first degradation
-    kernel_list: tuple[str, ...] = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso",
-                                    "plateau_aniso")
-    kernel_prob: tuple[float, ...] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
-    sinc_prob: float = 0.1
-    blur_sigma: tuple[float, float] = (0.2, 3.0)
-    betag_range: tuple[float, float] = (0.5, 4.0)
-    betap_range: tuple[float, float] = (1.0, 2.0)
-    resize_prob: tuple[float, float, float] = (0.2, 0.7, 0.1)  # up, down, keep
-    resize_range: tuple[float, float] = (0.15, 1.5)
-    gaussian_noise_prob: float = 0.5
-    noise_range: tuple[float, float] = (1.0, 30.0)
-    poisson_scale_range: tuple[float, float] = (0.05, 3.0)
-    gray_noise_prob: float = 0.4
-    jpeg_range: tuple[float, float] = (30.0, 95.0)
-    # the second degradation
-    second_blur_prob: float = 0.8
-    kernel_list2: tuple[str, ...] = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso",
-                                     "plateau_aniso")
-    kernel_prob2: tuple[float, ...] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
-    sinc_prob2: float = 0.1
-    blur_sigma2: tuple[float, float] = (0.2, 1.5)
-    betag_range2: tuple[float, float] = (0.5, 4.0)
-    betap_range2: tuple[float, float] = (1.0, 2.0)
-    resize_prob2: tuple[float, float, float] = (0.3, 0.4, 0.3)
-    resize_range2: tuple[float, float] = (0.3, 1.2)
-    gaussian_noise_prob2: float = 0.5
-    noise_range2: tuple[float, float] = (1.0, 25.0)
-    poisson_scale_range2: tuple[float, float] = (0.05, 2.5)
-    gray_noise_prob2: float = 0.4
-    jpeg_range2: tuple[float, float] = (30.0, 95.0)
-    # the final sinc filter
-    final_sinc_prob: float = 0.8
-    usm_sharpen: bool = True
-
-    def __post_init__(self):
-        for names, probs in ((self.kernel_list, self.kernel_prob), (self.kernel_list2, self.kernel_prob2)):
-            if len(names) != len(probs):
-                raise GankdError(f"kernel list {list(names)} and its probabilities {list(probs)} differ in length")
-        if len(self.resize_prob) != 3 or len(self.resize_prob2) != 3:
-            raise GankdError("resize_prob and resize_prob2 must be three probabilities: up, down, keep")
-
-
-_KERNEL_SIZES = tuple(2 * v + 1 for v in range(3, 11))  # 7..21, hard-coded in basicsr's RealESRGANDataset
-_KERNEL_PAD_TO = 21
-_RESIZE_MODES = ("area", "bilinear", "bicubic")
-
-
-def bicubic_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """Bicubic downscale by 1/scale with antialiasing (the classic SR degradation), clamped to [0, 1]."""
-    _check_hr(hr, scale)
-    h, w = hr.shape[-2:]
-    lr = F.interpolate(hr.float(), size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False)
-    return lr.clamp_(0, 1)
-
-
-def realesrgan_lr(hr: torch.Tensor, scale: int, generator: torch.Generator | int,
-                  opts: RealESRGANDegradation | None = None) -> torch.Tensor:
-    """Real-ESRGAN's second-order degradation: N×3×H×W HR in [0, 1] to N×3×(H/scale)×(W/scale), rounded to 1/255.
-
-    Follows basicsr ``RealESRGANDataset.__getitem__`` (kernels, per image) and ``RealESRGANModel.feed_data`` (the
-    rest; resize factors and modes are shared by the batch, as there). basicsr draws from the global
-    ``random``/``np.random``/torch RNGs, so those are seeded from ``generator`` (a seed, or a torch.Generator that
-    is advanced by one draw) for the call and restored afterwards: the same seed gives the same LR, bit-exact with
-    basicsr's own pipeline run from that seed (tests). One deviation: images smaller than a filter's reflect padding
-    are replicate-padded first, where basicsr (made for 400 px crops) would fail.
-    """
-    _check_hr(hr, scale)
-    opts = opts or RealESRGANDegradation()
-    if isinstance(generator, torch.Generator):
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    else:
-        seed = int(generator)
-    tools = _basicsr_tools()
-    with _seeded_global_rngs(seed, hr.device), torch.no_grad():  # DiffJPEG holds its tables as Parameters
-        return _second_order(hr.float(), scale, opts, tools, hr.device)
-
-
-def make_lr(hr: torch.Tensor, scale: int, kind: Degradation, seed: int | torch.Generator = 0,
-            opts: RealESRGANDegradation | None = None) -> torch.Tensor:
-    """The LR counterpart of ``hr`` by the named degradation (``seed`` is ignored by ``bicubic``)."""
-    if kind == "bicubic":
-        return bicubic_lr(hr, scale)
-    if kind == "realesrgan":
-        return realesrgan_lr(hr, scale, seed, opts)
-    raise GankdError(f"unknown degradation {kind!r}; expected one of {', '.join(DEGRADATIONS)}")
-
-
-def _check_hr(hr: torch.Tensor, scale: int) -> None:
-    if not isinstance(scale, int) or scale < 1:
-        raise GankdError(f"scale must be a positive integer, got {scale!r}")
-    if hr.dim() != 4 or hr.shape[1] != 3:
-        raise GankdError(f"HR images must be N×3×H×W, got shape {list(hr.shape)}")
-    if hr.shape[-2] % scale or hr.shape[-1] % scale:
-        raise GankdError(f"HR size {hr.shape[-2]}x{hr.shape[-1]} is not a multiple of scale {scale}")
-
-
-@functools.cache
-def _basicsr_tools():
-    """basicsr's degradation module, filter2D and a DiffJPEG/USMSharp pair, imported on first use (heavy). basicsr
-    calls ``np.seterr(divide='ignore', invalid='ignore')`` at import: put numpy's error state back afterwards."""
-    saved = np.geterr()
-    try:
-        from basicsr.data import degradations
-        from basicsr.utils.diffjpeg import DiffJPEG
-        from basicsr.utils.img_process_util import USMSharp, filter2D
-    except ImportError:
-        raise GankdError("the realesrgan degradation needs basicsr: pip install 'gankd[all]'") from None
-    finally:
-        np.seterr(**saved)
-    return degradations, filter2D, DiffJPEG(differentiable=False), USMSharp()
-
-
-@contextlib.contextmanager
-def _seeded_global_rngs(seed: int, device: torch.device):
-    """Seed random, np.random and torch's default generator (and the CUDA one of ``device``); restore all after."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.random.default_generator.manual_seed(seed)
-        for index in cuda:
-            torch.cuda.default_generators[index].manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
-def _second_order(hr, scale, opts, tools, device) -> torch.Tensor:
-    degradations, filter2D, jpeger, usm = tools
-    jpeger, usm = jpeger.to(device), usm.to(device)
-    n, _, h, w = hr.shape
-    kernels = [_draw_kernels(opts, degradations) for _ in range(n)]  # per image, in the dataset's draw order
-    kernel1, kernel2, sinc = (torch.from_numpy(np.stack(k)).float().to(device) for k in zip(*kernels))
-
-    out = _padded(usm, hr, usm.radius // 2) if opts.usm_sharpen else hr
-    # the first degradation
-    out = _padded(functools.partial(filter2D, kernel=kernel1), out, _KERNEL_PAD_TO // 2)
-    factor = _random_resize_factor(opts.resize_prob, opts.resize_range)
-    out = _resize(out, (int(out.shape[-2] * factor), int(out.shape[-1] * factor)), random.choice(_RESIZE_MODES),
-                  factor)
-    out = _noise(out, degradations, opts.gaussian_noise_prob, opts.noise_range, opts.poisson_scale_range,
-                 opts.gray_noise_prob)
-    out = _jpeg(out, jpeger, opts.jpeg_range)
-    # the second degradation
-    if np.random.uniform() < opts.second_blur_prob:
-        out = _padded(functools.partial(filter2D, kernel=kernel2), out, _KERNEL_PAD_TO // 2)
-    factor = _random_resize_factor(opts.resize_prob2, opts.resize_range2)
-    out = _resize(out, (int(h / scale * factor), int(w / scale * factor)), random.choice(_RESIZE_MODES))
-    out = _noise(out, degradations, opts.gaussian_noise_prob2, opts.noise_range2, opts.poisson_scale_range2,
-                 opts.gray_noise_prob2)
-    # resize back + final sinc, and JPEG, in random order (other orders give twisted lines, says Real-ESRGAN)
-    final = functools.partial(_resize_and_sinc, size=(h // scale, w // scale), sinc=sinc, filter2D=filter2D)
-    if np.random.uniform() < 0.5:
-        out = _jpeg(final(out), jpeger, opts.jpeg_range2)
-    else:
-        out = final(_jpeg(out, jpeger, opts.jpeg_range2))
-    return torch.clamp((out * 255.0).round(), 0, 255) / 255.0
-
-
-def _draw_kernels(opts: RealESRGANDegradation, degradations) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three 21×21 kernels ``RealESRGANDataset.__getitem__`` draws for one image, with the same RNG calls."""
-    first = _blur_kernel(degradations, opts.sinc_prob, opts.kernel_list, opts.kernel_prob, opts.blur_sigma,
-                         opts.betag_range, opts.betap_range)
-    second = _blur_kernel(degradations, opts.sinc_prob2, opts.kernel_list2, opts.kernel_prob2, opts.blur_sigma2,
-                          opts.betag_range2, opts.betap_range2)
-    if np.random.uniform() < opts.final_sinc_prob:
-        size = random.choice(_KERNEL_SIZES)
-        with np.errstate(divide="ignore", invalid="ignore"):  # the sinc's centre is 0/0 before basicsr fixes it
-            sinc = degradations.circular_lowpass_kernel(np.random.uniform(np.pi / 3, np.pi), size, pad_to=21)
-    else:
-        sinc = np.zeros((_KERNEL_PAD_TO, _KERNEL_PAD_TO))
-        sinc[_KERNEL_PAD_TO // 2, _KERNEL_PAD_TO // 2] = 1  # a pulse: no final filtering
-    return first, second, sinc
-
-
-def _blur_kernel(degradations, sinc_prob, kernel_list, kernel_prob, sigma, betag, betap) -> np.ndarray:
-    size = random.choice(_KERNEL_SIZES)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if np.random.uniform() < sinc_prob:
-            omega_c = np.random.uniform(np.pi / 3 if size < 13 else np.pi / 5, np.pi)
-            kernel = degradations.circular_lowpass_kernel(omega_c, size, pad_to=False)
-        else:
-            kernel = degradations.random_mixed_kernels(list(kernel_list), list(kernel_prob), size, sigma, sigma,
-                                                       [-math.pi, math.pi], betag, betap, noise_range=None)
-    pad = (_KERNEL_PAD_TO - size) // 2
-    return np.pad(kernel, ((pad, pad), (pad, pad)))
-
-
-def _random_resize_factor(resize_prob, resize_range) -> float:
-    updown = random.choices(["up", "down", "keep"], resize_prob)[0]
-    if updown == "up":
-        return np.random.uniform(1, resize_range[1])
-    if updown == "down":
-        return np.random.uniform(resize_range[0], 1)
-    return 1.0
-
-
-def _resize(img: torch.Tensor, size: tuple[int, int], mode: str, factor: float | None = None) -> torch.Tensor:
-    """``F.interpolate`` as basicsr calls it (by factor in stage 1, by size in stage 2), never below 1 pixel."""
-    if factor is not None and min(size) >= 1:
-        return F.interpolate(img, scale_factor=factor, mode=mode)
-    return F.interpolate(img, size=(max(1, size[0]), max(1, size[1])), mode=mode)
-
-
-def _padded(fn, img: torch.Tensor, pad: int) -> torch.Tensor:
-    """Apply a reflect-padding filter to images smaller than its padding by replicate-padding them first.
-    Contiguous input: basicsr's filter2D ``view``s it, which fails on DiffJPEG's cropped output."""
-    if min(img.shape[-2:]) > pad:
-        return fn(img.contiguous())
-    return fn(F.pad(img, (pad, pad, pad, pad), mode="replicate").contiguous())[..., pad:-pad, pad:-pad]
-
-
-def _noise(img, degradations, gaussian_prob, sigma_range, poisson_range, gray_prob) -> torch.Tensor:
-    if np.random.uniform() < gaussian_prob:
-        return degradations.random_add_gaussian_noise_pt(img, sigma_range=sigma_range, clip=True, rounds=False,
-                                                         gray_prob=gray_prob)
-    return degradations.random_add_poisson_noise_pt(img, scale_range=poisson_range, gray_prob=gray_prob, clip=True,
-                                                    rounds=False)
-
-
-def _jpeg(img: torch.Tensor, jpeger: nn.Module, quality_range) -> torch.Tensor:
-    quality = img.new_zeros(img.size(0)).uniform_(*quality_range)
-    return jpeger(torch.clamp(img, 0, 1), quality=quality)  # unclamped input gives JPEG artifacts (basicsr)
-
-
-def _resize_and_sinc(img, size, sinc, filter2D) -> torch.Tensor:
-    img = F.interpolate(img, size=size, mode=random.choice(_RESIZE_MODES))
-    return _padded(functools.partial(filter2D, kernel=sinc), img, _KERNEL_PAD_TO // 2)
-
-
 # ----------------------------------------------------------------------------------------------- crop pools
 
 
@@ -439,6 +196,7 @@ class CropPool:
     scale: int
     degradation: str
     skipped: int = 0
+    kinds: tuple[str, ...] = ()  # each crop's degradation kind (degrade.KINDS), e.g. to score clean and degraded
 
     def __post_init__(self):
         n, _, size, _ = self.hr.shape
@@ -449,7 +207,7 @@ class CropPool:
     @classmethod
     def build(cls, images: Sequence[torch.Tensor], count: int, hr_size: int, scale: int,
               degradation: Degradation = "bicubic", seed: int = 0,
-              opts: RealESRGANDegradation | None = None, augment: bool = False) -> "CropPool":
+              opts: RealESRGANDegradation | None = None, augment: bool = False, mix=None) -> "CropPool":
         """``count`` crops at uniformly random positions; images are used round-robin (each image equally often,
         so one large image cannot crowd out the rest). Crop i (its image, position and degradation seed) depends
         only on ``seed`` and i, so a larger pool extends a smaller one. ``augment`` turns each HR crop by one of
@@ -469,18 +227,19 @@ class CropPool:
         if augment:  # drawn from its own generator, so the positions match the pool built without augment
             turns = torch.Generator().manual_seed(seed + 7919)
             crops = [dihedral(crop, int(torch.randint(0, 8, (1,), generator=turns))) for crop in crops]
-        return cls._degrade(crops, seeds, scale, degradation, skipped, opts)
+        return cls._degrade(crops, seeds, scale, degradation, skipped, opts, mix)
 
     @classmethod
-    def _degrade(cls, crops, seeds, scale, degradation, skipped, opts) -> "CropPool":
+    def _degrade(cls, crops, seeds, scale, degradation, skipped, opts, mix=None) -> "CropPool":
         """One LR per crop with its own seed, so each crop gets its own resize factors (Real-ESRGAN needs a
-        180-pair queue to get that diversity from batched degradation)."""
+        180-pair queue to get that diversity from batched degradation) and, for ``photo``, its own kind."""
         if degradation not in DEGRADATIONS:
             raise GankdError(f"unknown degradation {degradation!r}; expected one of {', '.join(DEGRADATIONS)}")
         hr = torch.stack(crops).float().contiguous()
-        lr = torch.cat([make_lr(hr[i:i + 1], scale, degradation, seeds[i], opts)
-                        for i in _progress(len(crops), f"{degradation} LR")])
-        return cls(hr=hr, lr=lr, scale=scale, degradation=degradation, skipped=skipped)
+        made = [_make_lr(hr[i:i + 1], scale, degradation, seeds[i], opts, mix)
+                for i in _progress(len(crops), f"{degradation} LR")]
+        return cls(hr=hr, lr=torch.cat([lr for lr, _ in made]), scale=scale, degradation=degradation,
+                   skipped=skipped, kinds=tuple(k for _, kinds in made for k in kinds))
 
     def __len__(self) -> int:
         return self.hr.shape[0]
@@ -503,7 +262,8 @@ def dihedral(image: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def validation_pool(images: Sequence[torch.Tensor], hr_size: int, scale: int, degradation: Degradation = "bicubic",
-                    seed: int = 0, per_image: int = 1, opts: RealESRGANDegradation | None = None) -> CropPool:
+                    seed: int = 0, per_image: int = 1, opts: RealESRGANDegradation | None = None,
+                    mix=None) -> CropPool:
     """Fixed crops for validation: each image's centre, then an evenly spaced grid (row by row), up to
     ``per_image`` distinct crops. Nothing depends on a random position, so scores compare across runs."""
     fitting, skipped = _fitting_images(images, hr_size, scale)
@@ -515,7 +275,21 @@ def validation_pool(images: Sequence[torch.Tensor], hr_size: int, scale: int, de
         for top, left in _grid_positions(image.shape[-2], image.shape[-1], hr_size, per_image):
             crops.append(image[:, top:top + hr_size, left:left + hr_size])
             seeds.append(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    return CropPool._degrade(crops, seeds, scale, degradation, skipped, opts)
+    if degradation == "photo":
+        return _every_kind(crops, seeds, scale, skipped, mix)
+    return CropPool._degrade(crops, seeds, scale, degradation, skipped, opts, mix)
+
+
+def _every_kind(crops, seeds, scale, skipped, mix) -> CropPool:
+    """Validation of a photo mix: every crop clean and in each of the mix's kinds, so clean and degraded inputs
+    are scored on the same crops and neither share depends on a draw."""
+    mix = mix or PhotoMix()
+    kinds = ("clean", *mix.kinds)
+    hr = torch.stack(crops).float().contiguous()
+    lr = torch.cat([degrade_lr(hr[i:i + 1], scale, kind, seeds[i] + j, mix)
+                    for kind, j in zip(kinds, range(len(kinds))) for i in range(len(crops))])
+    return CropPool(hr=hr.repeat(len(kinds), 1, 1, 1), lr=lr, scale=scale, degradation="photo", skipped=skipped,
+                    kinds=tuple(kind for kind in kinds for _ in crops))
 
 
 def _grid_positions(height: int, width: int, size: int, count: int) -> list[tuple[int, int]]:

@@ -38,6 +38,14 @@ def fft_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (torch.fft.rfft2(output.float(), norm="ortho") - torch.fft.rfft2(target.float(), norm="ortho")).abs().mean()
 
 
+def anchor_loss(params: list[torch.Tensor], initial: list[torch.Tensor]) -> torch.Tensor:
+    """L2-SP (Li et al., ICML 2018): the mean squared distance of the weights from where a warm start began. It keeps
+    a pretrained compact model near the general solution it learned from thousands of photos while a fine-tune on a
+    few pulls it towards them."""
+    return torch.stack([(p - p0).pow(2).sum() for p, p0 in zip(params, initial, strict=True)]).sum() / sum(
+        p.numel() for p in params)
+
+
 def perceptual_loss(feats_out: list[torch.Tensor], feats_target: list[torch.Tensor],
                     layer_weights: list[float]) -> torch.Tensor:
     """Real-ESRGAN's perceptual term: weighted L1 between VGG feature maps (features from ``VGGFeatures``)."""

@@ -1,14 +1,20 @@
-"""Model folders: ``config.json`` + ``model.safetensors`` (DESIGN.md "Directory contracts").
+"""Model folders: ``config.json`` + ``model.safetensors`` + ``model.safetensors.sha256`` (DESIGN.md "Directory
+contracts").
 
 A model is rebuilt from its folder alone: ``registry[arch](**kwargs)`` then ``load_state_dict(strict=True)``
-(after diffusers ``save_pretrained``). Writes are atomic (tmp + rename) so an interrupted save loses nothing.
+(after diffusers ``save_pretrained``). Writes are atomic (tmp + rename) so an interrupted save loses nothing. The
+weights' sha256 is written beside them and checked on every load, as an artifact's files are checked against its
+manifest: a flipped bit is refused, not exported with parity "ok".
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -25,6 +31,9 @@ from .weights import load_state_dict_strict, read_weights
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+CHECKSUM_FILE = "model.safetensors.sha256"  # `sha256sum -c` reads it; every gankd tool checks it on load
+_VERIFY = contextvars.ContextVar("gankd_verify_model_folders", default=True)
+log = logging.getLogger(__name__)
 TASKS = ("sr", "face_sr", "generate")
 Task = Literal["sr", "face_sr", "generate"]
 
@@ -108,13 +117,54 @@ def load_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_json(data, source)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model stored in a model folder, in eval mode. ``model.gankd_config`` holds its ModelConfig."""
+def is_model_folder(path: str | Path) -> bool:
+    """A folder gankd wrote as a model folder: its config.json names an arch (what ``--force`` may replace)."""
+    try:
+        data = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "arch" in data and "kwargs" in data
+
+
+@contextlib.contextmanager
+def unverified():
+    """Inside it, model folders load without checking their weights' sha256 (``--no-verify``)."""
+    token = _VERIFY.set(False)
+    try:
+        yield
+    finally:
+        _VERIFY.reset(token)
+
+
+def verify_weights(path: str | Path) -> None:
+    """Check ``model.safetensors`` against ``model.safetensors.sha256``, as artifacts are checked against their
+    manifest. A folder written before checksums existed loads with a one-line notice."""
+    path = Path(path)
+    record = path / CHECKSUM_FILE
+    if not record.is_file():
+        log.warning("notice: model folder %s has no %s (written before gankd recorded checksums); its weights are "
+                    "not verified", path, CHECKSUM_FILE)
+        return
+    expected = record.read_text(encoding="utf-8", errors="replace").split()[:1]
+    actual = sha256_file(path / WEIGHTS_FILE)
+    if expected != [actual]:
+        shown = expected[0][:12] if expected else "nothing"
+        raise GankdError(f"{str(path / WEIGHTS_FILE)!r} does not match its recorded sha256 ({shown}... in "
+                         f"{CHECKSUM_FILE}, {actual[:12]}... on disk): the file was altered or damaged; write the "
+                         "folder again, or pass --no-verify to load it anyway")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", verify: bool | None = None) -> nn.Module:
+    """Rebuild the model stored in a model folder, in eval mode. ``model.gankd_config`` holds its ModelConfig.
+    The weights are checked against their recorded sha256 unless ``verify`` is False (None: True, except inside
+    :func:`unverified`)."""
     path = Path(path)
     config = load_config(path)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise GankdError(f"{str(weights)!r} is missing: the folder has a config but no weights")
+    if _VERIFY.get() if verify is None else verify:
+        verify_weights(path)
     model = config.build()
     load_state_dict_strict(model, read_weights(weights), source=str(weights))
     model.gankd_config = config
@@ -145,7 +195,15 @@ def save_model(path: str | Path, model: nn.Module, config: ModelConfig) -> Path:
         raise GankdError(f"cannot save: the model's weights do not match its config (arch {config.arch!r})")
     path.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "gankd", "arch": config.arch}
-    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata=metadata))
+    digest = []
+
+    def write_weights(tmp):
+        save_file(state, tmp, metadata=metadata)
+        digest.append(sha256_file(tmp))
+
+    _atomic_write(path / WEIGHTS_FILE, write_weights)
+    record = f"{digest[0]}  {WEIGHTS_FILE}\n"
+    _atomic_write(path / CHECKSUM_FILE, lambda tmp: Path(tmp).write_text(record, encoding="utf-8"))
     text = json.dumps(config.to_json(), indent=2, sort_keys=False) + "\n"
     _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path

@@ -12,6 +12,8 @@ the command runs in.
 from __future__ import annotations
 
 import dataclasses
+import re
+import reprlib
 import types
 import typing
 from typing import Any
@@ -24,6 +26,9 @@ from .errors import GankdError
 from .losses import ADVERSARIAL
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of keys; anything larger is refused before it is parsed
+MAX_YAML_NODES = 100_000  # nodes after alias expansion: a billion-laughs bomb is refused before it is built
+_NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,127}")
 
 CHOICES = {
     "mode": ("sdakd", "scratch", "train", "omgd", "dcd", "dcd_modified"),
@@ -34,7 +39,7 @@ CHOICES = {
     "sup_loss": ("l1", "mse"),
     "adversarial": ADVERSARIAL,
     "teacher_adversarial": ADVERSARIAL,
-    "degradation": ("bicubic", "realesrgan"),
+    "degradation": ("bicubic", "realesrgan", "photo"),
     "select_by": ("auto", "fid", "psnr"),
     "device": ("auto", "cpu", "cuda"),
 }
@@ -82,7 +87,15 @@ class Recipe:
     hr_size: int = 128  # HR crop side (multiple of scale and of 8)
     train_crops: int = 256  # size of the fixed train crop pool
     val_crops_per_image: int = 4
-    degradation: str = "bicubic"  # bicubic | realesrgan (second-order, fixed per crop)
+    degradation: str = "bicubic"  # bicubic | realesrgan (second-order) | photo (the mix below); fixed per crop
+    # photo degradation (gankd.distill.degrade.PhotoMix): degrade_clean of the crops stay bicubic, the others draw
+    # one of degrade_kinds; strengths are [lo, hi] ranges drawn per crop
+    degrade_clean: float = 0.5
+    degrade_kinds: list[str] = field(default_factory=lambda: ["jpeg", "noise", "blur", "resize"])
+    jpeg_quality: list[float] = field(default_factory=lambda: [50.0, 95.0])  # libjpeg quality
+    noise_sigma: list[float] = field(default_factory=lambda: [1.0, 8.0])  # 8-bit levels
+    blur_sigma: list[float] = field(default_factory=lambda: [0.3, 1.2])  # LR pixels
+    resize_factor: list[float] = field(default_factory=lambda: [0.5, 0.9])  # intermediate size of a resize chain
     augment: bool = False  # a seeded flip/rot90 per train crop, before degradation (Real-ESRGAN use_hflip/use_rot)
     factors: list[int] = field(default_factory=lambda: [32, 32, 32, 32, 16, 16, 8, 8, 4])  # face_sr train scales
     val_scales: list[int] = field(default_factory=lambda: [16, 32, 64])  # face_sr validation scales
@@ -102,6 +115,7 @@ class Recipe:
     sup_loss: str = "l1"  # the supervised term against the target: l1 | mse (Aguinaldo et al. compression)
     l1_weight: float = 1.0  # weight of the supervised term (l1 or mse)
     fft_weight: float = 0.0  # frequency-domain L1 to the same target (losses.fft_loss): texture, not only the mean
+    anchor_weight: float = 0.0  # init: pretrained: L2-SP pull towards the warm start's weights (losses.anchor_loss)
     perceptual_weight: float = 1.0
     perceptual_weights: str | None = None  # local torchvision VGG19 weights; None: the term is skipped (logged)
     perceptual_layers: dict[str, float] = field(default_factory=lambda: {
@@ -145,9 +159,13 @@ class Recipe:
     # (e.g. the compact model a user would otherwise deploy): PSNR to the teacher, sharpness, latency, crops
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not _NAME_CHARS.fullmatch(self.name):
+            raise GankdError(f"name: {_show(self.name)} is not a run name: use 1 to 128 letters, digits and . _ - + = "
+                             ", @, starting with a letter or digit (it is a folder under runs/; set out_dir for "
+                             "another place)")
         for key, choices in CHOICES.items():
             if getattr(self, key) not in choices:
-                raise GankdError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(choices)}")
+                raise GankdError(f"{key}: {_show(getattr(self, key))} is not one of {', '.join(choices)}")
         if not 0 < self.width <= 1:
             raise GankdError(f"width: must be in (0, 1], got {self.width}")
         if self.d_width is not None and not 0 < self.d_width <= 1:
@@ -165,7 +183,7 @@ class Recipe:
             if value is not None and value < 1:
                 raise GankdError(f"{key}: must be >= 1 or null, got {value}")
         for key in ("lambda_agkd", "lambda_cgkd", "lambda_div", "lambda_mlp", "lambda_dcd", "lambda_cd",
-                    "ssim_weight", "style_weight", "lambda_adv", "l1_weight", "fft_weight",
+                    "ssim_weight", "style_weight", "lambda_adv", "l1_weight", "fft_weight", "anchor_weight",
                     "perceptual_weight", "r1_gamma", "max_cache_mb"):
             if getattr(self, key) < 0:
                 raise GankdError(f"{key}: must be >= 0, got {getattr(self, key)}")
@@ -181,6 +199,8 @@ class Recipe:
             raise GankdError("discriminator: 'teacher' needs mode: sdakd (scratch baselines train their own D)")
         if self.init_from is not None and self.init != "pretrained":
             raise GankdError("init_from: a pretrained model to warm-start from needs init: pretrained")
+        if self.anchor_weight > 0 and self.init != "pretrained":
+            raise GankdError("anchor_weight: the pull towards a warm start's weights needs init: pretrained")
         if self.init == "pretrained" and self.family not in ("srvgg", "span"):
             raise GankdError(f"init: pretrained warm-starts compact students (family srvgg or span), not "
                              f"{self.family!r}")
@@ -204,6 +224,15 @@ class Recipe:
             from .augment import parse_policy
 
             parse_policy(self.diffaugment)
+        self.photo_mix()  # a bad mix or strength range is refused with the recipe, not when the pool is built
+
+    def photo_mix(self):
+        """The ``photo`` degradation's mix and strengths (a ``degrade.PhotoMix``)."""
+        from .degrade import PhotoMix
+
+        return PhotoMix(clean_share=self.degrade_clean, kinds=tuple(self.degrade_kinds),
+                        jpeg_quality=tuple(self.jpeg_quality), noise_sigma=tuple(self.noise_sigma),
+                        blur_sigma=tuple(self.blur_sigma), resize_factor=tuple(self.resize_factor))
 
     @property
     def run_dir(self) -> Path:
@@ -215,6 +244,58 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _show(value) -> str:
+    """A value for an error message, bounded whatever its size or nesting (reprlib cuts lists, dicts, strings)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 2, 4, 4, 60, 60
+    return short.repr(value)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents whose alias expansion exceeds ``MAX_YAML_NODES`` nodes (or that
+    refer to themselves) before any Python object is built: a billion-laughs recipe costs microseconds."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _count_nodes(node, {}, set())
+        return node
+
+
+def _count_nodes(node, sizes: dict, open_nodes: set) -> int:
+    """Nodes of ``node`` once every alias is expanded, memoised per node (linear in the document's size)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise GankdError("the YAML refers to itself through an alias (a recursive structure): not a recipe")
+    open_nodes.add(key)
+    children = node.value if isinstance(node.value, list) else []
+    total = 1
+    for child in children:
+        for part in (child if isinstance(child, tuple) else (child,)):  # mappings hold (key, value) pairs
+            total += _count_nodes(part, sizes, open_nodes)
+            if total > MAX_YAML_NODES:
+                raise GankdError(f"the YAML expands to more than {MAX_YAML_NODES} values through its aliases "
+                                 "(an alias bomb?): not a recipe")
+    open_nodes.discard(key)
+    sizes[key] = total
+    return total
+
+
+def load_yaml(text: str, source: str):
+    """``yaml.safe_load`` with alias expansion bounded; a bad document is one GankdError naming ``source``."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except GankdError as exc:
+        raise GankdError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise GankdError(f"{source}: not valid YAML{where}") from None
+    except RecursionError:
+        raise GankdError(f"{source}: the YAML is nested too deeply") from None
 
 
 def _coerce(key: str, value):
@@ -229,19 +310,22 @@ def _coerce(key: str, value):
     base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
     if typing.get_origin(base) is dict and typing.get_args(base)[1] is Any:
         if not isinstance(value, dict):
-            raise GankdError(f"{key}: expected a mapping of option names to values, got {value!r}")
+            raise GankdError(f"{key}: expected a mapping of option names to values, got {_show(value)}")
         return {str(k): v for k, v in value.items()}
     if typing.get_origin(base) is list:
         item = typing.get_args(base)[0]
         if isinstance(value, str) and item is str:  # `reference=DIR` on the command line
             value = [value]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, item) and not isinstance(v, bool) for v in value):
-            return list(value)
-        raise GankdError(f"{key}: expected a list of {'integers' if item is int else 'strings'}, got {value!r}")
+        accepted = (int, float) if item is float else item
+        if isinstance(value, (list, tuple)) and all(isinstance(v, accepted) and not isinstance(v, bool)
+                                                    for v in value):
+            return [item(v) for v in value]
+        what = {int: "integers", float: "numbers"}.get(item, "strings")
+        raise GankdError(f"{key}: expected a list of {what}, got {_show(value)}")
     if typing.get_origin(base) is dict:
         if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                    for v in value.values()):
-            raise GankdError(f"{key}: expected a mapping of names to numbers, got {value!r}")
+            raise GankdError(f"{key}: expected a mapping of names to numbers, got {_show(value)}")
         return {str(k): float(v) for k, v in value.items()}
     if base is bool:
         if isinstance(value, bool):
@@ -259,14 +343,14 @@ def _coerce(key: str, value):
     elif base is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise GankdError(f"{key}: expected {base.__name__}{' or null' if optional else ''}, got {value!r}")
+    raise GankdError(f"{key}: expected {base.__name__}{' or null' if optional else ''}, got {_show(value)}")
 
 
 def recipe_from_dict(data: dict) -> Recipe:
     names = {f.name for f in dataclasses.fields(Recipe)}
     for key in data:
         if key not in names:
-            raise GankdError(f"unknown recipe key {key!r}")
+            raise GankdError(f"unknown recipe key {_show(key)}")
     values = {key: _coerce(key, value) for key, value in data.items()}
     return Recipe(**values)
 
@@ -279,29 +363,31 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     if shipped.is_file() and path.suffix == "":
         return shipped
     names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-    raise GankdError(f"recipe {name_or_path!r} is neither a file nor a shipped recipe ({names})")
+    raise GankdError(f"recipe {_show(name_or_path)} is neither a file nor a shipped recipe ({names})")
 
 
 def parse_override(text: str) -> tuple[str, object]:
     """``key=value`` with the value parsed as YAML (``width=0.125``, ``depth=null``, ``feature_kd=false``)."""
     if "=" not in text:
-        raise GankdError(f"override {text!r} is not key=value")
+        raise GankdError(f"override {_show(text)} is not key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise GankdError(f"override {text!r}: the value is not valid YAML") from None
+        value = load_yaml(raw, "override") if raw.strip() else ""
+    except GankdError:
+        raise GankdError(f"override {_show(text)}: the value is not valid YAML") from None
     return key.strip(), value
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     path = resolve_recipe_path(name_or_path)
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise GankdError(f"{path}: {path.stat().st_size} bytes is too large for a recipe (at most "
+                         f"{MAX_RECIPE_BYTES})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise GankdError(f"{path}: not valid YAML{where}") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GankdError(f"{path}: cannot read the recipe ({type(exc).__name__})") from None
+    data = load_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise GankdError(f"{path}: a recipe is a mapping of keys to values")
     data = dict(data)

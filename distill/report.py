@@ -199,10 +199,9 @@ def compare_runs(run_dirs: list[Path], input_size: int = 64) -> list[dict]:
     teacher init, or SDAKD vs the scratch baselines at the same ``max_minutes``)."""
     import json
 
-    import yaml
-
     from .errors import GankdError
     from .modelio import load_config
+    from .recipe import load_yaml
 
     rows = []
     for run_dir in map(Path, run_dirs):
@@ -212,7 +211,7 @@ def compare_runs(run_dirs: list[Path], input_size: int = 64) -> list[dict]:
         if not resolved.is_file() or not student.is_dir():
             raise GankdError(f"{run_dir} is not a finished run folder (no config.resolved.yaml or student/ or "
                              "teacher/)")
-        recipe = yaml.safe_load(resolved.read_text())
+        recipe = load_yaml(resolved.read_text(), str(resolved))
         config = load_config(student)
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         best_step = config.provenance.get("step")
@@ -234,17 +233,15 @@ def compare_runs(run_dirs: list[Path], input_size: int = 64) -> list[dict]:
 def reference_rows(run_dir: Path, folders: list[Path], input_size: int = 64) -> list[dict]:
     """Rows for ``compare --reference``: each model folder scored like a run's student (PSNR to the teacher and
     sharpness relative to it) on the validation crops of ``run_dir``'s recipe, rebuilt from its resolved config."""
-    import yaml
-
     from .errors import GankdError
-    from .recipe import recipe_from_dict
+    from .recipe import load_yaml, recipe_from_dict
     from .tasks import validation_crops_for
 
     resolved = Path(run_dir) / "config.resolved.yaml"
     if not resolved.is_file():
         raise GankdError(f"{run_dir} is not a run folder (no config.resolved.yaml): references are scored on its "
                          "validation crops")
-    recipe = recipe_from_dict(yaml.safe_load(resolved.read_text()))
+    recipe = recipe_from_dict(load_yaml(resolved.read_text(), str(resolved)))
     teacher = load_model(recipe.teacher)
     recipe = dataclasses.replace(recipe, reference=[str(f) for f in folders])
     lr, teacher_out = validation_crops_for(recipe, teacher)

@@ -167,10 +167,13 @@ def load_candidates(path: str | Path, teacher: ModelConfig | nn.Module) -> list[
     path = Path(path)
     if not path.is_file():
         raise GankdError(f"candidates file {str(path)!r} does not exist")
+    from .recipe import load_yaml
+
     try:
-        entries = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
-    except yaml.YAMLError:
-        raise GankdError(f"{path}: not valid YAML or JSON") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GankdError(f"{path}: cannot read the candidates ({type(exc).__name__})") from None
+    entries = load_yaml(text, str(path))  # YAML is a superset of JSON
     if not isinstance(entries, list) or not entries:
         raise GankdError(f"{path}: expected a non-empty list of candidates")
     config = _split(teacher)[1]

@@ -143,6 +143,7 @@ class Nets:
     text_features: torch.Tensor | None = None
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     synced: dict[str, object] = field(default_factory=dict)  # torchrun: trained modules under DDP, by name
+    anchor: list[torch.Tensor] | None = None  # the student's weights at its warm start (anchor_weight's L2-SP term)
 
     def get(self, name: str) -> nn.Module:
         module = getattr(self, name)
@@ -248,6 +249,9 @@ def generator_loss(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe
         terms["perceptual"] = losses.perceptual_loss(nets.vgg(out), target_feats,
                                                      list(recipe.perceptual_layers.values()))
         weights["perceptual"] = recipe.perceptual_weight
+    if recipe.anchor_weight > 0 and nets.anchor is not None and stage.g_target != "none":
+        terms["anchor"] = losses.anchor_loss(list(nets.student.parameters()), nets.anchor)
+        weights["anchor"] = recipe.anchor_weight
     if "mlp" in stage.g_terms:
         terms["mlp"] = losses.mlp_feature_loss(nets.trained("adapter")(feats[-1]), batch.teacher_feat)
         weights["mlp"] = recipe.lambda_mlp

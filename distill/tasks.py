@@ -121,7 +121,7 @@ class SRTask(Task):
         self.scale = teacher.gankd_config.scale
         self.train = data.CropPool.build(_images(recipe.train_images, "train"), count=recipe.train_crops,
                                          hr_size=recipe.hr_size, scale=self.scale, degradation=recipe.degradation,
-                                         seed=recipe.seed, augment=recipe.augment)
+                                         seed=recipe.seed, augment=recipe.augment, mix=recipe.photo_mix())
         self.val = sr_validation_pool(recipe, self.scale)
         self.train_teacher = None
         if recipe.cache_teacher:
@@ -156,6 +156,11 @@ class SRTask(Task):
                   # sharpness relative to the teacher's: a student cannot win PSNR by blurring unseen
                   "vol_teacher": metrics.laplacian_variance(out) / max(metrics.laplacian_variance(teacher), 1e-12),
                   "psnr_gt": metrics.mean_psnr(out, self.val.hr)}
+        if len(set(self.val.kinds)) > 1:  # a photo mix: clean and degraded inputs scored apart as well
+            for part, rows in _clean_and_degraded(self.val.kinds).items():
+                scores[f"psnr_teacher_{part}"] = metrics.mean_psnr(out[rows], teacher[rows])
+                scores[f"vol_teacher_{part}"] = (metrics.laplacian_variance(out[rows])
+                                                 / max(metrics.laplacian_variance(teacher[rows]), 1e-12))
         if self.fid:
             scores["fid"] = self.fid.fid(self.fid.features(out), self.real_feats)
         return scores
@@ -164,11 +169,16 @@ class SRTask(Task):
         return sr_discriminator_config(recipe, width, provenance)
 
 
+def _clean_and_degraded(kinds: tuple[str, ...]) -> dict[str, Tensor]:
+    clean = torch.tensor([kind == "clean" for kind in kinds])
+    return {"clean": clean.nonzero()[:, 0], "degraded": (~clean).nonzero()[:, 0]}
+
+
 def sr_validation_pool(recipe: Recipe, scale: int) -> data.CropPool:
     """The fixed validation crops of an SR recipe (the run's, ``compare --reference``'s)."""
     return data.validation_pool(_images(recipe.val_images, "validation"), hr_size=recipe.hr_size, scale=scale,
                                 degradation=recipe.degradation, seed=recipe.seed + 1,
-                                per_image=recipe.val_crops_per_image)
+                                per_image=recipe.val_crops_per_image, mix=recipe.photo_mix())
 
 
 def validation_crops_for(recipe: Recipe, teacher: nn.Module) -> tuple[Tensor, Tensor]:

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import signal
 import time
 import warnings
@@ -21,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from . import data, distributed
@@ -32,7 +32,7 @@ from gankd.serve.errors import first_line
 
 from .errors import GankdError, RunInterrupted
 from .modelio import ModelConfig, load_model, save_model
-from .recipe import Recipe, recipe_from_dict
+from .recipe import Recipe, load_yaml, recipe_from_dict
 from .stages import Nets, NonFiniteLoss, Stage, needs_teacher_d, plan_stages, step
 from .students import build_student, load_pretrained
 
@@ -119,6 +119,8 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
                                        init=recipe.init, up_feat=recipe.up_feat, blocks=recipe.blocks,
                                        calib_lr=calib, pretrained=pretrained_model(recipe, log))
     nets = Nets(teacher=teacher, student=student)
+    if recipe.anchor_weight > 0:  # the warm start's weights, as built (a resume rebuilds them the same way)
+        nets.anchor = [p.detach().clone().to(device) for p in student.parameters()]
     if recipe.mode in ("sdakd", "omgd") and recipe.feature_kd:  # omgd: its channel-wise distillation
         example = task.example_inputs(1)
         nets.adapter = FeatureMLP(_feature_channels(student, example), _feature_channels(teacher, example))
@@ -257,7 +259,7 @@ def check_resume_compatible(run_dir: Path, recipe: Recipe) -> None:
     saved_path = run_dir / "config.resolved.yaml"
     if not saved_path.is_file():
         return
-    saved = recipe_from_dict(yaml.safe_load(saved_path.read_text()))
+    saved = recipe_from_dict(load_yaml(saved_path.read_text(), str(saved_path)))
     for key, value in vars(recipe).items():
         if key not in RESUME_MAY_CHANGE and getattr(saved, key) != value:
             raise GankdError(f"--resume: {key} is {value!r} but the run was started with {getattr(saved, key)!r}")
@@ -266,6 +268,13 @@ def check_resume_compatible(run_dir: Path, recipe: Recipe) -> None:
 def check_run_dir(recipe: Recipe, resume: bool) -> Path:
     """The run folder, checked (nothing is written: a run that fails its checks leaves no trace)."""
     run_dir = recipe.run_dir
+    check_writable_folder(run_dir, "out_dir")
+    if recipe.teacher_cache_dir and _overlap(run_dir, Path(recipe.teacher_cache_dir)):
+        raise GankdError(f"out_dir {str(run_dir)!r} and teacher_cache_dir {recipe.teacher_cache_dir!r} overlap: a "
+                         "run's folder and the shared teacher cache must be apart")
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.resolved.yaml").is_file():
+        raise GankdError(f"out_dir {str(run_dir)!r} is a folder of other files, not a gankd run folder: give an "
+                         "empty or new folder")
     state = run_dir / "state" / "last.pt"
     if resume:
         if not state.is_file():
@@ -276,6 +285,30 @@ def check_run_dir(recipe: Recipe, resume: bool) -> Path:
         raise GankdError(f"run folder {run_dir} already holds a run: pass --resume to continue it, "
                          "or set out_dir / name to start another")
     return run_dir
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Fail now, in one line, if ``folder`` cannot be created and written (before any expensive work): a file is in
+    the way, or its nearest existing parent refuses a new folder (a read-only mount, /proc). The probe folder it
+    makes is removed at once."""
+    import tempfile
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise GankdError(f"{what} {str(folder)!r}: {str(existing)!r} is a file, not a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".gankd-write-test-", dir=existing)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise GankdError(f"{what} {str(folder)!r} cannot be written: creating a folder in {str(existing)!r} "
+                         f"failed ({exc.strerror or type(exc).__name__})") from None
 
 
 def check_state_readable(state: Path, run_dir: Path) -> None:

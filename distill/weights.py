@@ -10,8 +10,12 @@ Key-prefix cleaning and the choice between the containers that training codes wr
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -32,6 +36,9 @@ SAFE_GLOBALS = [argparse.Namespace]
 LEGACY_TORCH_MAGIC = bytes.fromhex("8a0a6cfc9c46f9206aa85019")
 PICKLE_PROTO = 0x80
 ZIP_LOCAL_HEADER = b"PK\x03\x04"
+MAX_SAFETENSORS_HEADER = 100 << 20  # the format's own limit (safetensors refuses larger headers too)
+_SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                         "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 def read_weights(path: str | Path) -> dict:
@@ -74,7 +81,10 @@ def _check_torch_file(path: Path) -> None:
     with open(path, "rb") as handle:
         head = handle.read(32)
     pickled = head[:1] == bytes([PICKLE_PROTO])
-    if zipfile.is_zipfile(path) or (pickled and LEGACY_TORCH_MAGIC in head):
+    if zipfile.is_zipfile(path):
+        _check_zip_budget(path)
+        return
+    if pickled and LEGACY_TORCH_MAGIC in head:
         return
     if head.startswith(ZIP_LOCAL_HEADER):
         raise GankdError(f"weight file {str(path)!r} is truncated or corrupted (an incomplete zip archive)")
@@ -86,10 +96,84 @@ def _check_torch_file(path: Path) -> None:
                      f"it starts with bytes {head[:4].hex()})")
 
 
+def memory_budget_bytes() -> int:
+    """The most tensor bytes one weight file may declare: half of this machine's physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # not POSIX: a fixed 8 GiB
+        return 8 << 30
+
+
+def _check_budget(path: Path, declared: int) -> None:
+    budget = memory_budget_bytes()
+    if declared > budget:
+        raise GankdError(f"weight file {str(path)!r} declares {declared / 2**30:.1f} GiB of tensors, more than the "
+                         f"{budget / 2**30:.1f} GiB (half of this machine's memory) gankd will load")
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Check a .safetensors file against its own header before anything is allocated: a sane header length, every
+    tensor's byte range equal to its dtype × shape and inside the file, the ranges tiling the data exactly, and the
+    total within ``memory_budget_bytes``. A header that lies (or a bomb that is really that large) is one line."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise GankdError(f"weight file {str(path)!r} is truncated or corrupted (shorter than a safetensors header)")
+        length = struct.unpack("<Q", head)[0]
+        if length > min(MAX_SAFETENSORS_HEADER, size - 8):
+            raise GankdError(f"weight file {str(path)!r} is truncated or corrupted (header of {length} bytes in a "
+                             f"{size}-byte file)")
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise GankdError(f"weight file {str(path)!r} is truncated or corrupted (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted (its header is not a JSON object)")
+    data_bytes, ranges = size - 8 - length, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        ranges.append(_tensor_range(path, name, info, data_bytes))
+    _check_budget(path, sum(end - begin for begin, end in ranges))
+    ranges.sort()
+    if any(a[1] != b[0] for a, b in zip(ranges, ranges[1:])) or (ranges and ranges[0][0] != 0):
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted (its tensors' byte ranges overlap or "
+                         "leave gaps)")
+
+
+def _tensor_range(path: Path, name: str, info, data_bytes: int) -> tuple[int, int]:
+    bad = f"weight file {str(path)!r} is truncated or corrupted (tensor {str(name)[:60]!r}"
+    try:
+        dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+        itemsize = _SAFETENSORS_ITEMSIZE[dtype]
+        if not all(isinstance(v, int) and v >= 0 for v in (*shape, begin, end)):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise GankdError(f"{bad}: a header entry that is not dtype, shape and data_offsets)") from None
+    if end > data_bytes or begin > end:
+        raise GankdError(f"{bad}: bytes {begin}..{end} lie outside the file's {data_bytes} bytes of data)")
+    if end - begin != math.prod(shape) * itemsize:
+        raise GankdError(f"{bad}: shape {list(shape)[:8]} of {dtype} needs {math.prod(shape) * itemsize} bytes, "
+                         f"the header gives it {end - begin})")
+    return begin, end
+
+
+def _check_zip_budget(path: Path) -> None:
+    """A torch.save zip: the uncompressed sizes its directory declares, against the budget, before torch.load."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise GankdError(f"weight file {str(path)!r} is truncated or corrupted ({first_line(exc)})") from None
+    _check_budget(path, declared)
+
+
 def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    check_safetensors_header(path)
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from gankd.distill.cli import run_click
+from gankd.distill.cli import run_click, verify_option
 from gankd.distill.errors import GankdError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -112,6 +112,7 @@ class _Shape(click.ParamType):
 @click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a Triton model repository entry DIR/<out name>/ (config.pbtxt + 1/model.onnx, and "
                    "model.plan with trt) for NVIDIA's Triton container; needs onnx or trt in --formats.")
+@verify_option
 def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, int8: bool,
                int8_min_psnr_db: float | None, int8_min_speedup: float, opset: int, calib: str,
                calib_count: int, min_shape: str | None, opt_shape: str, max_shape: str | None,

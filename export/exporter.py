@@ -29,6 +29,7 @@ import torch
 from gankd.distill.errors import GankdError
 from gankd.distill.modelio import WEIGHTS_FILE, load_config, load_model, sha256_file
 from gankd.distill.registry import get_arch
+from gankd.serve.manifest import MANIFEST_FILE, is_artifact_folder
 
 from . import formats, int8, ncnn, official, parity, tasks, trt
 from .manifest import FORMAT, FORMAT_VERSION, write_manifest
@@ -157,8 +158,12 @@ def _check_formats_fit(config, formats_wanted) -> None:
 def _check_out_dir(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise GankdError(f"--out {str(out_dir)!r} is a file, not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise GankdError(f"{str(out_dir)!r} already exists and is not empty; pass --force to replace it")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise GankdError(f"{str(out_dir)!r} already exists and is not empty; pass --force to replace it")
+        if not is_artifact_folder(out_dir):
+            raise GankdError(f"--force replaces only an artifact folder gankd-export wrote; {str(out_dir)!r} holds "
+                             f"other files (no gankd {MANIFEST_FILE}): choose another --out")
 
 
 def _umask() -> int:

@@ -77,7 +77,8 @@ TOLERANCES: dict[str, Tolerance] = {
 def real_lr_batch(shape, scale: int, split: str = "validation") -> torch.Tensor:
     """N×3×H×W LR images from the embedded photos: a centre crop of (H·scale)×(W·scale) bicubic-downscaled by
     ``scale``; a photo too small for the crop is resized to it first. Photos repeat when N exceeds them."""
-    from gankd.distill.data import bicubic_lr, sample_images
+    from gankd.distill.data import sample_images
+    from gankd.distill.degrade import bicubic_lr
 
     n, channels, height, width = shape
     if channels != 3:

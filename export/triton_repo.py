@@ -37,9 +37,18 @@ def check_target(artifact_dir: Path, repo_dir: Path, formats, force: bool) -> No
     takes, and no existing model folder of that name unless ``force``."""
     if not {"onnx", "trt"} & set(formats):
         raise GankdError("--triton-repo serves model.onnx (or a TensorRT engine): add onnx to --formats")
-    target = Path(repo_dir) / _name(artifact_dir)
-    if target.exists() and any(target.iterdir()) and not force:
-        raise GankdError(f"{str(target)!r} already exists and is not empty; pass --force to replace it")
+    _check_replaceable(Path(repo_dir) / _name(artifact_dir), force)
+
+
+def _check_replaceable(target: Path, force: bool) -> None:
+    """An existing model folder of the repository is replaced only with ``force``, and only if it is a Triton model
+    folder (config.pbtxt): --force never deletes a folder of someone's other files."""
+    if target.exists() and any(target.iterdir()):
+        if not force:
+            raise GankdError(f"{str(target)!r} already exists and is not empty; pass --force to replace it")
+        if not (target / "config.pbtxt").is_file():
+            raise GankdError(f"--force replaces only a Triton model folder (config.pbtxt); {str(target)!r} holds "
+                             "other files: choose another --triton-repo")
 
 
 def _name(artifact_dir: Path) -> str:
@@ -66,8 +75,7 @@ def write_triton_model(artifact_dir: str | Path, repo_dir: str | Path, force: bo
         profile_max_n = int(manifest["files"]["trt"].get("profile", {}).get("max", [max_batch])[0])
         max_batch = max(1, min(max_batch, profile_max_n))
     target = repo_dir / name
-    if target.exists() and any(target.iterdir()) and not force:
-        raise GankdError(f"{str(target)!r} already exists and is not empty; pass --force to replace it")
+    _check_replaceable(target, force)
     try:
         text = config_pbtxt(name, manifest, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
                             instances=instances, platform=platform)

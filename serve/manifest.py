@@ -103,6 +103,15 @@ def read_manifest(artifact_dir: str | Path) -> dict:
     return check_manifest(manifest, path)
 
 
+def is_artifact_folder(folder: str | Path) -> bool:
+    """A folder gankd-export wrote: its manifest.json is gankd's format (what ``--force`` may replace)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
 def input_names(manifest: dict) -> tuple[str, ...]:
     """The names of the model's inputs, in the order the graph takes them."""
     return tuple(spec.get("name", "input") for spec in manifest["inputs"])

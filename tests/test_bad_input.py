@@ -68,7 +68,8 @@ def test_unknown_config_key_and_bad_value(model_dir):
 def test_checkpoint_of_wrong_architecture(model_dir, tmp_path):
     other = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 16, "num_conv": 1}, scale=4)
     save_model(tmp_path / "other", other.build(), other)
-    os.replace(tmp_path / "other" / "model.safetensors", model_dir / "model.safetensors")
+    for name in ("model.safetensors", "model.safetensors.sha256"):  # another folder's weights, checksum and all
+        os.replace(tmp_path / "other" / name, model_dir / name)
     msg = _one_line_error(lambda: load_model(model_dir), r"'body.0.weight' has shape \[16, 3, 3, 3\] in the file "
                                                          r"but \[8, 3, 3, 3\] in the model")
     assert "model.safetensors" in msg
@@ -80,9 +81,9 @@ def test_missing_and_unexpected_keys(tmp_path):
     sd = CFG.build().state_dict()
     save_model(tmp_path / "m", CFG.build(), CFG)
     save_file({k: v for k, v in sd.items() if k != "body.2.bias"}, str(tmp_path / "m" / "model.safetensors"))
-    _one_line_error(lambda: load_model(tmp_path / "m"), r"key 'body.2.bias' \[8\] is missing")
+    _one_line_error(lambda: load_model(tmp_path / "m", verify=False), r"key 'body.2.bias' \[8\] is missing")
     save_file({**sd, "extra.weight": torch.zeros(1)}, str(tmp_path / "m" / "model.safetensors"))
-    _one_line_error(lambda: load_model(tmp_path / "m"), "unexpected key 'extra.weight'")
+    _one_line_error(lambda: load_model(tmp_path / "m", verify=False), "unexpected key 'extra.weight'")
 
 
 def test_nan_weights_refused(model_dir):
@@ -91,13 +92,14 @@ def test_nan_weights_refused(model_dir):
     sd = CFG.build().state_dict()
     sd["body.0.weight"][0, 0, 0, 0] = float("nan")
     save_file(sd, str(model_dir / "model.safetensors"))
-    _one_line_error(lambda: load_model(model_dir), "'body.0.weight' contains NaN or Inf")
+    _one_line_error(lambda: load_model(model_dir, verify=False), "'body.0.weight' contains NaN or Inf")
 
 
 def test_truncated_safetensors(model_dir):
     path = model_dir / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])
-    _one_line_error(lambda: load_model(model_dir), "model.safetensors' is truncated or corrupted")
+    _one_line_error(lambda: load_model(model_dir, verify=False), "model.safetensors' is truncated or corrupted")
+    _one_line_error(lambda: load_model(model_dir), "does not match its recorded sha256")
 
 
 def test_truncated_and_garbage_pth(tmp_path):
@@ -164,4 +166,128 @@ def test_interrupted_save_keeps_previous_weights(model_dir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_model(model_dir, CFG.build(), CFG)
     assert (model_dir / "model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors",
+                                                           "model.safetensors.sha256"]
+    load_model(model_dir)  # the recorded checksum is still the kept weights'
+
+
+def _sparse_safetensors(path, shape, dtype="F32", itemsize=4, declared_bytes=None, real_bytes=None):
+    """A .safetensors file whose header declares one tensor of ``shape``; its data really is that large (sparse),
+    unless ``real_bytes`` says otherwise."""
+    import json
+    import struct
+
+    n = declared_bytes if declared_bytes is not None else itemsize
+    for side in shape:
+        n = n * side if declared_bytes is None else n
+    header = json.dumps({"w": {"dtype": dtype, "shape": list(shape), "data_offsets": [0, n]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(header)) + header)
+        handle.truncate(8 + len(header) + (n if real_bytes is None else real_bytes))
+    return path
+
+
+def test_safetensors_bomb_is_refused_from_its_header(tmp_path):
+    """Case 5: a 100000x100000 F32 tensor, the file really that large (sparse): refused before any allocation."""
+    import resource
+    import time
+
+    path = _sparse_safetensors(tmp_path / "bomb.safetensors", (100_000, 100_000))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    message = _one_line_error(lambda: read_weights(path), r"declares 37\.3 GiB of tensors, more than")
+    assert time.perf_counter() - start < 5 and "half of this machine's memory" in message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing was allocated
+
+
+@pytest.mark.parametrize("shape, declared, real, match", [
+    ((4, 4), 64, 32, "lie outside the file"),  # the header points past the end of the file
+    ((4, 4), 60, 60, r"needs 64 bytes, the header gives it 60"),  # dtype x shape disagrees with the range
+])
+def test_safetensors_header_that_lies(tmp_path, shape, declared, real, match):
+    path = _sparse_safetensors(tmp_path / "lie.safetensors", shape, declared_bytes=declared, real_bytes=real)
+    _one_line_error(lambda: read_weights(path), match)
+
+
+def test_safetensors_huge_header_length(tmp_path):
+    path = tmp_path / "h.safetensors"
+    path.write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    _one_line_error(lambda: read_weights(path), "header of 1099511627776 bytes")
+
+
+def test_pth_zip_declaring_more_than_memory_is_refused(tmp_path, monkeypatch):
+    from gankd.distill import weights
+
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.zeros(1000)}, path)
+    read_weights(path)  # fine within the budget
+    monkeypatch.setattr(weights, "memory_budget_bytes", lambda: 1000)  # negative control: a budget it exceeds
+    _one_line_error(lambda: read_weights(path), "declares .* GiB of tensors, more than")
+
+
+def test_flipped_bit_in_model_folder_is_refused(model_dir):
+    """Case 7: one bit flipped in the tensor data; loads with --no-verify (verify=False) only."""
+    from gankd.distill.modelio import unverified
+
+    path = model_dir / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 1
+    path.write_bytes(bytes(data))
+    _one_line_error(lambda: load_model(model_dir), "does not match its recorded sha256.*--no-verify")
+    load_model(model_dir, verify=False)
+    with unverified():
+        load_model(model_dir)
+    save_model(model_dir, CFG.build(), CFG)  # writing the folder again records the new weights
+    load_model(model_dir)
+
+
+def test_folder_without_checksum_loads_with_a_notice(model_dir, caplog):
+    (model_dir / "model.safetensors.sha256").unlink()
+    with caplog.at_level("WARNING"):
+        load_model(model_dir)
+    notices = [r.getMessage() for r in caplog.records if "model.safetensors.sha256" in r.getMessage()]
+    assert len(notices) == 1 and "\n" not in notices[0] and "not verified" in notices[0]
+
+
+def test_export_refuses_a_tampered_model_folder(model_dir, tmp_path):
+    from gankd.export.cli import export_main
+
+    data = bytearray((model_dir / "model.safetensors").read_bytes())
+    data[-5] ^= 1
+    (model_dir / "model.safetensors").write_bytes(bytes(data))
+    out = tmp_path / "art"
+    assert export_main([str(model_dir), "--out", str(out), "--formats", "onnx"]) == 2
+    assert not out.exists()
+    assert export_main([str(model_dir), "--out", str(out), "--formats", "onnx", "--no-verify"]) == 0
+
+
+def test_import_force_refuses_a_folder_of_other_files(tmp_path):
+    """Case 6: --force replaces a gankd model folder, never someone's files."""
+    from gankd.distill.cli import main
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("precious")
+    src = tmp_path / "w.pth"
+    torch.save({"params_ema": CFG.build().state_dict()}, src)
+    assert main(["import-teacher", "--from", "pth", str(src), "--out", str(theirs), "--force"]) == 2
+    assert (theirs / "thesis.tex").read_text() == "precious"
+    ours = tmp_path / "ours"
+    assert main(["import-teacher", "--from", "pth", str(src), "--out", str(ours)]) == 0
+    assert main(["import-teacher", "--from", "pth", str(src), "--out", str(ours)]) == 2  # without --force
+    assert main(["import-teacher", "--from", "pth", str(src), "--out", str(ours), "--force"]) == 0
+    load_model(ours)
+
+
+def test_export_force_refuses_a_folder_of_other_files(model_dir, tmp_path):
+    from gankd.export.cli import export_main
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("precious")
+    assert export_main([str(model_dir), "--out", str(theirs), "--formats", "onnx", "--force"]) == 2
+    assert (theirs / "notes.txt").read_text() == "precious"
+    art = tmp_path / "art"
+    assert export_main([str(model_dir), "--out", str(art), "--formats", "onnx"]) == 0
+    assert export_main([str(model_dir), "--out", str(art), "--formats", "onnx", "--force"]) == 0  # gankd's own

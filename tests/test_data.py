@@ -18,17 +18,14 @@ from PIL import Image
 from gankd.distill import GankdError, ModelConfig
 from gankd.distill.data import (
     CropPool,
-    RealESRGANDegradation,
-    bicubic_lr,
     cache_teacher,
     epoch_batches,
     list_images,
     load_image,
-    make_lr,
-    realesrgan_lr,
     sample_images,
     validation_pool,
 )
+from gankd.distill.degrade import RealESRGANDegradation, bicubic_lr, make_lr, realesrgan_lr
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -184,9 +181,9 @@ def test_realesrgan_lr_leaves_global_rng_alone():
 def test_import_is_light_and_basicsr_import_leaves_numpy_alone():
     """In a fresh interpreter: importing the module loads neither basicsr nor scikit-image, and basicsr's
     import-time ``np.seterr`` does not leak out of the first degradation."""
-    code = ("import sys, numpy as np, torch; from gankd.distill import data; "
+    code = ("import sys, numpy as np, torch; from gankd.distill import data, degrade; "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('basicsr', 'skimage', 'cv2')); "
-            "before = np.geterr(); data.realesrgan_lr(torch.rand(1, 3, 16, 16), 4, 0); "
+            "before = np.geterr(); degrade.realesrgan_lr(torch.rand(1, 3, 16, 16), 4, 0); "
             "print(heavy, before == np.geterr())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split()[-2:] == ["[]", "True"], out.stdout + out.stderr
@@ -367,3 +364,51 @@ def test_epoch_batches_small_pool_and_errors():
     assert [len(b) for b in epoch_batches(8, 4, torch.Generator())] == [4, 4]
     with pytest.raises(GankdError, match="batch_size=0"):
         epoch_batches(4, 0, torch.Generator())
+
+
+# ----------------------------------------------------------------------------------------------- photo mix
+
+
+@pytest.mark.parametrize("kind", ["clean", "jpeg", "noise", "blur", "resize"])
+def test_photo_kinds_are_seeded_8bit_and_degrade(kind):
+    from gankd.distill.degrade import degrade_lr
+
+    hr = _photo_like(2, 64)
+    a, b, c = (degrade_lr(hr, 4, kind, seed) for seed in (3, 3, 4))
+    assert a.shape == (2, 3, 16, 16) and torch.equal(a, b)
+    assert torch.equal((a * 255).round(), a * 255)  # 8-bit values, as a decoded photo
+    clean = degrade_lr(hr, 4, "clean", 0)
+    if kind == "clean":
+        assert torch.equal(a, c) and (clean - bicubic_lr(hr, 4)).abs().max() <= 0.5 / 255 + 1e-6
+    else:  # a different seed draws another strength; every kind moves the input away from the clean LR
+        assert not torch.equal(a, c) and (a - clean).abs().mean() > 1 / 255
+
+
+def test_photo_strengths_are_what_the_mix_says():
+    from gankd.distill.degrade import PhotoMix, degrade_lr
+
+    hr = _photo_like(1, 256)  # 64² LR: JPEG's 4:2:0 chroma error stays below the noise compared
+    clean = degrade_lr(hr, 4, "clean", 0)
+    strong = degrade_lr(hr, 4, "noise", 0, PhotoMix(noise_sigma=(20, 20), jpeg_quality=(100, 100)))
+    mild = degrade_lr(hr, 4, "noise", 0, PhotoMix(noise_sigma=(1, 1), jpeg_quality=(100, 100)))
+    assert (strong - clean).std() > 3 * (mild - clean).std()
+    low_q = degrade_lr(hr, 4, "jpeg", 0, PhotoMix(jpeg_quality=(10, 10)))
+    high_q = degrade_lr(hr, 4, "jpeg", 0, PhotoMix(jpeg_quality=(98, 98)))
+    assert (low_q - clean).abs().mean() > 2 * (high_q - clean).abs().mean()
+
+
+def test_photo_pool_records_kinds_and_validation_scores_every_kind():
+    from gankd.distill.degrade import PhotoMix
+
+    images = [_photo_like(1, 96)[0] for _ in range(2)]
+    pool = CropPool.build(images, count=24, hr_size=32, scale=4, degradation="photo", seed=0,
+                          mix=PhotoMix(clean_share=0.5))
+    assert len(pool.kinds) == 24 and {"clean"} < set(pool.kinds) <= {"clean", "jpeg", "noise", "blur", "resize"}
+    again = CropPool.build(images, count=24, hr_size=32, scale=4, degradation="photo", seed=0)
+    assert torch.equal(pool.lr, again.lr) and pool.kinds == again.kinds  # fixed per crop: the teacher cache holds
+    assert set(CropPool.build(images, count=8, hr_size=32, scale=4, degradation="photo",
+                              mix=PhotoMix(clean_share=1.0)).kinds) == {"clean"}
+    val = validation_pool(images, 32, 4, degradation="photo", per_image=2)
+    assert len(val) == 4 * 5 and val.kinds == tuple(k for k in ("clean", "jpeg", "noise", "blur", "resize")
+                                                    for _ in range(4))
+    assert torch.equal(val.hr[:4], val.hr[4:8])  # the same crops in every kind

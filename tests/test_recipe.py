@@ -131,3 +131,62 @@ def test_stage_plans_of_the_ablations(overrides, expected):
 def test_stage1_cannot_be_skipped_without_a_teacher_d():
     with pytest.raises(GankdError, match="n1 is 0 but no teacher_d"):
         plan_stages(recipe_from_dict({"n1": 0}), have_teacher_d=False)
+
+
+@pytest.mark.parametrize("name", ["../../etc", "", "/abs", "a/b", ".", "..", ".hidden", "x" * 129, "a\x00b"])
+def test_run_name_stays_inside_runs(name):
+    """Cases 1-2: a name is one folder under runs/, never an escape, the runs root itself or an absolute path."""
+    with pytest.raises(GankdError, match="is not a run name") as info:
+        load_recipe("quickstart", [f"name={name}"]) if "\x00" not in name else recipe_from_dict({"name": name})
+    assert "\n" not in str(info.value)
+    assert load_recipe("quickstart", ["name=ok-1.2_b"]).run_dir.as_posix() == "runs/ok-1.2_b"  # negative control
+
+
+def _bomb(levels: int = 9) -> str:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines + [f"name: *a{levels - 1}"]) + "\n"
+
+
+def test_yaml_alias_bomb_costs_nothing(tmp_path):
+    """Case 4: a billion-laughs recipe is refused before it is built, in one bounded line."""
+    import resource
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_bomb())
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    with pytest.raises(GankdError, match="expands to more than 100000 values") as info:
+        load_recipe(str(path))
+    assert time.perf_counter() - start < 2 and len(str(info.value)) < 300
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    with pytest.raises(GankdError, match="not valid YAML"):
+        load_recipe("quickstart", [f"name={_bomb(7)}"])
+    path.write_text("name: [&a [lol, lol, lol, lol, lol, lol], *a, *a, *a, *a, *a, *a]\n")  # small aliases load:
+    # the bad value is then shown bounded
+    with pytest.raises(GankdError, match="name: expected str") as info:
+        load_recipe(str(path))
+    assert len(str(info.value)) < 200
+    path.write_text("a: &a [*a]\nname: x\n")
+    with pytest.raises(GankdError, match="refers to itself"):
+        load_recipe(str(path))
+
+
+def test_huge_recipe_file_is_refused_unread(tmp_path):
+    path = tmp_path / "big.yaml"
+    with open(path, "wb") as handle:
+        handle.truncate(64 << 20)
+    with pytest.raises(GankdError, match="too large for a recipe"):
+        load_recipe(str(path))
+
+
+def test_photo_degradation_keys():
+    recipe = load_recipe("quickstart", ["degradation=photo", "degrade_clean=0.25", "jpeg_quality=[60, 90]"])
+    mix = recipe.photo_mix()
+    assert (mix.clean_share, mix.jpeg_quality, mix.kinds) == (0.25, (60.0, 90.0), ("jpeg", "noise", "blur", "resize"))
+    for bad, message in (("degrade_kinds=[jpeg, sepia]", "'sepia' is not a degradation"),
+                         ("jpeg_quality=[0, 90]", "within 1..100"), ("degrade_clean=1.5", "must be in"),
+                         ("noise_sigma=[8, 1]", "lo <= hi")):
+        with pytest.raises(GankdError, match=message):
+            load_recipe("quickstart", ["degradation=photo", bad])

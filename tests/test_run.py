@@ -192,3 +192,30 @@ def test_fid_selection_with_the_offline_inception(teacher_dir, tmp_path):
     assert best["selected_by"] == "fid" and best["validation"]["fid"] == min(v["fid"] for v in vals)
     report = (run_dir / "report.md").read_text()
     assert "chosen by FID" in report and "| FID |" in report
+
+
+def test_out_dir_is_checked_before_any_work(teacher_dir, tmp_path, monkeypatch):
+    """Case 3: an out_dir that cannot be created is one line before the teacher loads; a folder of other files and
+    the shared teacher cache are refused too, and nothing is written."""
+    import gankd.distill.train as train
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before out_dir was checked")
+
+    monkeypatch.setattr(train, "load_teacher", no_teacher)
+    for out_dir, message in (("/proc/gankd-run", "cannot be written"),
+                             (str(teacher_dir / "config.json" / "run"), "is a file, not a folder")):
+        with pytest.raises(GankdError, match=message) as info:
+            run(recipe_from_dict(tiny_recipe(teacher_dir, Path(out_dir))), log=lambda msg: None)
+        assert "\n" not in str(info.value)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(GankdError, match="not a gankd run folder"):
+        run(recipe_from_dict(tiny_recipe(teacher_dir, theirs)), log=lambda msg: None)
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
+    cache = tmp_path / "runs" / "teacher_cache"
+    with pytest.raises(GankdError, match="overlap"):
+        run(recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "runs", teacher_cache_dir=str(cache))),
+            log=lambda msg: None)
+    assert not (tmp_path / "runs").exists()
