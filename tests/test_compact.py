@@ -240,6 +240,7 @@ def test_photo_degraded_run_with_an_anchor_scores_clean_and_degraded(tmp_path, c
     val = next(r["val"] for r in records if "val" in r)
     for key in ("psnr_teacher_clean", "psnr_teacher_degraded", "vol_teacher_clean", "vol_teacher_degraded"):
         assert val[key] > 0, key
+    assert (run_dir / "crops_100_degraded.png").is_file() and "PSNR→teacher degraded" in (run_dir / "report.md").read_text()
 
 
 def test_a_bad_reference_stops_the_run_before_training(tmp_path, compact_dirs):
