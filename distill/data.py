@@ -51,6 +51,7 @@ from .errors import GankdError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+TEXTURE_TRIES = 20
 MAX_PIXELS = 64_000_000  # below PIL's own decompression-bomb limit (~89 MP), so our check speaks first
 
 SAMPLE_SPLITS: dict[str, tuple[str, ...]] = {
@@ -207,7 +208,8 @@ class CropPool:
     @classmethod
     def build(cls, images: Sequence[torch.Tensor], count: int, hr_size: int, scale: int,
               degradation: Degradation = "bicubic", seed: int = 0,
-              opts: RealESRGANDegradation | None = None, augment: bool = False, mix=None) -> "CropPool":
+              opts: RealESRGANDegradation | None = None, augment: bool = False, mix=None,
+              min_texture: float = 0.0) -> "CropPool":
         """``count`` crops at uniformly random positions; images are used round-robin (each image equally often,
         so one large image cannot crowd out the rest). Crop i (its image, position and degradation seed) depends
         only on ``seed`` and i, so a larger pool extends a smaller one. ``augment`` turns each HR crop by one of
@@ -220,9 +222,13 @@ class CropPool:
         crops, seeds = [], []
         for i in range(count):
             image = fitting[i % len(fitting)]
-            top = int(torch.randint(0, image.shape[-2] - hr_size + 1, (1,), generator=generator))
-            left = int(torch.randint(0, image.shape[-1] - hr_size + 1, (1,), generator=generator))
-            crops.append(image[:, top:top + hr_size, left:left + hr_size])
+            for _ in range(TEXTURE_TRIES if min_texture > 0 else 1):  # sky, fog and bokeh teach nothing: redraw
+                top = int(torch.randint(0, image.shape[-2] - hr_size + 1, (1,), generator=generator))
+                left = int(torch.randint(0, image.shape[-1] - hr_size + 1, (1,), generator=generator))
+                crop = image[:, top:top + hr_size, left:left + hr_size]
+                if min_texture <= 0 or texture(crop) >= min_texture:
+                    break
+            crops.append(crop)
             seeds.append(int(torch.randint(0, 2**62, (1,), generator=generator)))
         if augment:  # drawn from its own generator, so the positions match the pool built without augment
             turns = torch.Generator().manual_seed(seed + 7919)
@@ -253,6 +259,14 @@ class CropPool:
 
     def memory_bytes(self) -> int:
         return self.hr.nbytes + self.lr.nbytes
+
+
+def texture(crop: torch.Tensor) -> float:
+    """Mean absolute difference between neighbouring pixels, in 8-bit levels: near 0 on sky, fog and bokeh, a few
+    levels on fur, foliage and fabric. ``min_texture`` redraws a crop's position (up to ``TEXTURE_TRIES`` times)
+    while its texture is below the bar."""
+    return 255 * 0.5 * float((crop[..., 1:, :] - crop[..., :-1, :]).abs().mean()
+                             + (crop[..., :, 1:] - crop[..., :, :-1]).abs().mean())
 
 
 def dihedral(image: torch.Tensor, k: int) -> torch.Tensor:

@@ -86,6 +86,8 @@ class Recipe:
     val_images: str = "sample"
     hr_size: int = 128  # HR crop side (multiple of scale and of 8)
     train_crops: int = 256  # size of the fixed train crop pool
+    min_texture: float = 0.0  # redraw train crops flatter than this (data.texture, 8-bit levels): wallpaper photos
+    # are mostly sky and bokeh
     val_crops_per_image: int = 4
     degradation: str = "bicubic"  # bicubic | realesrgan (second-order) | photo (the mix below); fixed per crop
     # photo degradation (gankd.distill.degrade.PhotoMix): degrade_clean of the crops stay bicubic, the others draw
@@ -183,7 +185,7 @@ class Recipe:
             if value is not None and value < 1:
                 raise GankdError(f"{key}: must be >= 1 or null, got {value}")
         for key in ("lambda_agkd", "lambda_cgkd", "lambda_div", "lambda_mlp", "lambda_dcd", "lambda_cd",
-                    "ssim_weight", "style_weight", "lambda_adv", "l1_weight", "fft_weight", "anchor_weight",
+                    "ssim_weight", "style_weight", "lambda_adv", "l1_weight", "fft_weight", "anchor_weight", "min_texture",
                     "perceptual_weight", "r1_gamma", "max_cache_mb"):
             if getattr(self, key) < 0:
                 raise GankdError(f"{key}: must be >= 0, got {getattr(self, key)}")

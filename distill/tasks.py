@@ -121,7 +121,8 @@ class SRTask(Task):
         self.scale = teacher.gankd_config.scale
         self.train = data.CropPool.build(_images(recipe.train_images, "train"), count=recipe.train_crops,
                                          hr_size=recipe.hr_size, scale=self.scale, degradation=recipe.degradation,
-                                         seed=recipe.seed, augment=recipe.augment, mix=recipe.photo_mix())
+                                         seed=recipe.seed, augment=recipe.augment, mix=recipe.photo_mix(),
+                                         min_texture=recipe.min_texture)
         self.val = sr_validation_pool(recipe, self.scale)
         self.train_teacher = None
         if recipe.cache_teacher:

@@ -412,3 +412,17 @@ def test_photo_pool_records_kinds_and_validation_scores_every_kind():
     assert len(val) == 4 * 5 and val.kinds == tuple(k for k in ("clean", "jpeg", "noise", "blur", "resize")
                                                     for _ in range(4))
     assert torch.equal(val.hr[:4], val.hr[4:8])  # the same crops in every kind
+
+
+def test_min_texture_redraws_flat_crops():
+    """A half-flat image: without the bar many crops are sky; with it, crops come from the textured half."""
+    image = torch.zeros(3, 128, 256) + 0.5
+    image[:, :, 128:] = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0))
+    from gankd.distill.data import texture
+
+    plain = CropPool.build([image], count=16, hr_size=32, scale=4, seed=0)
+    textured = CropPool.build([image], count=16, hr_size=32, scale=4, seed=0, min_texture=20)
+    assert sum(texture(c) < 1 for c in plain.hr) >= 4  # negative control: the flat half is drawn without the bar
+    assert all(texture(c) >= 20 for c in textured.hr)
+    assert torch.equal(textured.hr, CropPool.build([image], count=16, hr_size=32, scale=4, seed=0,
+                                                   min_texture=20).hr)  # still a function of the seed
