@@ -14,10 +14,11 @@ What the server enforces, whatever the widgets say (figures in README "Serve and
 
 - Files: a request can name only its client's own uploads and the demo's examples (``serve.guard``); Gradio's
   ``blocked_paths`` also cover the artifact folders, the working directory and the home directory.
-- Work: uploads up to ``max_pixels`` (and ``MAX_UPLOAD_BYTES``), at least ``images.MIN_SIDE_PX`` a side; the tile
+- Work: uploads up to ``max_pixels`` (default ``images.MAX_PIXELS``; and ``MAX_UPLOAD_BYTES``), at least
+  ``images.MIN_SIDE_PX`` a side, checked by the reader and again by each Session (``images.check_size``); the tile
   size is 0 (whole image, run as one ``TILE_MAX_PX`` tile at most) or ``TILE_MIN_PX``..``TILE_MAX_PX``; a request
   stops between tiles once it has run ``request_budget_s``; ``CONCURRENCY`` requests run at once and at most
-  ``queue_size`` wait.
+  ``queue_size`` wait; Gradio keeps the state of ``STATE_SESSIONS`` sessions, not its default 10,000.
 - Errors: a refused request is one line for the client and one line in the server log (``gankd.serve`` logger),
   with the same request id in both; no traceback.
 
@@ -27,6 +28,7 @@ gradio, PIL and scikit-image import inside the functions: ``import gankd.serve``
 
 import errno
 import functools
+import io
 import logging
 import math
 import os
@@ -43,11 +45,11 @@ import numpy as np
 
 from . import guard
 from .errors import OverBudget, ServeError, first_line
-from .images import Picture, read_image, to_uint8, to_unit
+from .images import MAX_PIXELS, Picture, read_image, to_uint8, to_unit
 from .manifest import MANIFEST_FILE, input_names, read_manifest, task_of
 from .session import SESSIONS, Session
 
-DEFAULT_MAX_PIXELS = 1024 * 1024
+DEFAULT_MAX_PIXELS = MAX_PIXELS  # the one limit of gankd.serve (images.MAX_PIXELS), kept under its old name
 QUICKSTART_DIRS = (Path("exports/teacher"), Path("exports/student"))
 QUICKSTART_HINT = "No model artifacts found. Make them with `make quickstart`, then run `gankd-demo`."
 UI_BACKENDS = ("auto", "ort", "torch")
@@ -57,6 +59,11 @@ TILE_MIN_PX = 16  # a 1 px tile runs the network on 21x21 px windows to keep 1 p
 TILE_MAX_PX = 1024
 REQUEST_BUDGET_S = 120.0  # per request (teacher and student together), checked between tiles
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+# Gradio keeps the configs of all blocks per session (30 KB for this app before any value is stored, measured with
+# tracemalloc; each API call is a session of its own) for 10,000 sessions by default: demos/soak.py saw the demo's
+# memory grow steadily under load. No event here reads earlier state; a few hundred cover the running and waiting
+# requests.
+STATE_SESSIONS = 256
 LOG = logging.getLogger("gankd.serve")
 MAX_GENERATE = 8
 DEFAULT_PSI = 0.7
@@ -71,18 +78,21 @@ def default_artifact_dirs(root: Path | None = None) -> list[Path]:
 
 
 class SessionCache:
-    """One Session per (artifact folder, backend), created on first use; safe to call from the queue's threads."""
+    """One Session per (artifact folder, backend), created on first use; safe to call from the queue's threads. Each
+    applies the demo's pixel limit (the same one the upload reader applies)."""
 
-    def __init__(self, verify: bool = True):
+    def __init__(self, verify: bool = True, max_pixels: int = MAX_PIXELS):
         self._sessions: dict[tuple[Path, str], Session] = {}
         self._lock = threading.Lock()
         self._verify = verify
+        self._max_pixels = max_pixels
 
     def get(self, artifact_dir: Path, backend: str) -> Session:
         key = (artifact_dir, backend)
         with self._lock:  # one lock for all: loading is rare and two loads of one model would waste memory
             if key not in self._sessions:
-                self._sessions[key] = Session(artifact_dir, backend=backend, verify=self._verify)
+                self._sessions[key] = Session(artifact_dir, backend=backend, verify=self._verify,
+                                              max_pixels=self._max_pixels)
             return self._sessions[key]
 
 
@@ -92,7 +102,7 @@ class Requests:
 
     def __init__(self, files: guard.ClientFiles, max_pixels: int, request_budget_s: float, verify: bool):
         self.files, self.max_pixels, self.request_budget_s, self.verify = files, max_pixels, request_budget_s, verify
-        self.sessions = SessionCache(verify)
+        self.sessions = SessionCache(verify, max_pixels)
 
     @staticmethod
     def new_id() -> str:
@@ -175,6 +185,7 @@ def _guarded_blocks_class():
                                         Middleware(guard.FileGuard, files=self.gankd_files, log=_log_guard)]
             kwargs["blocked_paths"] = [*(kwargs.get("blocked_paths") or []), *_blocked_paths(self.gankd_blocked)]
             kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
+            kwargs.setdefault("state_session_capacity", STATE_SESSIONS)
             _ensure_log_handler()
             try:
                 return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
@@ -195,8 +206,11 @@ def _blocked_paths(artifact_dirs: list[str]) -> list[str]:
     return sorted({str(Path(p).resolve()) for p in candidates if not is_in_or_equal(uploads, p)})
 
 
-def _log_guard(message: str) -> None:
-    LOG.warning("request %s refused: %s", Requests.new_id(), message)
+def _log_guard(message: str) -> str:
+    """The file guard's refusal in the log; returns the request id it logged, which the guard tells the client."""
+    request_id = Requests.new_id()
+    LOG.warning("request %s refused: %s", request_id, message)
+    return request_id
 
 
 def _ensure_log_handler() -> None:
@@ -268,8 +282,9 @@ class TaskTab:
         refusal (unknown model or backend, a ServeError, the time budget) in one line."""
         requests, runs = self.requests, []
         for role, name in zip(ROLES, names):
-            if name not in self.models:
-                raise requests.refuse(request_id, f"unknown {role} model {name!r}")
+            if not isinstance(name, str) or name not in self.models:
+                raise requests.refuse(request_id, f"unknown {role} model {name!r:.80}; models: "
+                                                  f"{', '.join(self.models)}")
             try:
                 session = requests.sessions.get(self.models[name], _backend(backend_name, request_id, requests))
                 runs.append(Ran(role, name, session, *work(session)))
@@ -293,29 +308,77 @@ def _model_choice(names: list[str], teacher_id: str | None = None, student_id: s
     """The teacher and student dropdowns and the backend radio of a tab."""
     import gradio as gr
 
-    teacher = gr.Dropdown(names, value=names[0], label="Teacher (reference) model", elem_id=teacher_id)
-    student = gr.Dropdown(names, value=names[-1], label="Student model", elem_id=student_id)
-    backend = gr.Radio(list(UI_BACKENDS), value="auto", label="Backend")
+    teacher = _unchecked(gr.Dropdown, names, value=names[0], label="Teacher (reference) model", elem_id=teacher_id)
+    student = _unchecked(gr.Dropdown, names, value=names[-1], label="Student model", elem_id=student_id)
+    backend = _unchecked(gr.Radio, list(UI_BACKENDS), value="auto", label="Backend")
     return teacher, student, backend
 
 
 def _output_images(*labelled: tuple[str, str]) -> list:
-    """One read-only PNG image per (label, elem_id), in a row."""
+    """One read-only PNG image per (label, elem_id), in a row, each written to Gradio's cache by
+    :func:`_cached_png`."""
     import gradio as gr
 
+    class OutputImage(gr.Image):
+        def get_block_name(self) -> str:  # the frontend is gr.Image's
+            return "image"
+
+        def postprocess(self, value):
+            if isinstance(value, np.ndarray):
+                value = _cached_png(value, self.GRADIO_CACHE)
+            return super().postprocess(value)
+
     with gr.Row():
-        return [gr.Image(label=label, format="png", type="numpy", interactive=False, elem_id=elem_id)
+        return [OutputImage(label=label, format="png", type="numpy", interactive=False, elem_id=elem_id)
                 for label, elem_id in labelled]
 
 
-def _upload_with_examples(label: str, elem_id: str, examples: list[str], examples_label: str):
+def _cached_png(array: np.ndarray, cache_dir: str) -> str:
+    """An output image as a PNG in Gradio's cache, at the path Gradio gives it (the folder named by the content
+    hash, so Gradio's own copy step finds it there), written under a temporary name and renamed into place. Gradio's
+    writer rewrites that file in place for every request, so a client fetching the same output as another request
+    (two users on one example) could read it half written: demos/soak.py got undecodable PNGs that way."""
+    from gradio.processing_utils import hash_bytes
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    folder = Path(cache_dir) / hash_bytes(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "image.png"
+    if not path.exists():  # the same hash: the same bytes, complete (only a rename puts a file there)
+        partial = folder / f".image.png.{uuid.uuid4().hex}"
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    return str(path.resolve())
+
+
+def _upload_with_examples(label: str, elem_id: str, examples: list[str], examples_label: str, requests: Requests):
     """The upload widget of a tab, with its example images (none without scikit-image)."""
     import gradio as gr
 
     image = _upload_image(label=label, elem_id=elem_id)
     if examples:
-        gr.Examples(examples=[[p] for p in examples], inputs=[image], label=examples_label)
+        shown = gr.Examples(examples=[[p] for p in examples], inputs=[image], label=examples_label)
+        _check_example_index(shown.dataset, len(examples), requests)
     return image
+
+
+def _check_example_index(dataset, count: int, requests: Requests) -> None:
+    """The examples' click event takes an example's index: any other value sent through the API is refused in one
+    line, where Gradio would fail inside the event with a traceback in the log."""
+    preprocess = dataset.preprocess
+
+    def checked(payload):
+        if isinstance(payload, bool) or not isinstance(payload, int) or not 0 <= payload < count:
+            raise requests.refuse(requests.new_id(), f"unknown example {payload!r:.80}; examples: 0 to {count - 1}")
+        return preprocess(payload)
+
+    dataset.preprocess = checked
 
 
 def _super_resolution_tab(tab: TaskTab) -> None:
@@ -324,7 +387,7 @@ def _super_resolution_tab(tab: TaskTab) -> None:
     with gr.Row():
         with gr.Column():
             image = _upload_with_examples("Input image (low resolution)", "input-image", _example_files(),
-                                          "Real photos")
+                                          "Real photos", tab.requests)
         with gr.Column():
             teacher, student, backend = _model_choice(list(tab.models))
             tile = _unchecked(gr.Slider, 0, TILE_MAX_PX, value=tab.default_tile, step=TILE_MIN_PX,
@@ -421,14 +484,15 @@ def _tile(tile_px, request_id: str, requests: Requests) -> int:
         return TILE_MAX_PX
     if not number or tile_px != int(tile_px) or not TILE_MIN_PX <= tile_px <= TILE_MAX_PX:
         raise requests.refuse(request_id, f"The tile size must be 0 (whole image) or a whole number from "
-                                          f"{TILE_MIN_PX} to {TILE_MAX_PX} px, got {tile_px!r}.")
+                                          f"{TILE_MIN_PX} to {TILE_MAX_PX} px, got {tile_px!r:.80}.")
     return int(tile_px)
 
 
 def _unchecked(component, *args, **kwargs):
-    """A gr.Slider / gr.Number whose value reaches the event function as sent: the function checks it (``_tile``,
-    ``_whole``, the Session), so an out-of-range value from the API gets the same one-line refusal and log line as
-    any other, instead of Gradio's own error with a traceback in the log."""
+    """A gr.Slider / gr.Number / gr.Dropdown / gr.Radio whose value reaches the event function as sent: the function
+    checks it (``_tile``, ``_whole``, ``TaskTab.compare``, ``_backend``, the Session), so an out-of-range value from
+    the API gets the same one-line refusal and log line as any other, instead of Gradio's own error with a traceback
+    in the log."""
     block_name = component.__name__.lower()
 
     class Unchecked(component):
@@ -442,8 +506,8 @@ def _unchecked(component, *args, **kwargs):
 
 
 def _backend(name, request_id: str, requests: Requests) -> str:
-    if name not in UI_BACKENDS:
-        raise requests.refuse(request_id, f"unknown backend {name!r}; backends: {', '.join(UI_BACKENDS)}")
+    if not isinstance(name, str) or name not in UI_BACKENDS:
+        raise requests.refuse(request_id, f"unknown backend {name!r:.80}; backends: {', '.join(UI_BACKENDS)}")
     return name
 
 
@@ -452,8 +516,8 @@ def _whole(value) -> bool:
         and value == int(value)
 
 
-def _any_psi(psi_names: set[str], *names: str) -> bool:
-    return any(name in psi_names for name in names)
+def _any_psi(psi_names: set[str], *names) -> bool:
+    return any(isinstance(name, str) and name in psi_names for name in names)  # names as sent: maybe not strings
 
 
 def _grid(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
@@ -475,7 +539,7 @@ def _face_tab(tab: TaskTab) -> None:
     with gr.Row():
         with gr.Column():
             image = _upload_with_examples("Face (clean: it is degraded by the scale first)", "face-input",
-                                          _face_example_files(), "Real face")
+                                          _face_example_files(), "Real face", tab.requests)
         with gr.Column():
             teacher, student, backend = _model_choice(list(tab.models), "face-teacher-model", "face-student-model")
             scale = _unchecked(gr.Slider, FACE_SCALES[0], FACE_SCALES[1], value=16, step=4,
@@ -490,7 +554,7 @@ def _face_tab(tab: TaskTab) -> None:
     def restore(path, teacher_name, student_name, backend_name, factor, request: gr.Request):
         request_id = requests.new_id()
         if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not math.isfinite(factor):
-            raise requests.refuse(request_id, f"The scale must be a number, got {factor!r}.")
+            raise requests.refuse(request_id, f"The scale must be a number, got {factor!r:.80}.")
         picture = requests.picture(request_id, path, request)
         lqs = []  # each model's own low-quality input (the same for models of one size); the teacher's is shown
 
@@ -530,15 +594,23 @@ def _upload_image(**kwargs):
     """A gr.Image that hands the function the uploaded file's path without decoding it: gr.Image itself opens the
     file with PIL before the function runs, so a text file or a bomb would fail there with no useful message. The
     path is only a name here: the event function checks it against the client's uploads (``serve.guard``) before
-    anything reads it."""
+    anything reads it, and a payload that is no file at all (a string, a number) gets the same refusal."""
     import gradio as gr
 
     class UploadImage(gr.Image):
+        def __init__(self, **options):
+            super().__init__(**options)
+            self._schema = self.api_info()  # gr.Image's, for API clients: they upload a file for this input
+            self.data_model = None  # no pydantic check before preprocess: its failure is a traceback in the log
+
+        def api_info(self):
+            return getattr(self, "_schema", None) or super().api_info()
+
         def get_block_name(self) -> str:  # the frontend is gr.Image's
             return "image"
 
         def preprocess(self, payload):
-            return None if payload is None else payload.path
+            return payload.get("path") if isinstance(payload, dict) else payload  # any other value: refused later
 
     return UploadImage(type="filepath", sources=["upload", "clipboard"], **kwargs)
 

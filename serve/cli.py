@@ -4,14 +4,15 @@ Server over the artifacts, ``gankd.serve.triton``)."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import click
 
 from .errors import ServeError, run_cli
-
-DEFAULT_MAX_PIXELS = 4096 * 4096
+from .images import MAX_PIXELS, MAX_PIXELS_LOCAL
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +25,7 @@ def cli():
 @click.argument("artifact_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
-@click.option("--max-pixels", type=click.IntRange(min=1), default=1024 * 1024, show_default=True,
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
               help="refuse uploads with more pixels than this")
 @click.option("--tile", type=click.IntRange(min=0), default=256, show_default=True,
               help="default LR tile size in px (0: whole image); requests may use 0 or 16..1024")
@@ -66,45 +67,82 @@ def serve(artifact_dirs, host, port, max_pixels, tile, request_budget_s, queue_s
 @click.option("--pad", type=click.IntRange(min=0), default=10, show_default=True,
               help="reflect padding and tile overlap in LR px")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="intra-op threads of the backend")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
-              help="skip inputs with more pixels than this")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS_LOCAL, show_default=True,
+              help="skip inputs with more pixels than this (servers default to a lower bar: they hold whole outputs "
+                   "of concurrent requests in memory)")
 @click.option("--no-verify", is_flag=True,
               help="load a model file whose sha256 differs from manifest.json (a graph edited on purpose)")
 def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads, max_pixels, no_verify):
     """Upscale every image in IN_DIR into OUT_DIR (PNG, same stem); bad files are reported and skipped.
     Images are read as the demo reads them (EXIF orientation applied, 16-bit kept, first frame of an animation).
-    Exit status 0 when all were written, 1 when some were skipped."""
+    Files whose outputs would share a name (a.png and a.jpg) get distinct ones (a.png, a.jpg.png), said in a note;
+    no output replaces another output of the run or an input. Exit status 0 when all were written, 1 when some
+    were skipped."""
     from tqdm import tqdm
 
     from .images import read_image, save_image
     from .session import Session, SRSession
 
     if not in_dir.is_dir():
-        raise ServeError(f"input folder {str(in_dir)!r} does not exist or is not a folder")
+        raise ServeError(f"input folder {str(in_dir)!r} " + ("is a file, not a folder" if in_dir.exists() else
+                                                             "does not exist"))
     files = sorted(p for p in in_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise ServeError(f"input folder {str(in_dir)!r} has no files")
     if out_dir.exists() and not out_dir.is_dir():
         raise ServeError(f"output {str(out_dir)!r} is a file, not a folder")
-    session = Session(artifact_dir, backend=backend, threads=threads, variant=variant, verify=not no_verify)
+    session = Session(artifact_dir, backend=backend, threads=threads, variant=variant, verify=not no_verify,
+                      max_pixels=max_pixels)
     if not isinstance(session, SRSession):
         raise ServeError(f"upscale runs sr artifacts; {str(artifact_dir)!r} is a {session.task} artifact (use "
                          "gankd.serve.Session in Python, or the demo)")
+    in_place = out_dir.is_dir() and os.path.samefile(out_dir, in_dir)
+    names = output_names(files, taken={p.name for p in in_dir.iterdir()} if in_place else set())
     out_dir.mkdir(parents=True, exist_ok=True)
-    skipped = 0
+    written = 0
     for path in tqdm(files, desc="upscale", unit="img", file=sys.stderr):
         try:
             picture = read_image(path, max_pixels)
-            save_image(session.run(picture.array, tile=tile, pad=pad), out_dir / f"{path.stem}.png")
+            save_image(session.run(picture.array, tile=tile, pad=pad), out_dir / names[path])
         except (ServeError, OSError) as exc:  # OSError: the PNG could not be written (disk)
-            skipped += 1
             tqdm.write(f"skipped {path.name}: {exc}", file=sys.stderr)
             continue
+        written += 1
+        if names[path] != f"{path.stem}.png":
+            tqdm.write(f"note {path.name}: written as {names[path]}, not {path.stem}.png (another file of the folder "
+                       "has that name or stem)", file=sys.stderr)
         if picture.note:
             tqdm.write(f"note {path.name}: {picture.note}", file=sys.stderr)
-    done = len(files) - skipped
-    click.echo(f"upscaled {done} of {len(files)} images into {out_dir}" + (f"; skipped {skipped}" if skipped else ""))
+    skipped = len(files) - written
+    click.echo(f"upscaled {written} of {len(files)} images into {out_dir}" + (f"; skipped {skipped}" if skipped
+                                                                               else ""))
     return 1 if skipped else 0
+
+
+def output_names(files: list[Path], taken: set[str] = frozenset()) -> dict[Path, str]:
+    """Each input's output file name in one run of ``upscale``, never the same twice and never one of ``taken`` (the
+    input folder's own names when writing into it), compared case-insensitively (``A.png`` and ``a.png`` are one
+    file on macOS and Windows): ``<stem>.png``; when that is taken, ``<name>.png`` (``a.jpg.png``), then
+    ``<name>-2.png``, ... A ``<stem>.png`` no other input shares and ``taken`` lacks is always kept; of a shared one,
+    the file already called ``<stem>.png`` keeps it."""
+    natural = {path: f"{path.stem}.png" for path in files}
+    shared = Counter(name.casefold() for name in natural.values())
+    used = {name.casefold() for name in taken}
+
+    def contested(path: Path) -> bool:  # these go last, so a fallback name never takes a free one
+        return shared[natural[path].casefold()] > 1 or natural[path].casefold() in used
+
+    names = {}
+    for path in sorted(files, key=lambda p: (contested(p), p.name != natural[p], p.name)):
+        name, n = natural[path], 1
+        if name.casefold() in used:
+            name = f"{path.name}.png"
+        while name.casefold() in used:
+            n += 1
+            name = f"{path.name}-{n}.png"
+        used.add(name.casefold())
+        names[path] = name
+    return names
 
 
 @cli.command()
@@ -122,7 +160,7 @@ def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads,
 @click.option("--backend", type=click.Choice(["auto", "torch", "ort", "ort-cuda"]), default="auto",
               show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="intra-op threads per instance")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=1024 * 1024, show_default=True,
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
               help="refuse sr images with more pixels (H x W) than this")
 @click.option("--no-verify", is_flag=True,
               help="load model files whose sha256 differs from manifest.json (graphs edited on purpose)")

@@ -10,6 +10,15 @@ function, and with it any file in Gradio's upload folder did, including other cl
   file payload in a request body that is not that client's upload or an example by an inert one (no ``meta``, a
   path that names nothing), so neither Gradio nor our code opens it, and refuses ``/file=`` downloads of another
   client's upload and ``/file=`` URL proxying.
+- Uploads are content-hashed: two clients who upload the same bytes under the same name get the same path, so a
+  path belongs to the *set* of clients that uploaded it (each keeps it).
+- Every body the app could parse as JSON is checked: FastAPI parses a content type whose subtype is ``json`` or
+  ends in ``+json`` (``application/vnd.x+json``), and Gradio's component server reads any body as JSON. So a
+  request body other than an upload (multipart) or a login (form) must be JSON by that rule (or have no content
+  type) and parse, or it is refused (415 / 400) in one line, before Gradio sees it. (The demo has no microphone or
+  webcam inputs, whose recordings Gradio takes as multipart bodies elsewhere.)
+- A payload that reaches Gradio is one Gradio cannot fail on with a traceback: an allowed file payload is rebuilt
+  from its path (and name) alone, and anything that looks like a file payload but is not a string path is inert.
 - The event function checks the path once more (:meth:`ClientFiles.check`) and reads the resolved file it
   returns; the refusal is the same line whether the file exists or not.
 
@@ -18,6 +27,7 @@ Paths are compared after ``resolve()``: ``..`` and symlinks count as where they 
 
 from __future__ import annotations
 
+import email.message
 import json
 import os
 import re
@@ -32,7 +42,9 @@ COOKIE = "gankd_client"
 REFUSED = "the server reads only files this client uploaded (and the demo's examples)"
 INERT_PATH = "gankd-refused-file"  # what a refused file payload's path becomes: names no file
 MAX_JSON_BODY_BYTES = 1 << 20  # event requests carry a few file references and options, not pixels
-MAX_TRACKED_UPLOADS = 4096  # the oldest uploads beyond this are forgotten (and so refused)
+MAX_TRACKED_UPLOADS = 4096  # (path, client) pairs; the oldest beyond this are forgotten (and so refused)
+FILE_META = {"_type": "gradio.FileData"}
+NO_BODY_METHODS = ("GET", "HEAD", "OPTIONS")
 _ID = re.compile(r"[A-Za-z0-9_-]{24}")
 
 
@@ -50,10 +62,12 @@ def _resolved(path: str) -> str | None:
 
 
 class ClientFiles:
-    """The uploads of each client (path -> client id) and the files any client may name (the demo's examples)."""
+    """The uploads of each client (path -> the set of clients that uploaded it) and the files any client may name
+    (the demo's examples)."""
 
     def __init__(self, max_uploads: int = MAX_TRACKED_UPLOADS):
-        self._owner: OrderedDict[str, str] = OrderedDict()
+        self._owners: dict[str, set[str]] = {}
+        self._order: OrderedDict[tuple[str, str], None] = OrderedDict()  # (path, client), oldest first
         self._public: set[str] = set()
         self._max = max_uploads
         self._lock = threading.Lock()
@@ -63,10 +77,15 @@ class ClientFiles:
         if resolved is None:
             return
         with self._lock:
-            self._owner[resolved] = client
-            self._owner.move_to_end(resolved)
-            while len(self._owner) > self._max:
-                self._owner.popitem(last=False)
+            self._owners.setdefault(resolved, set()).add(client)
+            self._order[(resolved, client)] = None
+            self._order.move_to_end((resolved, client))
+            while len(self._order) > self._max:  # bounded however many client ids upload one file
+                (old_path, old_client), _ = self._order.popitem(last=False)
+                owners = self._owners[old_path]
+                owners.discard(old_client)
+                if not owners:
+                    del self._owners[old_path]
 
     def add_public(self, path: str) -> None:
         resolved = _resolved(path)
@@ -80,15 +99,16 @@ class ClientFiles:
         if resolved is None:
             return None
         with self._lock:
-            if resolved in self._public or (client is not None and self._owner.get(resolved) == client):
+            if resolved in self._public or (client is not None and client in self._owners.get(resolved, ())):
                 return resolved
         return None
 
     def owned_by_another(self, client: str | None, path: str) -> bool:
+        """Whether ``path`` is an upload and ``client`` is not one of the clients that uploaded it."""
         resolved = _resolved(path)
         with self._lock:
-            owner = self._owner.get(resolved) if resolved else None
-        return owner is not None and owner != client
+            owners = self._owners.get(resolved, set()) if resolved else set()
+            return bool(owners) and client not in owners
 
     def check(self, client: str | None, path) -> Path:
         """The file to read for a path a request named; ServeError (one line, the same for every refused path)."""
@@ -112,22 +132,34 @@ def _with_client(cookie_header: str, client: str) -> str:
 
 
 def neutralise(data, allowed) -> tuple[object, int]:
-    """``data`` with every file payload (a dict with a string ``path``) that ``allowed(path)`` refuses replaced by
-    an inert one; returns (data, how many were replaced)."""
-    replaced = 0
+    """``data`` with every file payload (a dict with a ``path`` or a ``meta`` key) rebuilt: the ones whose string
+    path ``allowed(path)`` accepts from their path, original name and ``meta`` marker alone (so no other field can
+    fail Gradio's FileData validation), the others replaced by an inert one. Returns (data, how many file payloads
+    it held)."""
+    found = 0
 
     def walk(node):
-        nonlocal replaced
+        nonlocal found
         if isinstance(node, dict):
-            if isinstance(node.get("path"), str) and not allowed(node["path"]):
-                replaced += 1
-                return {"path": INERT_PATH}
+            if "path" in node or "meta" in node:
+                found += 1
+                path = node.get("path")
+                return _file_payload(node, path) if isinstance(path, str) and allowed(path) else {"path": INERT_PATH}
             return {key: walk(value) for key, value in node.items()}
         if isinstance(node, list):
             return [walk(value) for value in node]
         return node
 
-    return walk(data), replaced
+    return walk(data), found
+
+
+def _file_payload(node: dict, path: str) -> dict:
+    payload = {"path": path}
+    if isinstance(node.get("orig_name"), str):
+        payload["orig_name"] = node["orig_name"]
+    if node.get("meta") == FILE_META:
+        payload["meta"] = dict(FILE_META)
+    return payload
 
 
 class FileGuard:
@@ -157,23 +189,36 @@ class FileGuard:
                 return await _plain(send, 403, f"File not allowed: {target}.")
         if method == "POST" and path.endswith("/upload"):
             return await self.app(scope, receive, self._recording_uploads(send, client))
-        if method == "POST" and _is_json(scope):
-            body = await _read_body(receive, MAX_JSON_BODY_BYTES)
-            if body is None:
-                return await _plain(send, 413, "request body too large")
-            body = self._neutralised(body, client)
-            scope = {**scope, "headers": [*[(k, v) for k, v in scope["headers"] if k != b"content-length"],
-                                          (b"content-length", str(len(body)).encode())]}
-            return await self.app(scope, _replay(body, receive), send)
-        return await self.app(scope, receive, send)
+        if method in NO_BODY_METHODS or (method == "POST" and path.rstrip("/").endswith("/login")):
+            return await self.app(scope, receive, send)  # a login form carries no file payload
+        body = await _read_body(receive, MAX_JSON_BODY_BYTES)
+        if body is None:
+            return await self._refuse(send, 413, f"request body over {MAX_JSON_BODY_BYTES} bytes (images go to "
+                                                 "/upload)")
+        if body:
+            kind = content_type(scope)
+            if kind and not parsed_as_json(kind):  # no content type: Gradio's component server reads it as JSON
+                return await self._refuse(send, 415, f"request bodies must be JSON (application/json), not {kind!r}")
+            try:
+                body = self._neutralised(body, client)
+            except (ValueError, UnicodeDecodeError):
+                return await self._refuse(send, 400, "the request body is not valid JSON")
+            except RecursionError:
+                return await self._refuse(send, 400, "the request body is nested too deeply")
+        scope = {**scope, "headers": [*[(k, v) for k, v in scope["headers"] if k != b"content-length"],
+                                      (b"content-length", str(len(body)).encode())]}
+        return await self.app(scope, _replay(body, receive), send)
 
     def _neutralised(self, body: bytes, client: str) -> bytes:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return body  # not JSON after all: the app answers it as it would
-        data, replaced = neutralise(data, lambda p: self.files.allowed(client, p) is not None)
-        return json.dumps(data).encode() if replaced else body
+        """The body with its file payloads rebuilt or made inert (:func:`neutralise`); ValueError when it is not
+        JSON, RecursionError when it nests deeper than Python can walk."""
+        data, found = neutralise(json.loads(body), lambda p: self.files.allowed(client, p) is not None)
+        return json.dumps(data).encode() if found else body
+
+    async def _refuse(self, send, status: int, message: str) -> None:
+        """One line for the client and one in the log, with the request id ``log`` returns."""
+        request_id = self.log(message) if self.log else None
+        await _plain(send, status, f"{message} (request {request_id})" if request_id else message)
 
     def _recording_uploads(self, send, client: str):
         status, chunks = [0], []
@@ -207,11 +252,21 @@ class FileGuard:
         return wrapped
 
 
-def _is_json(scope) -> bool:
+def content_type(scope) -> str | None:
+    """The request's content type as the app reads it (Starlette: the first ``content-type`` header), or None."""
     for key, value in scope.get("headers", []):
         if key == b"content-type":
-            return value.split(b";")[0].strip().lower() == b"application/json"
-    return False
+            return value.decode("latin-1")
+    return None
+
+
+def parsed_as_json(kind: str) -> bool:
+    """Whether FastAPI parses a body of content type ``kind`` as JSON: type ``application`` with subtype ``json``
+    or ``*+json``, read with ``email.message`` as ``fastapi.routing`` reads it (case, parameters, spaces)."""
+    message = email.message.Message()
+    message["content-type"] = kind
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 async def _read_body(receive, limit: int) -> bytes | None:

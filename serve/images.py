@@ -12,11 +12,17 @@ It returns a numpy array a Session takes as it is, so no entry point converts mo
   header, so a decompression bomb is never expanded); an animated or multi-frame file gives its first frame and
   says so (``Picture.note``).
 
+:func:`check_size` is the one home of those limits and of their message: the reader, ``Session`` (``run``,
+``run_array``, ``forward`` of sr; the face methods), the demo, ``gankd-demo upscale`` and the Triton model all call
+it, with ``MAX_PIXELS`` as every front end's default maximum (``--max-pixels``, ``Session(max_pixels=...)``).
+
 Errors are :class:`ServeError` with one line; the caller adds the file name.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import struct
 import warnings
 from dataclasses import dataclass
@@ -27,6 +33,10 @@ import numpy as np
 from .errors import ServeError, first_line
 
 MIN_SIDE_PX = 8  # a 1x1 "photo" is not one; reflect padding wants a few pixels anyway
+MAX_PIXELS = 1024 * 1024  # per image: a request's output (x4: 16.8 Mpx) and activations stay in memory on a server
+# `gankd-demo upscale` works on the user's own files, tile by tile, one at a time, writing each to disk: a 12 Mpx phone
+# photo must not need a flag. The check and its message are the same; only the bar is a local tool's.
+MAX_PIXELS_LOCAL = 4096 * 4096
 INT32_PEAK = float(2 ** 31 - 1)
 
 
@@ -48,7 +58,7 @@ class Picture:
         return int(self.array.shape[0])
 
 
-def read_image(path: str | Path, max_pixels: int, min_side: int = MIN_SIDE_PX) -> Picture:
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE_PX) -> Picture:
     """Open, check and decode one image file (see the module docstring); ServeError in one line otherwise."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -56,7 +66,7 @@ def read_image(path: str | Path, max_pixels: int, min_side: int = MIN_SIDE_PX) -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                _check_size(*image.size, max_pixels, min_side)
+                check_size(*image.size, max_pixels, min_side)
                 frames = int(getattr(image, "n_frames", 1) or 1)
                 if frames > 1:
                     image.seek(0)
@@ -73,17 +83,22 @@ def read_image(path: str | Path, max_pixels: int, min_side: int = MIN_SIDE_PX) -
         raise ServeError(f"too large ({first_line(exc)})") from None
     except FileNotFoundError:
         raise ServeError("the file does not exist") from None
+    except IsADirectoryError:
+        raise ServeError("it is a folder, not an image file") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error) as exc:
         raise ServeError(f"cannot decode ({first_line(exc)})") from None
     note = f"the file has {frames} frames: used the first" if frames > 1 else ""
     return Picture(array=array, source_mode=mode, note=note)
 
 
-def _check_size(width: int, height: int, max_pixels: int, min_side: int) -> None:
-    if width * height > max_pixels:
-        raise ServeError(f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}")
+def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE_PX) -> None:
+    """ServeError (one line, the same from every front end) unless the image has at least ``min_side`` px on each
+    side and at most ``max_pixels`` pixels. Width first, as PIL and the demo's report say sizes."""
     if min(width, height) < min_side:
         raise ServeError(f"the image is {width}x{height} px; it needs at least {min_side} px on each side")
+    if width * height > max_pixels:
+        raise ServeError(f"the image is {width}x{height} px = {width * height} pixels, over the limit of "
+                         f"{max_pixels}")
 
 
 def to_array(image) -> np.ndarray:
@@ -138,11 +153,20 @@ def to_unit(array: np.ndarray) -> np.ndarray:
 
 def save_image(array: np.ndarray, path: Path) -> None:
     """Write a Session output as PNG: uint8 as it is, 16-bit gray as 16-bit (``I;16``), any other 16-bit or float
-    image as 8-bit (PNG through PIL has no 16-bit colour)."""
+    image as 8-bit (PNG through PIL has no 16-bit colour). Written to a new hidden file next to ``path`` and renamed
+    over it: a failed write (a full disk) leaves what ``path`` held, and a symlink at ``path`` is replaced, not
+    written through to the file it names."""
     from PIL import Image
 
     if array.dtype == np.float32 or array.dtype == np.float64:
         array = np.clip(np.rint(array * 65535.0), 0, 65535).astype(np.uint16)
     if array.dtype == np.uint16 and array.ndim != 2:
         array = to_uint8(array)
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG")
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    try:
+        with open(partial, "xb") as handle:  # x: never an existing file
+            Image.fromarray(np.ascontiguousarray(array)).save(handle, format="PNG")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -19,6 +19,11 @@ method of another task is a one-line ServeError that names the right one.
   ``serve.faces``) and restores it; ``restore_face_lq(lq, scale)`` takes a face that is already low quality;
   ``face_lq`` returns the low-quality input itself (what the demo shows).
 
+Every image a Session takes (``run``, ``run_array`` and ``forward`` of sr; the face methods) has at least
+``images.MIN_SIDE_PX`` px a side and at most ``max_pixels`` pixels (``Session(..., max_pixels=...)``, default
+``images.MAX_PIXELS``), checked by ``images.check_size`` before any backend sees it: the demo, ``gankd-demo upscale``
+and the Triton model give the same line, never ONNX Runtime's.
+
 Opening a Session checks the artifact before anything runs: the manifest (``serve.manifest``: ``format_version``,
 the keys of its task) and, with ``verify=True`` (the default), the sha256 of the model file it loads against the
 manifest's ``files`` entry, so a graph changed after export is refused instead of served. A file is hashed once per
@@ -39,6 +44,7 @@ import numpy as np
 
 from . import faces, tiling
 from .errors import ServeError, first_line
+from .images import MAX_PIXELS, check_size
 from .manifest import MANIFEST_FILE, input_names, read_manifest, task_of
 
 BACKENDS = ("auto", "torch", "ort", "ort-cuda", "trt")
@@ -97,13 +103,15 @@ def verify_artifact(artifact_dir: str | Path) -> None:
             verify_file(path, entry.get("sha256"), artifact_dir)
 
 
-def _check_options(backend: str, threads: int | None, variant: str) -> None:
+def _check_options(backend: str, threads: int | None, variant: str, max_pixels: int) -> None:
     if backend not in BACKENDS:
         raise ServeError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
     if variant not in VARIANTS:
         raise ServeError(f"unknown variant {variant!r}; variants: {', '.join(VARIANTS)}")
     if threads is not None and threads < 1:
         raise ServeError(f"threads must be at least 1, got {threads}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ServeError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
 
 
 def _other_task(method: str):
@@ -129,15 +137,16 @@ class Session:
     main_method: str  # its entry point, named when a method of another task is called
 
     def __new__(cls, artifact_dir: str | Path, backend: str = "auto", threads: int | None = None,
-                variant: str = "fp32", verify: bool = True):
+                variant: str = "fp32", verify: bool = True, max_pixels: int = MAX_PIXELS):
         if cls is Session:
-            _check_options(backend, threads, variant)
+            _check_options(backend, threads, variant, max_pixels)
             cls = SESSIONS[task_of(read_manifest(artifact_dir))]
         return super().__new__(cls)
 
     def __init__(self, artifact_dir: str | Path, backend: str = "auto", threads: int | None = None,
-                 variant: str = "fp32", verify: bool = True):
-        _check_options(backend, threads, variant)
+                 variant: str = "fp32", verify: bool = True, max_pixels: int = MAX_PIXELS):
+        _check_options(backend, threads, variant, max_pixels)
+        self.max_pixels = max_pixels
         self.artifact_dir = Path(artifact_dir)
         self.manifest = read_manifest(self.artifact_dir)
         if task_of(self.manifest) != self.task:
@@ -251,7 +260,11 @@ class Session:
         if len(xs) != len(self.input_names):
             raise ServeError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
                              f"got {len(xs)}")
+        self._check_inputs(xs)
         return self._forward(*xs)
+
+    def _check_inputs(self, xs: tuple[np.ndarray, ...]) -> None:
+        """What ``forward`` checks of its inputs beyond their count before the backend sees them (per task)."""
 
     def _to_unit(self, y: np.ndarray) -> np.ndarray:
         """Network output in the output range -> [0, 1] (clamped when the manifest says so)."""
@@ -271,9 +284,19 @@ class SRSession(Session):
         self.multiple = int(spec_in.get("spatial_multiple") or 1)
         self.in_channels = int(spec_in["shape"][1])
 
+    def _check_inputs(self, xs: tuple[np.ndarray, ...]) -> None:
+        x = xs[0]
+        if not isinstance(x, np.ndarray) or x.ndim != 4:
+            raise ServeError(f"the model takes N x {self.in_channels} x H x W, got shape "
+                             f"{list(getattr(x, 'shape', []))}")
+        check_size(x.shape[3], x.shape[2], self.max_pixels)  # each image of the batch
+
     def run_array(self, rgb: np.ndarray, tile: int | None = None, pad: int = DEFAULT_PAD,
                   budget_s: float | None = None) -> np.ndarray:
         """HxWx3 float32 RGB in [0, 1] -> (H*scale)x(W*scale)x3 float32 in [0, 1]."""
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ServeError(f"run_array takes an HxWx3 RGB array, got shape {list(getattr(rgb, 'shape', []))}")
+        check_size(rgb.shape[1], rgb.shape[0], self.max_pixels)
         lo, hi = self.in_range
         x = (rgb.transpose(2, 0, 1)[None] * (hi - lo) + lo).astype(np.float32)
         y = tiling.upscale(self._forward, x, self.scale, tile=tile, pad=pad, multiple=self.multiple,
@@ -285,13 +308,14 @@ class SRSession(Session):
         (None or 0: whole image); ``pad``: reflect padding and tile overlap in LR px; ``budget_s``: stop with a
         ServeError between tiles once the run has taken longer."""
         if _is_pil(image):
+            check_size(*image.size, self.max_pixels)  # before any conversion copies it
             return self._run_pil(image, tile, pad, budget_s)
         if not isinstance(image, np.ndarray):
             raise ServeError(f"expected a numpy array or a PIL image, got {type(image).__name__}")
         return self._run_numpy(image, tile, pad, budget_s)
 
     def _run_numpy(self, image: np.ndarray, tile, pad, budget_s=None) -> np.ndarray:
-        values, peak = _pixels(image, np.float32)
+        values, peak = _pixels(image, np.float32, self.max_pixels)
         channels = values.shape[2]
         rgb = _as_rgb(values)
         out = self.run_array(np.clip(rgb, 0.0, 1.0), tile=tile, pad=pad, budget_s=budget_s)
@@ -396,11 +420,11 @@ class FaceSession(Session):
         """A face that is already low quality (blurred by ``scale``; resized to S here if it is not) -> SxSx3
         uint8."""
         self._check_scale(scale)
-        return self._restore(_square(_rgb_float(lq), self.size), scale)
+        return self._restore(_square(_rgb_float(lq, self.max_pixels), self.size), scale)
 
     def _face_lq(self, face, scale: float) -> np.ndarray:
         self._check_scale(scale)
-        return faces.gcfsr_lq(_square(_rgb_float(face), self.size), float(scale))
+        return faces.gcfsr_lq(_square(_rgb_float(face, self.max_pixels), self.size), float(scale))
 
     def _check_scale(self, scale) -> None:
         lo, hi = self.scale_range
@@ -418,7 +442,7 @@ class FaceSession(Session):
 SESSIONS: dict[str, type[Session]] = {cls.task: cls for cls in (SRSession, GenerateSession, FaceSession)}
 
 
-def _rgb_float(image) -> np.ndarray:
+def _rgb_float(image, max_pixels: int) -> np.ndarray:
     """A PIL or numpy image (uint8 / uint16 / float in [0, 1]; gray, RGB or RGBA) -> HxWx3 float64 in [0, 1] (alpha
     dropped)."""
     if _is_pil(image):
@@ -427,22 +451,22 @@ def _rgb_float(image) -> np.ndarray:
         image = to_array(image)  # at its real range: a 16-bit face does not clip to white
     if not isinstance(image, np.ndarray):
         raise ServeError(f"expected a numpy array or a PIL image, got {type(image).__name__}")
-    return np.clip(_as_rgb(_pixels(image, np.float64)[0]), 0.0, 1.0)
+    return np.clip(_as_rgb(_pixels(image, np.float64, max_pixels)[0]), 0.0, 1.0)
 
 
-def _pixels(image: np.ndarray, float_type) -> tuple[np.ndarray, float]:
-    """A numpy image (HxW or HxWxC with C 1, 3 or 4; uint8, uint16 or float in [0, 1]) -> its HxWxC values in
-    [0, 1] units (not clipped) and the peak its type maps to 1 (255, 65535 or 1.0); ServeError in one line."""
+def _pixels(image: np.ndarray, float_type, max_pixels: int) -> tuple[np.ndarray, float]:
+    """A numpy image (HxW or HxWxC with C 1, 3 or 4; uint8, uint16 or float in [0, 1]; within the size limits) -> its
+    HxWxC values in [0, 1] units (not clipped) and the peak its type maps to 1 (255, 65535 or 1.0); ServeError in
+    one line."""
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
         raise ServeError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ServeError(f"the image is empty (shape {image.shape})")
     if image.dtype in (np.uint8, np.uint16):
         peak = float(np.iinfo(image.dtype).max)
     elif np.issubdtype(image.dtype, np.floating):
         peak = 1.0
     else:
         raise ServeError(f"unsupported pixel type {image.dtype}; use uint8, uint16 or float in [0, 1]")
+    check_size(image.shape[1], image.shape[0], max_pixels)
     values = image.astype(float_type) / peak
     if peak == 1.0 and not np.isfinite(values).all():
         raise ServeError("the image has NaN or infinite values")

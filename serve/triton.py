@@ -17,8 +17,9 @@ each request of a batch is checked on its own and a bad one gets its own one-lin
   ``reshape: { shape: [] }``, so the network sees [N]. Outputs are the network's raw output (``Session.forward``),
   as the ONNX model in NGC's container gives it.
 - Triton checks dtype, rank, fixed dims (channels), the batch limit and the model name; :class:`BatchRunner` checks
-  the values: NaN / infinity, the pixel limit, H and W multiples of the model's pixel-unshuffle factor, psi and
-  scale ranges.
+  the values: NaN / infinity, the size limits (``images.check_size``: at least ``MIN_SIDE_PX`` a side, so H = 0 or
+  a 1x1 image gets gankd's line and not ONNX Runtime's; at most ``--max-pixels``), H and W multiples of the model's
+  pixel-unshuffle factor, psi and scale ranges.
 - Dynamic batching: requests of one shape are stacked into one forward call; requests of different H x W never
   share one (:meth:`BatchRunner.run` groups whatever batch Triton's batcher hands it by shape).
 - The Python backend's stub links ``libpython3.X.so``; with an interpreter that is not the system's (pyenv), the
@@ -49,10 +50,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ServeError, first_line
+from .images import MAX_PIXELS, check_size
 from .manifest import read_manifest, task_of
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # what Triton (and PyTriton) accept as a model name
-DEFAULT_MAX_PIXELS = 1024 * 1024  # per image, as the Gradio demo's --max-pixels
+DEFAULT_MAX_PIXELS = MAX_PIXELS  # per image: the one limit of gankd.serve (images.MAX_PIXELS)
 TRITON_TYPES = {"float32": "TYPE_FP32"}
 STARTUP_TIMEOUT_S = 120.0
 MODEL_PY = ('"""Triton Python-backend model written by gankd-demo triton: runs a gankd artifact\'s Session."""\n'
@@ -180,7 +182,7 @@ class BatchRunner:
              max_pixels: int = DEFAULT_MAX_PIXELS, verify: bool = True) -> "BatchRunner":
         from .session import Session
 
-        session = Session(artifact_dir, backend=backend, threads=threads, verify=verify)
+        session = Session(artifact_dir, backend=backend, threads=threads, verify=verify, max_pixels=max_pixels)
         return cls(session, model_name(artifact_dir), max_pixels)
 
     def check(self, feeds: dict) -> tuple[np.ndarray, ...]:
@@ -214,9 +216,10 @@ class BatchRunner:
     def _check_values(self, tensor: TritonTensor, array: np.ndarray) -> None:
         if self.task == "sr":
             height, width = array.shape[2:]
-            if height * width > self.max_pixels:
-                raise ServeError(f"{self.name}: the image is {height}x{width} = {height * width} pixels, over the "
-                                 f"limit of {self.max_pixels} (--max-pixels)")
+            try:
+                check_size(width, height, self.max_pixels)
+            except ServeError as exc:
+                raise ServeError(f"{self.name}: {exc}") from None
             if height % self.multiple or width % self.multiple:
                 raise ServeError(f"{self.name}: H and W must be multiples of {self.multiple} for this model, got "
                                  f"{height}x{width}")

@@ -121,6 +121,63 @@ def test_concurrent_requests_each_get_their_own_output(client, artifacts, tmp_pa
         assert np.array_equal(np.asarray(Image.open(out_student)), student.run(photo, tile=16))
 
 
+def test_concurrent_requests_for_the_same_image_all_get_it_whole(client, artifacts, tmp_path):
+    """Two users on one example get byte-identical outputs, which Gradio stores at one content-hashed path: each
+    fetch gets the whole PNG (Gradio rewrote the file in place, and a fetch could read it half written:
+    demos/soak.py saw undecodable PNGs)."""
+    import io
+
+    import httpx
+
+    raw = gradio_client.Client(client.src, verbose=False, download_files=False, httpx_kwargs={"timeout": TIMEOUT_S})
+    path = _save(_photo(3, 32), tmp_path / "same.png")
+
+    def fetch(_):
+        out_teacher, _, _ = raw.submit(gradio_client.handle_file(str(path)), "teacher", "student", "ort", 16,
+                                       api_name="/upscale").result(timeout=TIMEOUT_S)
+        return httpx.get(out_teacher["url"], timeout=TIMEOUT_S).content
+
+    with ThreadPoolExecutor(12) as pool:
+        downloads = list(pool.map(fetch, range(12)))
+    expected = Session(artifacts[0], backend="ort").run(_photo(3, 32), tile=16)
+    for content in downloads:
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(content))), expected)
+
+
+def test_cached_outputs_are_renamed_into_place(tmp_path):
+    """The writer under the live test above, many threads on one output while others read it back."""
+    import threading
+
+    from gradio.processing_utils import hash_file
+
+    from gankd.serve.app import _cached_png
+
+    image = _photo(4, 64)
+    path = Path(_cached_png(image, str(tmp_path)))
+    assert path.parent.name == hash_file(path) and path.name == "image.png"  # where Gradio's copy step looks
+    path.unlink()
+    stop, failures = threading.Event(), []
+
+    def read():
+        while not stop.is_set():
+            if path.exists():
+                try:
+                    assert np.array_equal(np.asarray(Image.open(path)), image)
+                except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+                    failures.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for thread in readers:
+        thread.start()
+    with ThreadPoolExecutor(8) as pool:
+        paths = set(pool.map(lambda _: _cached_png(image, str(tmp_path)), range(200)))
+    stop.set()
+    for thread in readers:
+        thread.join()
+    assert paths == {str(path)} and not failures
+    assert sorted(p.name for p in path.parent.iterdir()) == ["image.png"]  # no partial file left
+
+
 def _markdown_values(demo) -> list[str]:
     import gradio as gr
 

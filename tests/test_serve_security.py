@@ -8,10 +8,16 @@
 - Artifacts: a manifest of another format_version and a model file changed after export are refused (``--no-verify``
   lets the latter through); a busy port is one line.
 - Logs: one line per refused request, with the id the client was told, and no traceback.
+- The guard (audit cases 9 and 10): every content type FastAPI parses as JSON (``application/vnd.x+json``) is
+  checked, any other request body is refused in one line, as are bodies that are not JSON or nest too deeply; a
+  file two clients uploaded (same bytes, same name: one content-hashed path) belongs to both; any bad value in
+  any input of any event (strings, numbers, lists, broken file payloads) is a one-line refusal, never a traceback.
+- Limits: the demo refuses images outside the size limits with ``images.check_size``'s line.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -32,7 +38,8 @@ from gankd.export import exporter
 from gankd.serve import OverBudget, ServeError, Session
 from gankd.serve.app import QUEUE_SIZE, TILE_MAX_PX, TILE_MIN_PX, build_app
 from gankd.serve.cli import main as demo_main
-from gankd.serve.guard import REFUSED
+from gankd.serve.guard import MAX_JSON_BODY_BYTES, REFUSED, ClientFiles, neutralise, parsed_as_json
+from gankd.serve.images import check_size
 
 gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
@@ -93,11 +100,16 @@ class RestClient:
         reply.raise_for_status()
         return reply.json()[0]
 
-    def upscale(self, payload, tile=16) -> tuple[str, object]:
-        """("complete", outputs) or ("error", message)."""
-        reply = self.http.post(f"{self.base}/gradio_api/call/upscale",
-                               json={"data": [payload, "teacher", "student", "auto", tile]})
-        reply.raise_for_status()
+    def upscale(self, payload, tile=16, content_type: str = "application/json") -> tuple[str, object]:
+        """("complete", outputs) or ("error", message); ("http <status>", text) when the POST itself is refused."""
+        body = json.dumps({"data": [payload, "teacher", "student", "auto", tile]}).encode()
+        return self.call_raw(body, content_type)
+
+    def call_raw(self, body: bytes, content_type: str | None = "application/json") -> tuple[str, object]:
+        headers = {"content-type": content_type} if content_type is not None else {}
+        reply = self.http.post(f"{self.base}/gradio_api/call/upscale", content=body, headers=headers)
+        if reply.status_code != 200:
+            return f"http {reply.status_code}", reply.text
         event_id = reply.json()["event_id"]
         text = self.http.get(f"{self.base}/gradio_api/call/upscale/{event_id}").text
         event = re.findall(r"^event: (\w+)", text, re.M)[-1]
@@ -195,6 +207,179 @@ def test_gradio_client_uploads_still_work(server, tmp_path):
         api_name="/upscale")
     assert np.asarray(Image.open(out_teacher)).shape == (80, 80, 3)
     assert " dB" in report and "inf dB" not in report
+
+
+# ----------------------------------------------------------------------------------------------- the guard
+
+# what FastAPI parses as JSON (type application, subtype json or *+json; case, parameters and spaces as
+# email.message reads them) and what it does not
+JSON_TYPES = ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/vnd.x+json",
+              "application/ld+json", "application/json ;charset=UTF-8", "APPLICATION/VND.API+JSON; q=1", "application/+json"]
+OTHER_TYPES = ["text/plain", "text/json", "application/x-json", "application/x-www-form-urlencoded",
+               "multipart/form-data; boundary=x", "application/json/x", "application/jsonx", "json"]
+
+
+def test_the_guard_reads_content_types_as_fastapi_does():
+    """The guard's rule against FastAPI itself: a route with a model body parses exactly the types the guard
+    checks (case 9: ``application/vnd.x+json`` was parsed by FastAPI and skipped by the guard)."""
+    from fastapi import Body, FastAPI
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+
+    @app.post("/echo")
+    def echo(body: dict = Body()):  # a JSON object body, as Gradio's routes take theirs
+        return body["data"]
+
+    with TestClient(app) as client:
+        for kind in JSON_TYPES + OTHER_TYPES:
+            reply = client.post("/echo", content=b'{"data": [1]}', headers={"content-type": kind})
+            assert (reply.status_code == 200) == parsed_as_json(kind), (kind, reply.status_code)
+    assert all(parsed_as_json(kind) for kind in JSON_TYPES) and not any(parsed_as_json(k) for k in OTHER_TYPES)
+
+
+def test_every_json_content_type_is_guarded_and_the_others_refused(server, tmp_path, caplog, capfd):
+    secret = _save(_photo(), tmp_path / "secret.png")
+    client = RestClient(server)
+    caplog.set_level(logging.WARNING, logger="gankd.serve")
+    capfd.readouterr()
+    try:
+        for kind in JSON_TYPES:  # parsed: the file payload is refused by the guard, in gankd's line
+            event, message = client.upscale({"path": str(secret), "meta": META}, content_type=kind)
+            assert event == "error" and message is not None, (kind, message)
+            assert message.startswith(f"Cannot use this upload: {REFUSED}. (request "), (kind, message)
+        payload = json.dumps({"data": [{"path": str(secret), "meta": META}, "teacher", "student", "auto", 16]})
+        for kind in OTHER_TYPES:  # not JSON to FastAPI, but Gradio's component server reads any body: refused
+            status, text = client.call_raw(payload.encode(), kind)
+            assert status == "http 415" and "request bodies must be JSON" in text and "\n" not in text, (kind, text)
+        for body, status, words in ((b"{not json", "http 400", "not valid JSON"),
+                                    (b"\xff\xfe{", "http 400", "not valid JSON"),
+                                    (b"[" * 100_000 + b"]" * 100_000, "http 400", "nested too deeply"),
+                                    (b" " * (MAX_JSON_BODY_BYTES + 1), "http 413", "request body over")):
+            got, text = client.call_raw(body)
+            assert got == status and words in text and "(request " in text and "\n" not in text, (got, text)
+        assert client.upscale({"path": client.upload(secret), "meta": META})[0] == "complete"  # the server is up
+    finally:
+        client.close()
+    assert "Traceback" not in capfd.readouterr().err
+    assert len(_request_ids(caplog.records)) >= len(JSON_TYPES) + len(OTHER_TYPES) + 4
+
+
+def test_clients_who_upload_the_same_file_both_own_it(server, tmp_path):
+    """Case 10: B uploading A's bytes under A's name (one content-hashed path) used to take the path from A."""
+    photo = _save(_photo(seed=11), tmp_path / "same.png")
+    a, b, c = RestClient(server), RestClient(server), RestClient(server)
+    try:
+        path_a = a.upload(photo)
+        assert a.upscale({"path": path_a, "meta": META})[0] == "complete"
+        path_b = b.upload(photo)
+        assert path_a == path_b  # Gradio's content hash: the premise of the case
+        for client in (a, b, a):
+            assert client.upscale({"path": path_a, "meta": META})[0] == "complete"
+            assert client.http.get(f"{server}/gradio_api/file={path_a}").status_code == 200
+        event, message = c.upscale({"path": path_a, "meta": META})  # who never uploaded it still may not
+        assert event == "error" and REFUSED in message
+        assert c.http.get(f"{server}/gradio_api/file={path_a}").status_code == 403
+    finally:
+        for client in (a, b, c):
+            client.close()
+
+
+def test_client_files_are_sets_of_owners_and_bounded():
+    files = ClientFiles(max_uploads=4)
+    files.add_upload("a", "/tmp/x/one.png")
+    files.add_upload("b", "/tmp/x/one.png")
+    assert files.allowed("a", "/tmp/x/one.png") and files.allowed("b", "/tmp/x/one.png")
+    assert not files.allowed("c", "/tmp/x/one.png") and files.owned_by_another("c", "/tmp/x/one.png")
+    assert not files.owned_by_another("a", "/tmp/x/one.png") and not files.owned_by_another("c", "/tmp/x/two.png")
+    for n in range(10):  # many client ids uploading one file cannot grow the record past its bound
+        files.add_upload(f"minted{n}", "/tmp/x/one.png")
+    assert len(files._order) == 4 and len(files._owners["/tmp/x/one.png"]) == 4
+    assert not files.allowed("a", "/tmp/x/one.png") and files.allowed("minted9", "/tmp/x/one.png")
+    files.add_upload("a", "/tmp/x/other.png")  # re-uploading refreshes; the oldest pair goes
+    assert files.allowed("a", "/tmp/x/other.png") and not files.allowed("minted6", "/tmp/x/one.png")
+
+
+def test_file_payloads_are_rebuilt_from_their_path():
+    own = "/tmp/gradio/abc/in.png"
+    data = {"data": [{"path": own, "meta": {"_type": "gradio.FileData"}, "size": "big", "url": 5, "orig_name": "a"},
+                     {"path": own, "meta": "x"}, {"path": 123, "meta": META}, {"meta": 7},
+                     {"nested": [{"path": "/etc"}]},
+                     {"path": "/etc/passwd"}, "/etc/passwd", {"other": 1}]}
+    out, found = neutralise(data, lambda path: path == own)
+    assert found == 6
+    assert out["data"] == [{"path": own, "orig_name": "a", "meta": {"_type": "gradio.FileData"}}, {"path": own},
+                           {"path": "gankd-refused-file"}, {"path": "gankd-refused-file"},
+                           {"nested": [{"path": "gankd-refused-file"}]}, {"path": "gankd-refused-file"},
+                           "/etc/passwd", {"other": 1}]
+
+
+BAD_VALUES = ["/etc/passwd", 5, -1, 0.5, 1e300, None, True, [], {}, "x" * 500, [{"path": "/etc/passwd"}],
+              {"path": 123, "meta": META}, {"meta": 7}, {"path": "/etc/passwd", "meta": "x"},
+              {"a": {"path": "/etc/passwd", "meta": META}}]
+
+
+def _join(client: RestClient, fn_index: int, data: list) -> tuple[bool, object]:
+    """One event through Gradio's queue (what the browser uses): (success, output or error message)."""
+    session = os.urandom(6).hex()
+    reply = client.http.post(f"{client.base}/gradio_api/queue/join",
+                             json={"data": data, "fn_index": fn_index, "session_hash": session})
+    assert reply.status_code == 200, reply.text
+    with client.http.stream("GET", f"{client.base}/gradio_api/queue/data?session_hash={session}") as stream:
+        for line in stream.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                output = message.get("output") or {}
+                return bool(message.get("success")), output.get("error") if not message.get("success") else output
+    raise AssertionError("the event never completed")
+
+
+def test_bad_values_in_any_input_of_any_event_are_one_line(server, tmp_path, caplog, capfd):
+    """Every input of every event (the upscale call and the examples' loader), each bad value in turn with good
+    values elsewhere: a one-line refusal that names the problem, never Gradio's ``{"error": null}`` and a traceback
+    (what a string in the image input, or an example index that is not one, used to give)."""
+    client = RestClient(server)
+    config = client.http.get(f"{server}/config").json()
+    components = {c["id"]: c for c in config["components"]}
+    own = client.upload(_save(_photo(seed=2), tmp_path / "own.png"))
+    good = {"image": {"path": own, "meta": META}, "dataset": 0}
+    caplog.set_level(logging.WARNING, logger="gankd.serve")
+    capfd.readouterr()
+    refused = 0
+    try:
+        for dependency in config["dependencies"]:
+            kinds = [components[i]["type"] for i in dependency["inputs"]]
+            values = [good.get(kind, components[i]["props"].get("value"))
+                      for kind, i in zip(kinds, dependency["inputs"])]
+            assert _join(client, dependency["id"], values)[0], dependency.get("api_name")  # good values run
+            for slot, bad in itertools.product(range(len(values)), BAD_VALUES):
+                data = [*values[:slot], bad, *values[slot + 1:]]
+                ok, message = _join(client, dependency["id"], data)
+                case = (dependency.get("api_name"), kinds[slot], bad)
+                if not ok:
+                    assert isinstance(message, str) and "(request " in message and "\n" not in message, case
+                    refused += 1
+                elif kinds[slot] == "dataset":
+                    raise AssertionError(case)  # only the examples' own indices load
+    finally:
+        client.close()
+    assert refused >= 5 * len(BAD_VALUES)  # the upscale event's five inputs at least: the loop ran
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_demo_refuses_sizes_with_the_one_line(server, tmp_path):
+    client = RestClient(server)  # the server's limit: 64 x 64 pixels
+    try:
+        for width, height in ((1, 1), (7, 16), (16, 7), (65, 64)):
+            path = client.upload(_save(np.zeros((height, width, 3), np.uint8), tmp_path / f"w{width}h{height}.png"))
+            with pytest.raises(ServeError) as expected:
+                check_size(width, height, 64 * 64)
+            event, message = client.upscale({"path": path, "meta": META})
+            assert event == "error" and message.startswith(f"Cannot use this upload: {expected.value}. (request ")
+        path = client.upload(_save(_photo(64), tmp_path / "at_the_limit.png"))
+        assert client.upscale({"path": path, "meta": META})[0] == "complete"
+    finally:
+        client.close()
 
 
 # ----------------------------------------------------------------------------------------------- pictures

@@ -124,6 +124,12 @@ def test_wrong_task_and_bad_values_are_one_line(artifacts):
         (lambda: Session(artifacts["gen_teacher"][1]).generate([1], psi=1.5), "psi must be a number in [0, 1]"),
         (lambda: face.restore_face(_face(), 2), "scale must be a number in [4, 64]"),
         (lambda: face.restore_face("face.png", 8), "numpy array or a PIL image"),
+        # the size limits of every front end (images.check_size), on each face entry
+        (lambda: face.restore_face(np.zeros((1, 1, 3), np.uint8), 8), "the image is 1x1 px; it needs at least 8 px"),
+        (lambda: face.face_lq(np.zeros((0, 20, 3), np.uint8), 8), "the image is 20x0 px; it needs at least 8 px"),
+        (lambda: face.restore_face_lq(Image.new("RGB", (7, 30)), 8), "the image is 7x30 px; it needs at least 8"),
+        (lambda: Session(artifacts["face_teacher"][1], max_pixels=50 * 50).restore_face(_face(60), 8),
+         "the image is 60x60 px = 3600 pixels, over the limit of 2500"),
     ]
     for call, words in cases:
         with pytest.raises(ServeError) as info:

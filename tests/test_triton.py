@@ -42,6 +42,7 @@ from gankd.export.triton_repo import check_model, parse_config, write_triton_mod
 from gankd.serve import ServeError, Session  # noqa: E402
 from gankd.serve import triton as serve_triton  # noqa: E402
 from gankd.serve.cli import main as demo_main  # noqa: E402
+from gankd.serve.images import MIN_SIDE_PX, check_size  # noqa: E402
 from gankd.serve.triton import BatchRunner, TritonServer, TritonSettings, config_pbtxt  # noqa: E402
 
 SRVGG_X4 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
@@ -196,12 +197,26 @@ def _batch_counts(client) -> dict[int, int]:
 # ----------------------------------------------------------------------------------------------- bad input
 
 
+def _size_line(model: str, width: int, height: int) -> str:
+    """What every front end says of an image outside the limits (``images.check_size``), after the model's name."""
+    with pytest.raises(ServeError) as info:
+        check_size(width, height, MAX_PIXELS)
+    return f"{model}: {info.value}"
+
+
 BAD_INPUTS = [
     ("wrong dtype", "srvgg4", lambda: _images(1, 16, 16, 0)[0].astype(np.float64), "FP64", "FP64"),
     ("wrong rank", "srvgg4", lambda: np.zeros((1, 3, 16), np.float32), "FP32", "unexpected shape"),
     ("wrong channels", "srvgg4", lambda: np.zeros((1, 4, 16, 16), np.float32), "FP32", "unexpected shape"),
     ("over the size limit", "srvgg4", lambda: np.zeros((1, 3, 64, 64), np.float32), "FP32",
      f"over the limit of {MAX_PIXELS}"),
+    # the same minimum as the demo, upscale and Session, in their words (ONNX Runtime's Conv text before)
+    ("1x1", "srvgg4", lambda: np.zeros((1, 3, 1, 1), np.float32), "FP32", _size_line("srvgg4", 1, 1)),
+    ("H = 0", "srvgg4", lambda: np.zeros((1, 3, 0, 16), np.float32), "FP32", _size_line("srvgg4", 16, 0)),
+    ("W = 0 on the x2 model", "rrdb2", lambda: np.zeros((1, 3, 16, 0), np.float32), "FP32",
+     _size_line("rrdb2", 0, 16)),
+    ("7 px high", "srvgg4", lambda: np.zeros((1, 3, 7, 16), np.float32), "FP32", _size_line("srvgg4", 16, 7)),
+    ("one pixel over", "srvgg4", lambda: np.zeros((1, 3, 48, 49), np.float32), "FP32", _size_line("srvgg4", 49, 48)),
     ("NaN", "srvgg4", lambda: np.full((1, 3, 16, 16), np.nan, np.float32), "FP32", "NaN"),
     ("odd size for x2 unshuffle", "rrdb2", lambda: np.zeros((1, 3, 15, 16), np.float32), "FP32", "multiples of 2"),
     ("unknown model", "no_such_model", lambda: np.zeros((1, 3, 16, 16), np.float32), "FP32", "no_such_model"),
@@ -237,6 +252,21 @@ def test_a_bad_request_fails_alone_in_its_batch(artifacts, sessions):
     for got, x in zip((results[0], results[2], results[3]), (a, c, b)):
         assert np.abs(got - sessions["srvgg4"].forward(x)).max() <= 1e-5
     assert sorted(calls) == [(1, 3, 12, 20), (2, 3, 16, 16)]  # one call per size, the NaN request in neither
+
+
+def test_the_batch_runner_and_the_session_share_the_size_limits(artifacts):
+    """Without the server: each request outside the limits gets the check's line; the Session under the runner has
+    the same limit and says the same (its forward is checked too)."""
+    runner = BatchRunner.open(artifacts["srvgg4"], backend="ort", threads=1, max_pixels=MAX_PIXELS)
+    assert runner.session.max_pixels == MAX_PIXELS
+    shapes = [(1, 1), (0, 16), (16, 0), (MIN_SIDE_PX - 1, 16), (48, 49)]  # (H, W)
+    results = runner.run([{"input": np.zeros((1, 3, h, w), np.float32)} for h, w in shapes])
+    for (height, width), result in zip(shapes, results):
+        assert str(result) == _size_line("srvgg4", width, height)
+        with pytest.raises(ServeError) as info:
+            runner.session.forward(np.zeros((1, 3, height, width), np.float32))
+        assert f"srvgg4: {info.value}" == _size_line("srvgg4", width, height)
+    assert runner.run([{"input": np.zeros((1, 3, 8, 8), np.float32)}])[0].shape == (1, 3, 32, 32)
 
 
 def test_the_torch_backend_runs_batches_too(artifacts, sessions):
