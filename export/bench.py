@@ -53,6 +53,7 @@ import numpy as np
 
 from gankd.distill.errors import GankdError
 from gankd.distill.profile import measure_interleaved  # its one home; demos and tests import it from here too
+from gankd.distill.profile import cpuinfo_blocks, read_cpuinfo  # their one home; int8 imports them from here
 from gankd.serve.manifest import task_of
 
 from . import formats, ncnn, trt
@@ -171,26 +172,6 @@ def parse_cpu_peak(cpuinfo: str, max_freq_khz: int | None = None, threads: int |
     fma_units = 2 if "fma" in flags or "avx512f" in flags else 1
     return CpuPeak(model=blocks[0].get("model name", "unknown"), cores=cores, clock_ghz=clock_ghz,
                    clock_source=source, isa=isa, lanes=lanes, fma_units=fma_units)
-
-
-def cpuinfo_blocks(cpuinfo: str) -> list[dict[str, str]]:
-    """/proc/cpuinfo as one {field: value} dict per logical CPU."""
-    return [dict(_fields(block)) for block in cpuinfo.strip().split("\n\n") if block.strip()]
-
-
-def _fields(block: str):
-    for line in block.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            yield key.strip(), value.strip()
-
-
-def read_cpuinfo() -> str | None:
-    """The text of /proc/cpuinfo; None where it does not exist (not Linux)."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
 
 
 def read_cpu_peak(threads: int | None = None, override_gflops: float | None = None) -> CpuPeak | None:
