@@ -277,11 +277,14 @@ def _comma_list(text: str) -> tuple[str, ...]:
               help="Also write eval.md, eval.json (every figure, the CPU model and flags) and strip.png (100% crops "
                    "per input kind: LR, bicubic, teacher, each model) here.")
 @click.option("--force", is_flag=True, help="Replace an earlier evaluation in --out.")
+@click.option("--teacher-cache", "teacher_cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the teacher's outputs on disk here, keyed by its weights and the exact inputs (as a run's "
+                   "teacher_cache_dir): a second evaluation on the same crops does not run the teacher again.")
 @verify_option
 def eval_cmd(teacher_dir: Path, model_dirs: tuple[Path, ...], images_dir: Path | None, kinds_text: str,
              crops_per_image: int, lr_size: int, seed: int, names: tuple[str, ...], perceptual: bool, speed: bool,
              runtimes_text: str, shape: tuple[int, ...], rounds: int, threads: int | None, out_dir: Path | None,
-             force: bool) -> None:
+             force: bool, teacher_cache: Path | None) -> None:
     """Measure MODEL_DIRs (students, references such as realesr-animevideov3, any SR folders of TEACHER_DIR's
     scale) against the teacher, on the held-out photos or --images: PSNR, SSIM and VoL (sharpness) relative to the
     teacher's output and an Inception feature distance, per input kind and over all degraded kinds; bicubic is a
@@ -293,7 +296,8 @@ def eval_cmd(teacher_dir: Path, model_dirs: tuple[Path, ...], images_dir: Path |
     settings = evaluate.EvalSettings(kinds=_comma_list(kinds_text), images=str(images_dir) if images_dir else None,
                                      crops_per_image=crops_per_image, lr_size=lr_size, seed=seed,
                                      perceptual=perceptual, speed=speed, runtimes=_comma_list(runtimes_text), shape=shape,
-                                     rounds=rounds, threads=threads)
+                                     rounds=rounds, threads=threads,
+                                     teacher_cache=str(teacher_cache) if teacher_cache else None)
     if out_dir is not None:
         evaluate.check_out_dir(out_dir, force)
     if threads:

@@ -81,6 +81,7 @@ class EvalSettings:
     rounds: int = 10
     warmup_ms: float = 300.0
     threads: int | None = None
+    teacher_cache: str | None = None  # a folder: the teacher's outputs kept on disk (data.cache_teacher)
 
     def __post_init__(self):
         object.__setattr__(self, "kinds", tuple(dict.fromkeys(self.kinds)))
@@ -225,7 +226,7 @@ def perceptual_scorer(enabled: bool) -> tuple[object | None, str | None]:
 
 
 def score_models(teacher: nn.Module, models: dict[str, nn.Module], lr_by_kind: dict[str, Tensor], batch_size: int,
-                 scorer=None, log: Callable[[str], None] = lambda _msg: None
+                 scorer=None, log: Callable[[str], None] = lambda _msg: None, teacher_cache: str | None = None
                  ) -> tuple[dict[str, dict[str, dict]], dict[str, dict[str, Tensor]], int]:
     """({row: {kind or ALL_DEGRADED: scores}}, {kind: {"LR", "bicubic", "teacher", row...: one crop}}, that crop's
     index).
@@ -241,7 +242,12 @@ def score_models(teacher: nn.Module, models: dict[str, nn.Module], lr_by_kind: d
     pick = None
     for kind, lr in lr_by_kind.items():
         log(f"{kind}: teacher on {len(lr)} crops")
-        target = upscale(teacher, lr, batch_size)
+        if teacher_cache:  # the same answers, kept on disk under the teacher's weights and these exact inputs
+            from .data import cache_teacher
+
+            target = cache_teacher(teacher, lr, batch_size, float("inf"), teacher_cache)[0].clamp(0, 1)
+        else:
+            target = upscale(teacher, lr, batch_size)
         if pick is None:
             pick = max(range(len(target)), key=lambda i: metrics.laplacian_variance(target[i:i + 1]))
         strip[kind] = {"LR": lr[pick], "teacher": target[pick]}
@@ -343,7 +349,8 @@ def run_eval(teacher_dir: Path, model_dirs: Sequence[Path], settings: EvalSettin
     log(f"{len(hr)} crops of {settings.lr_size}² LR from {len(images) - skipped} photos ({source}); "
         f"kinds {', '.join(settings.kinds)}")
     lr_by_kind = degraded_inputs(hr, scale, settings.kinds, settings.seed)
-    scores, strip, pick = score_models(teacher, models, lr_by_kind, settings.batch_size, scorer, log)
+    scores, strip, pick = score_models(teacher, models, lr_by_kind, settings.batch_size, scorer, log,
+                                       settings.teacher_cache)
     speed = measure_speed(teacher, models, settings, log) if settings.speed else None
     notices += speed["notices"] if speed else ["speed not measured (--no-speed)"]
     result = {

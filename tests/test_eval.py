@@ -84,6 +84,22 @@ def test_outputs_cover_every_kind_and_model_and_the_copy_beats_a_random_model(fo
     assert json.loads((out / "eval.json").read_text())["kinds"] == ["clean"]
 
 
+def test_teacher_cache_gives_the_same_scores_without_running_the_teacher(folders, monkeypatch):
+    cache, first, second = (folders["tmp"] / name for name in ("cache", "e1", "e2"))
+    args = ("--no-speed", "--no-perceptual", "--degrade", "clean,jpeg", "--teacher-cache", str(cache))
+    assert _eval(folders, *args, "--out", str(first)) == 0
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 2  # one entry per kind's inputs
+    from gankd.distill import data
+
+    def no_teacher(*a, **k):
+        raise AssertionError("the teacher ran although its outputs were cached")
+
+    monkeypatch.setattr(data, "_run_teacher", no_teacher)
+    assert _eval(folders, *args, "--out", str(second)) == 0
+    scores = [json.loads((folder / "eval.json").read_text())["scores"] for folder in (first, second)]
+    assert scores[0] == scores[1]
+
+
 def test_degraded_inputs_are_fixed_per_crop_and_kind(folders):
     hr = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     both = evaluate.degraded_inputs(hr, 4, ["clean", "jpeg"], seed=0)
