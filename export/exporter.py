@@ -115,6 +115,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, settings: ExportSet
         simplify, parity_section = _export_files(graph, build, settings, formats_wanted, int8_plan, log)
         manifest = _manifest(model_dir, model.gankd_config, settings, build, simplify, parity_section, graph)
         write_manifest(tmp, manifest)
+        if order := _runtime_order(tmp, log):
+            manifest["runtime_order"] = order
+            write_manifest(tmp, manifest)
         _publish(tmp, out_dir)
     finally:
         if tmp.exists():
@@ -330,6 +333,20 @@ def _log_parity(results: list[dict], force: bool, log) -> str | None:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3g}"
+
+
+def _runtime_order(folder: Path, log) -> dict | None:
+    """The verified runtimes of the finished folder, fastest first on this machine (``gankd.serve.auto``: what
+    Session's ``auto`` serves here without measuring again); None with fewer than two, or when measuring fails
+    (the export stands; Sessions then measure on first open)."""
+    from gankd.serve.session import measure_artifact
+    from gankd.serve.errors import ServeError
+
+    try:
+        return measure_artifact(folder, log=lambda line: log(f"runtime order: {line}"))
+    except ServeError as exc:
+        log(f"runtime order not recorded: {exc}")
+        return None
 
 
 # ----------------------------------------------------------------------------------------------- manifest

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from gankd.distill.errors import GankdError
-from gankd.serve.errors import first_line
+from gankd.serve.errors import ServeError, first_line
 
 from .manifest import INPUT_NAME, OUTPUT_NAME
 from .tasks import Port, Signature
@@ -121,21 +121,15 @@ def _topological_sort(graph) -> None:
 
 def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
                 provider_options: list[dict] | None = None):
-    """An ONNX Runtime session with quiet logs. Intra-op threads do not spin between runs, so sessions measured
-    in turn (gankd-bench interleaves them) do not steal each other's cores."""
-    import onnxruntime as ort
+    """An ONNX Runtime session as ``gankd.serve`` opens one (``serve.backends.ort_session``, the one factory:
+    quiet logs, one inter-op thread, intra-op threads that do not spin between runs), so parity and gankd-bench
+    run what a Session serves."""
+    from gankd.serve.backends import ort_session as serve_ort_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.inter_op_num_threads = 1
-    if threads:
-        options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), options, providers=list(providers), provider_options=provider_options)
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, Fail, ...); one line
-        raise GankdError(f"{path} cannot be loaded by ONNX Runtime (corrupted or not an ONNX model?): "
-                         f"{first_line(exc)}") from None
+        return serve_ort_session(path, threads, providers, provider_options)
+    except ServeError as exc:
+        raise GankdError(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from gankd.distill.errors import GankdError
+from gankd.serve.errors import ServeError
 
 PARAM_FILE, BIN_FILE = "model.ncnn.param", "model.ncnn.bin"
 INPUT_BLOB, OUTPUT_BLOB = "data", "output"  # realesrgan-ncnn-vulkan's names (pnnx writes in0 / out0)
@@ -134,27 +135,39 @@ def rename_blobs(param_text: str) -> str:
 
 def ncnn_runner(param: Path, weights: Path, threads: int = 1):
     """callable(N×3×H×W float32) → N×3×(H·s)×(W·s): the pair in the ``ncnn`` Python runtime on the CPU, one image
-    at a time (ncnn has no batch axis)."""
-    ncnn = require_ncnn()
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = False
-    net.opt.num_threads = threads
-    if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
-        raise GankdError(f"ncnn could not load {param.name} / {weights.name}")
+    at a time (ncnn has no batch axis). The runner of ``gankd.serve`` (``serve.backends.ncnn_runner``), so parity
+    and gankd-bench run what a Session serves."""
+    from gankd.serve.backends import ncnn_runner as serve_ncnn_runner
 
-    def run(x: np.ndarray) -> np.ndarray:
-        outputs = []
-        for image in np.asarray(x, dtype=np.float32):
-            image = np.ascontiguousarray(image)  # ncnn.Mat reads this buffer: keep it alive until extract
-            extractor = net.create_extractor()
-            extractor.input(INPUT_BLOB, ncnn.Mat(image))
-            status, out = extractor.extract(OUTPUT_BLOB)
-            if status != 0:
-                raise GankdError(f"ncnn could not run {param.name} (extract returned {status})")
-            outputs.append(np.array(out, copy=True))
-        return np.stack(outputs)
+    require_ncnn()
+    try:
+        run = serve_ncnn_runner(Path(param), Path(weights), threads, input_blob=INPUT_BLOB, output_blob=OUTPUT_BLOB)
+    except ServeError as exc:
+        raise GankdError(str(exc)) from None
 
-    return run
+    def checked(x: np.ndarray) -> np.ndarray:
+        try:
+            return run(x)
+        except ServeError as exc:
+            raise GankdError(str(exc)) from None
+
+    return checked
+
+
+def ncnn_latency_runner(model: nn.Module, example: torch.Tensor, threads: int):
+    """``model`` converted by :func:`export_ncnn` and loaded into the ncnn runtime with ``threads`` threads
+    (:func:`ncnn_runner`): a call that runs it once on ``example`` (1×3×H×W).
+
+    The ncnn twin of ``formats.ort_latency_runner``: ``gankd-distill eval`` finds it through the ``gankd.latency``
+    entry point ``ncnn`` (pyproject.toml), since gankd.distill never imports gankd.export."""
+    require_ncnn()
+    _, channels, height, width = example.shape
+    with tempfile.TemporaryDirectory(prefix="gankd-latency-") as tmp:
+        # a second trace size keeps H and W free, as the export does; +16 keeps any pixel-unshuffle multiple
+        export_ncnn(model, Path(tmp), example[:1], torch.rand(1, channels, height + 16, width + 16))
+        run = ncnn_runner(Path(tmp) / PARAM_FILE, Path(tmp) / BIN_FILE, threads)  # read into memory here
+    x = example.numpy()
+    return lambda: run(x)
 
 
 def _shape_arg(x: torch.Tensor) -> str:
@@ -175,9 +188,12 @@ def _require_pnnx():
 
 
 def require_ncnn():
+    """The ncnn module, imported as gankd.serve imports it (``serve.backends.require_ncnn``: its OpenMP threads do
+    not spin), so every timing of ncnn in gankd is of the same runtime."""
+    from gankd.serve.backends import require_ncnn as serve_require_ncnn
+
     try:
-        import ncnn
-    except ImportError:
+        return serve_require_ncnn()
+    except ServeError:
         raise GankdError("checking an ncnn export needs the ncnn runtime (pip install ncnn; part of gankd[all])") \
             from None
-    return ncnn

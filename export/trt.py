@@ -13,13 +13,13 @@ exports on the same machine so the second build skips most tactic timing.
 from __future__ import annotations
 
 import importlib
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from gankd.distill.errors import GankdError
 from gankd.distill.profile import parse_shape
+from gankd.serve.backends import engine_filename, slug  # their one home: serve picks engines by file name
 
 from .manifest import INPUT_NAME, OUTPUT_NAME
 
@@ -76,16 +76,6 @@ def check_in_profile(shape, profile: ShapeProfile, engine: str) -> None:
 
 def _text(shape) -> str:
     return "x".join(str(v) for v in shape)
-
-
-def slug(text: str) -> str:
-    """'NVIDIA GeForce RTX 4090' -> 'nvidia-geforce-rtx-4090'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
-def engine_filename(gpu_name: str, trt_version: str) -> str:
-    version = re.sub(r"[^0-9A-Za-z.]+", "-", trt_version).strip("-.") or "unknown"
-    return f"model.{slug(gpu_name)}.{version}.plan"
 
 
 def default_timing_cache(gpu_name: str, trt_version: str) -> Path:

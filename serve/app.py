@@ -52,7 +52,7 @@ from .session import SESSIONS, Session
 DEFAULT_MAX_PIXELS = MAX_PIXELS  # the one limit of gankd.serve (images.MAX_PIXELS), kept under its old name
 QUICKSTART_DIRS = (Path("exports/teacher"), Path("exports/student"))
 QUICKSTART_HINT = "No model artifacts found. Make them with `make quickstart`, then run `gankd-demo`."
-UI_BACKENDS = ("auto", "ort", "torch")
+UI_BACKENDS = ("auto", "ort", "ncnn", "torch")  # auto also picks trt / ort-cuda where they run (serve.auto)
 CONCURRENCY = 4  # requests one event runs at once; a Session is thread-safe
 QUEUE_SIZE = 64  # requests waiting beyond the running ones; more are refused ("queue is full")
 TILE_MIN_PX = 16  # a 1 px tile runs the network on 21x21 px windows to keep 1 px: ~440x the work
@@ -91,8 +91,10 @@ class SessionCache:
         key = (artifact_dir, backend)
         with self._lock:  # one lock for all: loading is rare and two loads of one model would waste memory
             if key not in self._sessions:
-                self._sessions[key] = Session(artifact_dir, backend=backend, verify=self._verify,
-                                              max_pixels=self._max_pixels)
+                session = Session(artifact_dir, backend=backend, verify=self._verify, max_pixels=self._max_pixels)
+                LOG.info("%s: backend %s%s", artifact_dir, session.backend,
+                         f" ({session.backend_note})" if session.backend_note else "")
+                self._sessions[key] = session
             return self._sessions[key]
 
 

@@ -13,6 +13,7 @@ import click
 
 from .errors import ServeError, run_cli
 from .images import MAX_PIXELS, MAX_PIXELS_LOCAL
+from .session import BACKENDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,8 +60,8 @@ def serve(artifact_dirs, host, port, max_pixels, tile, request_budget_s, queue_s
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.argument("in_dir", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["auto", "torch", "ort", "ort-cuda", "trt"]), default="auto",
-              show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto: the fastest verified runtime on this machine (measured at export or on first use)")
 @click.option("--variant", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True)
 @click.option("--tile", type=click.IntRange(min=0), default=256, show_default=True,
               help="LR tile size in px; 0 runs each image whole")
@@ -73,15 +74,18 @@ def serve(artifact_dirs, host, port, max_pixels, tile, request_budget_s, queue_s
 @click.option("--no-verify", is_flag=True,
               help="load a model file whose sha256 differs from manifest.json (a graph edited on purpose)")
 def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads, max_pixels, no_verify):
-    """Upscale every image in IN_DIR into OUT_DIR (PNG, same stem); bad files are reported and skipped.
+    """Upscale every image and video in IN_DIR into OUT_DIR: an image as PNG (same stem), a video as a video of the
+    same container (same name; audio copied, frame rate and count kept; needs PyAV). Bad files are reported and
+    skipped; a video that breaks off keeps the frames written before the break.
     Images are read as the demo reads them (EXIF orientation applied, 16-bit kept, first frame of an animation).
     Files whose outputs would share a name (a.png and a.jpg) get distinct ones (a.png, a.jpg.png), said in a note;
-    no output replaces another output of the run or an input. Exit status 0 when all were written, 1 when some
-    were skipped."""
+    no output replaces another output of the run or an input. Exit status 0 when all were written whole, 1 when
+    some were skipped or cut short."""
     from tqdm import tqdm
 
     from .images import read_image, save_image
     from .session import Session, SRSession
+    from .video import is_video, upscale_video
 
     if not in_dir.is_dir():
         raise ServeError(f"input folder {str(in_dir)!r} " + ("is a file, not a folder" if in_dir.exists() else
@@ -96,36 +100,56 @@ def upscale(artifact_dir, in_dir, out_dir, backend, variant, tile, pad, threads,
     if not isinstance(session, SRSession):
         raise ServeError(f"upscale runs sr artifacts; {str(artifact_dir)!r} is a {session.task} artifact (use "
                          "gankd.serve.Session in Python, or the demo)")
+    click.echo(backend_line(session), err=True)
     in_place = out_dir.is_dir() and os.path.samefile(out_dir, in_dir)
-    names = output_names(files, taken={p.name for p in in_dir.iterdir()} if in_place else set())
+    names = output_names(files, taken={p.name for p in in_dir.iterdir()} if in_place else set(),
+                         extension=lambda p: p.suffix.lower() if is_video(p) else ".png")
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for path in tqdm(files, desc="upscale", unit="img", file=sys.stderr):
+    written = cut_short = 0
+    for path in tqdm(files, desc="upscale", unit="file", file=sys.stderr):
+        note = ""
         try:
-            picture = read_image(path, max_pixels)
-            save_image(session.run(picture.array, tile=tile, pad=pad), out_dir / names[path])
-        except (ServeError, OSError) as exc:  # OSError: the PNG could not be written (disk)
+            if is_video(path):
+                result = upscale_video(session, path, out_dir / names[path], tile=tile, pad=pad)
+                if result.stopped:
+                    cut_short += 1
+                    tqdm.write(f"partial {path.name}: {result.stopped}; kept the {result.frames} frames written "
+                               f"before it in {names[path]}", file=sys.stderr)
+            else:
+                picture = read_image(path, max_pixels)
+                save_image(session.run(picture.array, tile=tile, pad=pad), out_dir / names[path])
+                note = picture.note
+        except (ServeError, OSError) as exc:  # OSError: the output could not be written (disk)
             tqdm.write(f"skipped {path.name}: {exc}", file=sys.stderr)
             continue
         written += 1
-        if names[path] != f"{path.stem}.png":
-            tqdm.write(f"note {path.name}: written as {names[path]}, not {path.stem}.png (another file of the folder "
+        natural = f"{path.stem}{path.suffix.lower() if is_video(path) else '.png'}"
+        if names[path] != natural:
+            tqdm.write(f"note {path.name}: written as {names[path]}, not {natural} (another file of the folder "
                        "has that name or stem)", file=sys.stderr)
-        if picture.note:
-            tqdm.write(f"note {path.name}: {picture.note}", file=sys.stderr)
+        if note:
+            tqdm.write(f"note {path.name}: {note}", file=sys.stderr)
     skipped = len(files) - written
-    click.echo(f"upscaled {written} of {len(files)} images into {out_dir}" + (f"; skipped {skipped}" if skipped
-                                                                               else ""))
-    return 1 if skipped else 0
+    noun = "files" if any(is_video(p) for p in files) else "images"
+    click.echo(f"upscaled {written} of {len(files)} {noun} into {out_dir}" + (f"; skipped {skipped}" if skipped
+                                                                              else "")
+               + (f"; {cut_short} video{'s' if cut_short > 1 else ''} cut short" if cut_short else ""))
+    return 1 if skipped or cut_short else 0
 
 
-def output_names(files: list[Path], taken: set[str] = frozenset()) -> dict[Path, str]:
+def backend_line(session) -> str:
+    """What every tool prints once a Session is open: the backend served and why (``Session.backend_note``)."""
+    return f"backend: {session.backend}" + (f" ({session.backend_note})" if session.backend_note else "")
+
+
+def output_names(files: list[Path], taken: set[str] = frozenset(), extension=lambda path: ".png") -> dict[Path, str]:
     """Each input's output file name in one run of ``upscale``, never the same twice and never one of ``taken`` (the
     input folder's own names when writing into it), compared case-insensitively (``A.png`` and ``a.png`` are one
     file on macOS and Windows): ``<stem>.png``; when that is taken, ``<name>.png`` (``a.jpg.png``), then
     ``<name>-2.png``, ... A ``<stem>.png`` no other input shares and ``taken`` lacks is always kept; of a shared one,
-    the file already called ``<stem>.png`` keeps it."""
-    natural = {path: f"{path.stem}.png" for path in files}
+    the file already called ``<stem>.png`` keeps it. ``extension(path)`` replaces ``.png`` per file (a video keeps
+    its own suffix: ``clip.mp4`` -> ``clip.mp4``, or ``clip.mp4-2.mp4`` when writing into the input folder)."""
+    natural = {path: f"{path.stem}{extension(path)}" for path in files}
     shared = Counter(name.casefold() for name in natural.values())
     used = {name.casefold() for name in taken}
 
@@ -134,12 +158,12 @@ def output_names(files: list[Path], taken: set[str] = frozenset()) -> dict[Path,
 
     names = {}
     for path in sorted(files, key=lambda p: (contested(p), p.name != natural[p], p.name)):
-        name, n = natural[path], 1
+        name, n, ext = natural[path], 1, extension(path)
         if name.casefold() in used:
-            name = f"{path.name}.png"
+            name = f"{path.name}{ext}"
         while name.casefold() in used:
             n += 1
-            name = f"{path.name}-{n}.png"
+            name = f"{path.name}-{n}{ext}"
         used.add(name.casefold())
         names[path] = name
     return names
@@ -157,8 +181,8 @@ def output_names(files: list[Path], taken: set[str] = frozenset()) -> dict[Path,
               help="how long the dynamic batcher waits to fill a batch")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
               help="model instances per artifact (processes, each with its own Session)")
-@click.option("--backend", type=click.Choice(["auto", "torch", "ort", "ort-cuda"]), default="auto",
-              show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto: the fastest verified runtime on this machine, chosen once per model at start")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="intra-op threads per instance")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
               help="refuse sr images with more pixels (H x W) than this")
@@ -182,8 +206,10 @@ def triton(artifact_dirs, host, http_port, grpc_port, metrics_port, max_batch, m
     previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         ends = server.endpoints
-        click.echo(f"serving {', '.join(server.names)} (Triton {backend} backend, max batch {max_batch}, "
+        click.echo(f"serving {', '.join(server.names)} (Triton, max batch {max_batch}, "
                    f"{instances} instance{'s' if instances > 1 else ''} each)")
+        for name, (chosen, why) in server.backends.items():
+            click.echo(f"  {name}: backend {chosen}" + (f" ({why})" if why else ""))
         click.echo(f"  HTTP     {ends['http']}   (POST /v2/models/<name>/infer; stats: /v2/models/<name>/stats)")
         click.echo(f"  gRPC     {ends['grpc']}")
         click.echo(f"  metrics  {ends['metrics']}")

@@ -26,6 +26,11 @@ apply::
                                                            calibration_cpu {model, flags}} (absent before 2026-12)
     parity     {passed, forced, tolerances, inputs, results}   each artifact against the PyTorch model
     bench      {results: [...]}                            filled in by ``gankd-bench --write-manifest``
+    runtime_order {machine key: {order, ms, shape, by_shape, threads, measured_at, rounds}}   optional (absent
+                                                           before 2026-12, and where fewer than two runtimes can
+                                                           run): the verified runtimes, fastest first at ``shape``,
+                                                           measured on the export machine; what Session's ``auto``
+                                                           serves (``serve.auto``; other machines measure again)
     task       "sr" | "generate" | "face_sr"               absent in older manifests: config.task (:func:`task_of`)
 
 The tasks beyond sr (``gankd.export.tasks``) have fixed-size inputs with a symbolic batch only, ``scale: None`` and
@@ -78,6 +83,8 @@ def check_manifest(manifest, path: Path) -> dict:
         raise ServeError(f"{path} lacks the key {missing[0]!r}")
     if not isinstance(manifest["files"], dict):
         raise ServeError(f"{path}: 'files' is not an object of file entries")
+    if not isinstance(manifest.get("runtime_order", {}), dict):
+        raise ServeError(f"{path}: 'runtime_order' is not an object of measured orders")
     for key in ("inputs", "outputs"):
         specs = manifest[key]
         if not isinstance(specs, list) or not specs or not all(isinstance(spec, dict) for spec in specs):

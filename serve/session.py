@@ -24,13 +24,25 @@ Every image a Session takes (``run``, ``run_array`` and ``forward`` of sr; the f
 ``images.MAX_PIXELS``), checked by ``images.check_size`` before any backend sees it: the demo, ``gankd-demo upscale``
 and the Triton model give the same line, never ONNX Runtime's.
 
+Backends (``serve.backends`` opens each): ``ort`` (``model.onnx`` or its int8/fp16 variant in ONNX Runtime, CPU),
+``ort-cuda``, ``torch`` (``model.pt2``), ``ncnn`` (``model.ncnn.param``/``.bin`` in the ncnn runtime on CPU
+threads; sr only), ``ncnn-vulkan`` (the same on ncnn's first Vulkan device), ``trt`` (the TensorRT engine built for
+this GPU and TensorRT version; sr only; windows of a tiled run are sized to its profiles) and ``auto``, the fastest
+verified runtime on this machine (``serve.auto``). ``Session.backend`` is the one served and
+``Session.backend_note`` says why and how it was checked: every tool prints both.
+
 Opening a Session checks the artifact before anything runs: the manifest (``serve.manifest``: ``format_version``,
 the keys of its task) and, with ``verify=True`` (the default), the sha256 of the model file it loads against the
 manifest's ``files`` entry, so a graph changed after export is refused instead of served. A file is hashed once per
-process (cached by path, inode, size and mtime); ``verify=False`` is for users who edit graphs on purpose.
+process (cached by path, inode, size and mtime); ``verify=False`` is for users who edit graphs on purpose. The ncnn
+and trt backends also run a seeded image beside the fp32 reference file (model.onnx, else model.pt2) and are
+refused in one line when their output breaks the manifest's parity tolerance for their file (the open check:
+another ncnn build, a Vulkan driver or an engine that computes differently is caught there; skipped with
+``verify=False``).
 
-A Session is safe to share between threads: ONNX Runtime's ``InferenceSession.run`` and a torch.export module's
-forward are re-entrant, and every request works on its own arrays (``tiling.upscale`` keeps no state).
+A Session is safe to share between threads: ONNX Runtime's ``InferenceSession.run``, a torch.export module's
+forward and an ncnn net (an extractor per call) are re-entrant, the TensorRT and Vulkan paths lock around their
+device work, and every request works on its own arrays (``tiling.upscale`` keeps no state).
 """
 
 from __future__ import annotations
@@ -42,16 +54,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import faces, tiling
-from .errors import ServeError, first_line
+from . import auto, backends, faces, tiling
+from .backends import Forward
+from .errors import ServeError
 from .images import MAX_PIXELS, check_size
 from .manifest import MANIFEST_FILE, input_names, read_manifest, task_of
 
-BACKENDS = ("auto", "torch", "ort", "ort-cuda", "trt")
+BACKENDS = ("auto", "torch", "ort", "ort-cuda", "ncnn", "ncnn-vulkan", "trt")
 VARIANTS = {"fp32": "onnx", "int8": "onnx-int8", "fp16": "onnx-fp16"}
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, what PIL's convert("L") uses
 DEFAULT_PAD = 10
 GENERATE_BATCH = 8  # z per forward call of generate: bounds memory for long seed lists
+CHECK_SHAPE = (1, 3, 32, 32)  # the open check's input (one of parity's sizes; a multiple of every unshuffle)
+# the open check's bounds where a manifest does not state them (parity.TOLERANCES)
+DEFAULT_TOLERANCES = {"ncnn": backends.Tolerance(max_abs=2 / 255), "trt": backends.Tolerance(max_abs=1e-3),
+                      "trt-fp16": backends.Tolerance(min_psnr_db=40.0)}
 
 
 def seed_z(seeds, style_dim: int) -> np.ndarray:
@@ -161,8 +178,7 @@ class Session:
         self._read_task_keys()
         self.variant = variant
         self.verify = verify
-        self.backend = self._resolve_backend(backend)
-        self._forward = self._load(threads)
+        self.backend, self._forward, self.backend_note = self._open(backend, threads)
 
     def _read_task_keys(self) -> None:
         """Set what this task reads from the manifest beyond the shared keys."""
@@ -192,65 +208,125 @@ class Session:
             verify_file(path, entry.get("sha256"), self.artifact_dir)
         return path
 
-    def _resolve_backend(self, backend: str) -> str:
-        if backend != "auto":
-            return backend
-        if self.manifest["files"].get(VARIANTS[self.variant]) and _has_onnxruntime():
-            return "ort"
-        if self.variant == "fp32" and self.manifest["files"].get("pt2"):
-            return "torch"
-        raise ServeError(f"{str(self.artifact_dir)!r} has nothing the auto backend can run for variant "
-                         f"{self.variant!r} (needs {VARIANTS[self.variant]} with onnxruntime, or pt2)")
+    def _open(self, backend: str, threads: int | None) -> tuple[str, Forward, str]:
+        """(the backend served, its forward, the line that says why and how it was checked)."""
+        if backend == "auto":
+            return self._open_auto(threads)
+        forward, note = self._load(backend, threads)
+        return backend, forward, note
 
-    def _load(self, threads: int | None):
-        if self.backend == "trt":
-            raise ServeError("the trt backend is not supported by gankd.serve yet; use ort-cuda or ort")
-        if self.backend == "torch":
+    def _open_auto(self, threads: int | None) -> tuple[str, Forward, str]:
+        """``auto`` (serve.auto): the fastest verified runtime here, measured at export or on first open; torch
+        when no candidate can run."""
+        onnx_kind = VARIANTS[self.variant]
+        names = auto.candidates(self.manifest, onnx_kind, self.variant)
+        if not names:
+            if self.variant == "fp32" and self.manifest["files"].get("pt2"):
+                forward, _ = self._load("torch", threads)
+                return "torch", forward, "auto: torch (model.pt2), the only runtime of this artifact that can run here"
+            raise ServeError(f"{str(self.artifact_dir)!r} has nothing the auto backend can run for variant "
+                             f"{self.variant!r} (needs {onnx_kind} with onnxruntime, or pt2)")
+        if len(names) == 1:
+            forward, note = self._load(names[0], threads)
+            return names[0], forward, _joined(f"auto: {names[0]}, the only verified runtime that can run here", note)
+        gpu = auto.gpu_name() if any(name in auto.GPU_BACKENDS for name in names) else None
+        key = auto.machine_key(threads, gpu)
+        entry, where = auto.recorded(self.manifest, key)
+        refused: list[str] = []
+        if entry is not None and set(names) <= set(entry["order"]):
+            for name in [n for n in entry["order"] if n in names]:
+                try:
+                    forward, note = self._load(name, threads)
+                except ServeError as exc:
+                    refused.append(f"{name} refused: {exc}")
+                    continue
+                return name, forward, _joined(auto.describe(entry, name, where), note, *refused)
+            raise ServeError(f"{str(self.artifact_dir)!r}: auto: every runtime was refused ({'; '.join(refused)})")
+        loaded = {}
+        for name in names:
+            try:
+                loaded[name] = self._load(name, threads)
+            except ServeError as exc:
+                refused.append(f"{name} refused: {exc}")
+        if not loaded:
+            raise ServeError(f"{str(self.artifact_dir)!r}: auto: every runtime was refused ({'; '.join(refused)})")
+        if len(loaded) == 1:
+            (name, (forward, note)), = loaded.items()
+            return name, forward, _joined(f"auto: {name}, the only verified runtime left here", note, *refused)
+        entry = auto.race({name: forward for name, (forward, _) in loaded.items()},
+                          auto.measure_inputs(int(self.manifest["inputs"][0]["shape"][1]), self.in_range), threads)
+        kept = auto.remember(self.manifest, key, entry) if not refused else None
+        where = f"measured now, cached in {kept}" if kept else "measured now, not cached" + \
+            (" (a runtime was refused)" if refused else " (the cache folder is not writable)")
+        chosen = entry["order"][0]
+        return chosen, loaded[chosen][0], _joined(auto.describe(entry, chosen, where), loaded[chosen][1], *refused)
+
+    def _load(self, backend: str, threads: int | None) -> tuple[Forward, str]:
+        """The forward of one backend, and what its open check found ("" when there is none)."""
+        if backend == "torch":
             if self.variant != "fp32":
                 raise ServeError(f"the torch backend runs model.pt2 (fp32) only, not variant {self.variant!r}")
-            return self._load_torch(self._file("pt2", "torch"), threads)
-        path = self._file(VARIANTS[self.variant], self.backend)
-        if not _has_onnxruntime():
-            raise ServeError(f"the {self.backend} backend needs onnxruntime: it is not installed here")
-        return self._load_ort(path, threads, cuda=self.backend == "ort-cuda")
+            return backends.torch_runner(self._file("pt2", "torch"), threads), ""
+        if backend in ("ort", "ort-cuda"):
+            path = self._file(VARIANTS[self.variant], backend)
+            if not backends.has_onnxruntime():
+                raise ServeError(f"the {backend} backend needs onnxruntime: it is not installed here")
+            return backends.ort_runner(path, self.input_names, threads, cuda=backend == "ort-cuda"), ""
+        if self.task != "sr":
+            raise ServeError(f"the {backend} backend runs sr artifacts; {str(self.artifact_dir)!r} is a {self.task} "
+                             "artifact: use ort or torch")
+        if self.variant != "fp32":
+            own = "the ncnn pair" if "ncnn" in backend else "the engine"
+            raise ServeError(f"the {backend} backend runs its own file ({own}), not variant {self.variant!r}: use "
+                             "--variant fp32")
+        if backend in ("ncnn", "ncnn-vulkan"):
+            backends.require_ncnn()
+            param, weights = self._file("ncnn", backend), self._file("ncnn-bin", backend)
+            entry = self.manifest["files"]["ncnn"]
+            forward = backends.ncnn_runner(param, weights, threads, vulkan=backend == "ncnn-vulkan",
+                                           input_blob=entry.get("input_blob") or backends.NCNN_INPUT_BLOB,
+                                           output_blob=entry.get("output_blob") or backends.NCNN_OUTPUT_BLOB)
+            return forward, self._check_output(backend, "ncnn", forward, CHECK_SHAPE)
+        backends.require_trt()
+        gpu, version = backends.gpu_and_trt_version()
+        kind, entry = backends.choose_engine(self.manifest["files"], gpu, version, repr(str(self.artifact_dir)))
+        forward = backends.trt_runner(self._file(kind, "trt"), entry, self.input_name,
+                                      self.manifest["outputs"][0].get("name", "output"), int(self.manifest["scale"]))
+        opt = forward.profiles[0].opt
+        parity_kind = "trt-fp16" if entry.get("precision") == "fp16" else "trt"
+        return forward, self._check_output(backend, parity_kind, forward, (1, *opt[1:]))
 
-    def _load_torch(self, path: Path, threads: int | None):
-        import torch
+    def _check_output(self, backend: str, kind: str, forward: Forward, shape) -> str:
+        """Run a seeded input through ``forward`` and the fp32 reference file (backends' "open check"); refuse in
+        one line when the difference breaks the manifest's parity tolerance for ``kind``. Skipped with
+        ``verify=False`` (graphs edited on purpose)."""
+        if not self.verify:
+            return "not checked at open (verify off)"
+        tolerance = backends.Tolerance.parse(self.manifest.get("parity", {}).get("tolerances", {}).get(kind)) \
+            or DEFAULT_TOLERANCES[kind]
+        reference = self._reference()
+        if reference is None:
+            return ("not checked at open: neither model.onnx with onnxruntime nor model.pt2 can run here as the "
+                    "reference (its sha256 is checked)")
+        name, run = reference
+        x = backends.probe_input((shape[0], self.in_channels, *shape[2:]), self.in_range)
+        max_abs, psnr = backends.compare_outputs(run(x), forward(x), self.out_range)
+        found = f"max_abs {max_abs:.3g}, PSNR {psnr:.1f} dB" if np.isfinite(max_abs) else \
+            "a different shape or NaN/inf"
+        if not tolerance.passes(max_abs, psnr):
+            raise ServeError(f"{str(self.artifact_dir)!r}: the {backend} backend's output differs from {name}'s by "
+                             f"{found} on the open check (the manifest's {kind} tolerance: {tolerance.text()}); "
+                             f"refusing it (a damaged file, or a runtime that computes differently here)")
+        return f"checked at open against {name}: {found} ({tolerance.text()})"
 
-        if threads:
-            torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
-        try:
-            module = torch.export.load(str(path)).module()
-        except Exception as exc:  # noqa: BLE001 - a corrupt or incompatible file, reported in one line
-            raise ServeError(f"cannot load {path}: {first_line(exc)}") from None
-
-        def forward(*xs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return module(*(torch.from_numpy(x) for x in xs)).numpy()
-
-        return forward
-
-    def _load_ort(self, path: Path, threads: int | None, cuda: bool):
-        import onnxruntime as ort
-
-        providers = ["CPUExecutionProvider"]
-        if cuda:
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ServeError("the ort-cuda backend needs onnxruntime-gpu (CUDAExecutionProvider): it is "
-                                 "missing here")
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # noqa: BLE001
-            raise ServeError(f"cannot load {path}: {first_line(exc)}") from None
-        if cuda and "CUDAExecutionProvider" not in session.get_providers():
-            raise ServeError("the ort-cuda backend could not start CUDAExecutionProvider (CUDA/cuDNN libraries?)")
-        names = self.input_names
-        return lambda *xs: session.run(None, dict(zip(names, xs)))[0]
+    def _reference(self) -> tuple[str, Forward] | None:
+        """The fp32 file parity held closest to the PyTorch model, in a runtime that can run here."""
+        files = self.manifest["files"]
+        if files.get("onnx") and backends.has_onnxruntime():
+            return files["onnx"]["path"], backends.ort_runner(self._file("onnx", "reference"), self.input_names, 1)
+        if files.get("pt2"):
+            return files["pt2"]["path"], backends.torch_runner(self._file("pt2", "reference"))
+        return None
 
     # ------------------------------------------------------------------------------------------- running
 
@@ -297,11 +373,28 @@ class SRSession(Session):
         if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ServeError(f"run_array takes an HxWx3 RGB array, got shape {list(getattr(rgb, 'shape', []))}")
         check_size(rgb.shape[1], rgb.shape[0], self.max_pixels)
+        tile = self._fitting_tile(tile, pad, rgb.shape[:2])
         lo, hi = self.in_range
         x = (rgb.transpose(2, 0, 1)[None] * (hi - lo) + lo).astype(np.float32)
         y = tiling.upscale(self._forward, x, self.scale, tile=tile, pad=pad, multiple=self.multiple,
                            budget_s=budget_s)
         return self._to_unit(y[0].transpose(1, 2, 0))
+
+    def _fitting_tile(self, tile: int | None, pad: int, size: tuple[int, int]) -> int | None:
+        """``tile``, made small enough that every window (tile + 2 pad) fits a backend with a largest input (a
+        TensorRT engine's profiles); unchanged for backends that take any size."""
+        largest = getattr(self._forward, "max_spatial", None)
+        if not largest:
+            return tile
+        pad = tiling.round_up(pad, self.multiple)
+        height, width = (tiling.round_up(side, self.multiple) for side in size)
+        if (not tile or max(size) <= tile) and height + 2 * pad <= largest[0] and width + 2 * pad <= largest[1]:
+            return tile  # runs whole
+        allowed = (min(largest) - 2 * pad) // self.multiple * self.multiple
+        if allowed < 1:
+            raise ServeError(f"pad {pad} leaves no room for a tile in the {self.backend} backend's largest input "
+                             f"({largest[0]}x{largest[1]}): use a smaller pad")
+        return min(tile, allowed) if tile else allowed
 
     def run(self, image, tile: int | None = None, pad: int = DEFAULT_PAD, budget_s: float | None = None):
         """Upscale a numpy or PIL image; returns the same kind (dtype, channels, PIL mode). ``tile``: LR tile size
@@ -506,7 +599,23 @@ def _is_pil(image) -> bool:
     return isinstance(image, Image.Image)
 
 
-def _has_onnxruntime() -> bool:
-    import importlib.util
+def _joined(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
 
-    return importlib.util.find_spec("onnxruntime") is not None
+
+def measure_artifact(artifact_dir: str | Path, threads: int | None = None, log=None) -> dict | None:
+    """{machine key: order entry} of the verified runtimes of an artifact folder whose manifest is written
+    (``serve.auto``): gankd-export records it as the manifest's ``runtime_order``. None when fewer than two runtimes
+    are candidates here (nothing to order)."""
+    manifest = read_manifest(artifact_dir)
+    names = auto.candidates(manifest, VARIANTS["fp32"], "fp32")
+    if len(names) < 2:
+        return None
+    forwards = {name: Session(artifact_dir, backend=name, threads=threads, verify=False)._forward for name in names}
+    gpu = auto.gpu_name() if any(name in auto.GPU_BACKENDS for name in names) else None
+    value_range = tuple(float(v) for v in manifest["inputs"][0].get("range") or (0.0, 1.0))
+    entry = auto.race(forwards, auto.measure_inputs(int(manifest["inputs"][0]["shape"][1]), value_range), threads)
+    key = auto.machine_key(threads, gpu)
+    if log:
+        log(auto.describe(entry, entry["order"][0], f"on {key}"))
+    return {key: entry}

@@ -1,11 +1,13 @@
 """Serving artifacts from a Triton Inference Server: ``gankd-demo triton`` (DESIGN.md "Scaling out").
 
 Each artifact folder becomes one Triton model, named after the folder, that runs the artifact's :class:`Session`
-(ORT or torch.export) inside Triton's Python backend. The server is the ``tritonserver`` 2.51 that
-``nvidia-pytriton`` ships, started and stopped by PyTriton (:class:`pytriton.triton.Triton`) on a model repository
-written here: ``<name>/config.pbtxt`` (:func:`config_pbtxt`, the same text ``gankd-export --triton-repo`` writes
-for NGC's container, with ``backend: "python"`` instead of a platform) and ``<name>/1/model.py``, which imports
-:class:`TritonPythonModel` below.
+(any of its backends: ORT, ncnn, TensorRT, torch.export) inside Triton's Python backend; ``auto`` is resolved once
+by the server process (:meth:`TritonServer.start`), so all instances of a model serve the same runtime. The server
+is the ``tritonserver`` 2.51 that ``nvidia-pytriton`` ships, started and stopped by PyTriton
+(:class:`pytriton.triton.Triton`) on a model repository written here: ``<name>/config.pbtxt``
+(:func:`config_pbtxt`, the same text ``gankd-export --triton-repo`` writes for NGC's container, with
+``backend: "python"`` instead of a platform) and ``<name>/1/model.py``, which imports :class:`TritonPythonModel`
+below.
 
 Why a Python-backend model rather than PyTriton's ``bind``: with ``bind``, an exception in the bound function fails
 every request of its dynamic batch, with a multi-line traceback as the message (measured, PyTriton 0.7.0). Here
@@ -316,8 +318,10 @@ def stub_environment():
             os.environ["LD_LIBRARY_PATH"] = previous
 
 
-def write_repository(artifact_dirs, root: Path, settings: TritonSettings) -> list[str]:
-    """A Python-backend model repository in ``root``, one model per artifact; returns the model names."""
+def write_repository(artifact_dirs, root: Path, settings: TritonSettings,
+                     backends: dict[str, str] | None = None) -> list[str]:
+    """A Python-backend model repository in ``root``, one model per artifact; returns the model names.
+    ``backends``: the backend of each model by name where it is not ``settings.backend`` (what auto chose)."""
     names = []
     for artifact_dir in artifact_dirs:
         artifact_dir = Path(artifact_dir).resolve()
@@ -325,7 +329,7 @@ def write_repository(artifact_dirs, root: Path, settings: TritonSettings) -> lis
         name = model_name(artifact_dir)
         if name in names:
             raise ServeError(f"two artifact folders are named {name!r}: Triton model names must be unique")
-        params = {"artifact_dir": str(artifact_dir), "backend": settings.backend,
+        params = {"artifact_dir": str(artifact_dir), "backend": (backends or {}).get(name, settings.backend),
                   "threads": str(settings.threads or 0), "max_pixels": str(settings.max_pixels),
                   "verify": "1" if settings.verify else "0"}
         text = config_pbtxt(name, manifest, max_batch=settings.max_batch,
@@ -364,6 +368,7 @@ class TritonServer:
         self.artifact_dirs = [Path(d) for d in artifact_dirs]
         self.settings = settings
         self.names: list[str] = []
+        self.backends: dict[str, tuple[str, str]] = {}  # model name -> (backend served, why): what start chose
         self._triton = None
         self._token: str | None = None
         self._root: Path | None = None
@@ -389,6 +394,7 @@ class TritonServer:
         for option, port in (("--http-port", s.http_port), ("--grpc-port", s.grpc_port),
                              ("--metrics-port", s.metrics_port)):
             check_port_free(s.host, port, option)
+        self.backends = self._choose_backends()
         try:
             from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
         except ImportError as exc:
@@ -396,7 +402,8 @@ class TritonServer:
                              f"{first_line(exc)}") from None
         self._root = Path(tempfile.mkdtemp(prefix="gankd-triton-"))
         try:
-            self.names = write_repository(self.artifact_dirs, self._root / "models", s)
+            self.names = write_repository(self.artifact_dirs, self._root / "models", s,
+                                          {name: chosen for name, (chosen, _) in self.backends.items()})
             config = TritonConfig(model_repository=self._root / "models", http_address=s.host, http_port=s.http_port,
                                   grpc_address=s.host, grpc_port=s.grpc_port, metrics_address=s.host,
                                   metrics_port=s.metrics_port, allow_gpu_metrics=False, exit_on_error=False,
@@ -424,6 +431,23 @@ class TritonServer:
             self.stop()
             raise
         return self
+
+    def _choose_backends(self) -> dict[str, tuple[str, str]]:
+        """Each model's backend and why. ``auto`` is decided here, once, by a Session in this process (it measures
+        the runtimes if this machine has no recorded order, and caches it), so every instance of a model serves the
+        same one and the choice is printed; an explicit backend is passed on as it is."""
+        from .session import Session
+
+        s, chosen = self.settings, {}
+        for artifact_dir in self.artifact_dirs:
+            if s.backend != "auto":
+                chosen[model_name(artifact_dir)] = (s.backend, "")
+                continue
+            session = Session(artifact_dir, backend="auto", threads=s.threads, verify=s.verify,
+                              max_pixels=s.max_pixels)
+            chosen[model_name(artifact_dir)] = (session.backend, session.backend_note)
+            del session
+        return chosen
 
     def _log_error(self) -> str:
         """The last error line of tritonserver's log, if any."""

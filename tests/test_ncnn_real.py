@@ -120,7 +120,9 @@ def test_quickstart_script(tmp_path):
                                    "teacher_d_feat=8 report_size=16",
            "EXPORTS": str(tmp_path / "exports"), "QUICKSTART_EXPORT_ARGS": "", "QUICKSTART_SHAPE": "1x3x16x16",
            "QUICKSTART_BENCH_ARGS": "--iterations 2 --warmup-ms 0", "QUICKSTART_THREADS": "1",
-           "QUICKSTART_INSPECT_SHAPE": "1x3x16x16"}
+           "QUICKSTART_INSPECT_SHAPE": "1x3x16x16", "X4FAST": str(tmp_path / "no-x4fast"),
+           "TEACHER_CACHE": str(tmp_path / "teacher_cache"),
+           "QUICKSTART_EVAL_ARGS": "--crops-per-image 1 --size 16 --degrade clean,jpeg --no-perceptual"}
     proc = subprocess.run(["bash", str(root / "demos" / "quickstart.sh")], capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -134,6 +136,9 @@ def test_quickstart_script(tmp_path):
     assert (run_dir / "strip.png").is_file() and (run_dir / "crops_100.png").is_file()
     report = (run_dir / "report.md").read_text()
     assert "## Export and benchmark" in report and (run_dir / "bench.png").is_file()
+    assert "## On held-out photos, clean and degraded" in report and (run_dir / "eval" / "strip.png").is_file()
+    assert set(json.loads((run_dir / "eval" / "eval.json").read_text())["scores"]) == {"bicubic", "student",
+                                                                                       "animevideov3"}
     manifest = json.loads((tmp_path / "exports" / "student" / "manifest.json").read_text())
     assert manifest["bench"]["results"], "gankd-bench --write-manifest stored nothing"
     again = subprocess.run(["bash", str(root / "demos" / "quickstart.sh")], capture_output=True, text=True, env=env,

@@ -219,7 +219,7 @@ def test_bad_inputs_give_one_line_errors(artifacts, tmp_path):
         (lambda: Session(art, variant="int8"), "nothing the auto backend can run"),
         (lambda: Session(art, backend="ort", variant="int8"), "no onnx-int8 file"),
         (lambda: Session(art, backend="torch", variant="fp16"), "fp32"),
-        (lambda: Session(art, backend="trt"), "not supported by gankd.serve yet"),
+        (lambda: Session(art, backend="trt"), "the trt backend needs the tensorrt Python package"),
         (lambda: Session(art).run(np.zeros((4, 4, 2), np.uint8)), "HxWx3"),
         (lambda: Session(art).run(np.zeros((4, 4, 3), np.int32)), "unsupported pixel type"),
         (lambda: Session(art).run("image.png"), "numpy array or a PIL image"),
