@@ -44,6 +44,8 @@ _SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1
 def read_weights(path: str | Path) -> dict:
     """Read a weight file into a dict without executing code; one-line errors for missing/corrupted/unsafe files."""
     path = Path(path)
+    if path.is_dir():
+        raise GankdError(f"{str(path)!r} is a folder, not a weight file")
     if not path.is_file():
         raise GankdError(f"weight file {str(path)!r} does not exist")
     if path.stat().st_size == 0:

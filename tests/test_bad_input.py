@@ -291,3 +291,9 @@ def test_export_force_refuses_a_folder_of_other_files(model_dir, tmp_path):
     art = tmp_path / "art"
     assert export_main([str(model_dir), "--out", str(art), "--formats", "onnx"]) == 0
     assert export_main([str(model_dir), "--out", str(art), "--formats", "onnx", "--force"]) == 0  # gankd's own
+
+
+def test_a_folder_named_like_a_weight_file_is_called_a_folder(tmp_path):
+    (tmp_path / "x.pth").mkdir()
+    _one_line_error(lambda: read_weights(tmp_path / "x.pth"), "is a folder, not a weight file")
+    _one_line_error(lambda: read_weights(tmp_path / "y.pth"), "does not exist")  # negative control
