@@ -238,8 +238,13 @@ def test_cli_refuses_non_empty_out_unless_force(tmp_path, capsys):
     assert export_main([str(model_dir), "--out", str(tmp_path / "a"), "--formats", "onnx"]) == 2
     assert "already exists and is not empty; pass --force" in capsys.readouterr().err
     assert (tmp_path / "a" / "keep.txt").exists()
-    assert export_main([str(model_dir), "--out", str(tmp_path / "a"), "--formats", "onnx", "--force"]) == 0
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["manifest.json", "model.onnx"]
+    # --force replaces only an artifact folder gankd-export wrote, never a folder of other files
+    assert export_main([str(model_dir), "--out", str(tmp_path / "a"), "--formats", "onnx", "--force"]) == 2
+    assert "replaces only an artifact folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.txt"]
+    assert export_main([str(model_dir), "--out", str(tmp_path / "b"), "--formats", "onnx"]) == 0
+    assert export_main([str(model_dir), "--out", str(tmp_path / "b"), "--formats", "onnx", "--force"]) == 0
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["manifest.json", "model.onnx"]
 
 
 @pytest.mark.parametrize("args, message", [
