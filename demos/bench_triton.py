@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gankd.serve.cpu import cpu_description
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -32,13 +34,7 @@ def _free_port() -> int:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    return cpu_description()["model"] or "unknown CPU"
 
 
 def _lr_crop(shape: tuple[int, int, int, int], scale: int) -> np.ndarray:

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gankd.serve.cpu import cpu_description
+
 MAX_PIXELS = 96 * 96  # both servers' --max-pixels: good crops are at most 48 x 48, "over the limit" is 97 x 96
 SIZES = (16, 24, 32, 40, 48)  # crop sides: multiples of every pixel-unshuffle factor (1, 2, 4, 8)
 DEMO_TILES = (0, 16, 32)
@@ -425,13 +427,7 @@ def client_loop(make_client, bad_kinds: list[str], deadline: float, good_share: 
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    return cpu_description()["model"] or "unknown CPU"
 
 
 def _percentile(values: list[float], q: float) -> float | None:

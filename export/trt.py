@@ -12,14 +12,13 @@ exports on the same machine so the second build skips most tactic timing.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from gankd.distill.errors import GankdError
 from gankd.distill.profile import parse_shape
-from gankd.serve.backends import engine_filename, slug  # their one home: serve picks engines by file name
+from gankd.serve.backends import engine_filename, slug, trt_missing  # their one home: serve picks engines by name
 
 from .manifest import INPUT_NAME, OUTPUT_NAME
 
@@ -86,16 +85,8 @@ def default_timing_cache(gpu_name: str, trt_version: str) -> Path:
 
 
 def missing_requirement() -> str | None:
-    """None when TensorRT can run here, else what is missing: the tensorrt package, or a CUDA GPU."""
-    try:
-        importlib.import_module("tensorrt")
-    except ImportError:
-        return "the tensorrt Python package (pip install 'gankd[trt]'; NVIDIA's wheels)"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "an NVIDIA GPU with CUDA (torch.cuda.is_available() is False)"
-    return None
+    """None when TensorRT can run here, else what is missing (serve's one check: export builds what serve runs)."""
+    return trt_missing()
 
 
 def require(what: str) -> None:
