@@ -149,6 +149,8 @@ class Recipe:
     ema_decay: float = 0.999  # 0 disables; warm-up min(decay, (1+step)/(10+step))
     # validation, logging, checkpoints
     select_by: str = "auto"  # auto: FID when the offline Inception is installed, else PSNR to the teacher
+    select_min_vol: float = 0.0  # sr: a student at least this sharp (VoL/teacher on validation) beats any blurrier
+    # one, whatever its select_by score (PSNR alone rewards blur); 0: off
     val_every: int | None = None  # steps between validations (None: once per epoch)
     checkpoint_every: int = 50  # steps between state/last.pt writes (and at every epoch end)
     log_every: int = 10
@@ -186,6 +188,7 @@ class Recipe:
                 raise GankdError(f"{key}: must be >= 1 or null, got {value}")
         for key in ("lambda_agkd", "lambda_cgkd", "lambda_div", "lambda_mlp", "lambda_dcd", "lambda_cd",
                     "ssim_weight", "style_weight", "lambda_adv", "l1_weight", "fft_weight", "anchor_weight", "min_texture",
+                    "select_min_vol",
                     "perceptual_weight", "r1_gamma", "max_cache_mb"):
             if getattr(self, key) < 0:
                 raise GankdError(f"{key}: must be >= 0, got {getattr(self, key)}")

@@ -620,12 +620,25 @@ class Loop:
         if not math.isfinite(score):
             self.log(f"validation at step {step_no}: {metric} is {score}; not kept")
             return
-        if self.task.better(score, self.progress.best_score):
+        if self.beats_best(scores, score):
             self.progress.best_score, self.progress.best_step = score, step_no
             if self.world.is_main:
                 self.save_student(step_no, scores)
         self.log(f"step {step_no} {stage.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
                  + f" (best {metric} {self.progress.best_score:.3f} at step {self.progress.best_step})")
+
+    def beats_best(self, scores: dict[str, float], score: float) -> bool:
+        """Is this validation the new best? By the task's metric, except that with ``select_min_vol`` a student at
+        least that sharp (VoL/teacher) beats any blurrier one: PSNR alone rewards blur."""
+        floor = self.recipe.select_min_vol
+        if floor <= 0 or "vol_teacher" not in scores or self.progress.best_step is None:
+            return self.task.better(score, self.progress.best_score)
+        best = next((r["val"] for r in reversed(self.progress.history)
+                     if r["step"] == self.progress.best_step and "val" in r), {})
+        sharp, best_sharp = scores["vol_teacher"] >= floor, best.get("vol_teacher", 0.0) >= floor
+        if sharp != best_sharp:
+            return sharp
+        return self.task.better(score, self.progress.best_score)
 
     def save_student(self, step_no: int, scores: dict[str, float]) -> None:
         config = replace(self.student_config, provenance={

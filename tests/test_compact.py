@@ -232,7 +232,8 @@ def test_photo_degraded_run_with_an_anchor_scores_clean_and_degraded(tmp_path, c
 
     teacher_dir, pretrained_dir = compact_dirs
     recipe = recipe_from_dict(_tiny_run_recipe(tmp_path, teacher_dir, init_from=str(pretrained_dir),
-                                               degradation="photo", anchor_weight=1.0, lr_g=1e-2, n3=0))
+                                               degradation="photo", anchor_weight=1.0, lr_g=1e-2, n3=0,
+                                               select_min_vol=0.05))
     run_dir = run(recipe, log=lambda msg: None)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     anchors = [r["g_anchor"] for r in records if "g_anchor" in r]

@@ -219,3 +219,28 @@ def test_out_dir_is_checked_before_any_work(teacher_dir, tmp_path, monkeypatch):
         run(recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "runs", teacher_cache_dir=str(cache))),
             log=lambda msg: None)
     assert not (tmp_path / "runs").exists()
+
+
+def test_select_min_vol_prefers_a_sharp_student_over_a_blurrier_better_scored_one():
+    """select_min_vol: PSNR alone rewards blur; a student above the sharpness floor beats any below it."""
+    import types
+
+    from gankd.distill.checkpoint import Progress
+    from gankd.distill.train import Loop
+
+    task = types.SimpleNamespace(better=lambda score, best: best is None or score > best)
+
+    def loop(floor):
+        progress = Progress(best_score=28.0, best_step=10,
+                            history=[{"step": 10, "val": {"psnr_teacher": 28.0, "vol_teacher": 0.1}}])
+        return types.SimpleNamespace(recipe=types.SimpleNamespace(select_min_vol=floor), progress=progress,
+                                     task=task)
+
+    sharp_lower = {"psnr_teacher": 27.5, "vol_teacher": 0.3}
+    assert not Loop.beats_best(loop(0.0), sharp_lower, 27.5)  # negative control: PSNR alone keeps the blur
+    assert Loop.beats_best(loop(0.25), sharp_lower, 27.5)
+    assert Loop.beats_best(loop(0.25), {"psnr_teacher": 29.0, "vol_teacher": 0.2}, 29.0)  # both blurry: PSNR
+    blurry_higher = loop(0.25)
+    blurry_higher.progress.history[0]["val"]["vol_teacher"] = 0.3  # the kept one is sharp: blur never beats it
+    assert not Loop.beats_best(blurry_higher, {"psnr_teacher": 29.0, "vol_teacher": 0.2}, 29.0)
+    assert Loop.beats_best(blurry_higher, {"psnr_teacher": 28.5, "vol_teacher": 0.4}, 28.5)  # both sharp: PSNR
