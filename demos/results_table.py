@@ -1,0 +1,55 @@
+"""A markdown table of several `gankd-distill eval --out` results (their eval.json files): one row per model and
+file, PSNR to the teacher on clean and on degraded inputs (pooled), its margin over bicubic, and VoL/teacher. Docs
+tables are made with it, so a figure in the docs is the one a results file holds.
+
+    python demos/results_table.py docs/results/issue27_quickstart_*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ALL = "all degraded"
+
+
+def rows(path: Path, seen: set[str]) -> list[str]:
+    result = json.loads(path.read_text())
+    scores = result["scores"]
+    bicubic = scores["bicubic"]
+    out = []
+    for name, per_kind in scores.items():
+        if name in seen:  # bicubic and the references repeat across files of the same crops
+            continue
+        seen.add(name)
+        clean, degraded = per_kind.get("clean", {}), per_kind.get(ALL, {})
+        cells = [name, path.name]
+        for part, mine in (("clean", clean), (ALL, degraded)):
+            if "psnr_teacher" in mine:
+                cells.append(f"{mine['psnr_teacher']:.2f} ({mine['psnr_teacher'] - bicubic[part]['psnr_teacher']:+.2f})")
+            else:
+                cells.append("—")
+        cells.append(" / ".join(f"{m['vol_teacher']:.3f}" if m.get("vol_teacher") is not None else "—"
+                                for m in (clean, degraded)))
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", type=Path, nargs="+")
+    args = parser.parse_args()
+    print("| model | results file | clean PSNR→teacher (Δ bicubic) | degraded PSNR→teacher (Δ bicubic) "
+          "| VoL/teacher clean / degraded |")
+    print("|---|---|---:|---:|---|")
+    seen: set[str] = set()
+    for path in args.files:
+        for line in rows(path, seen):
+            print(line)
+    cpus = {json.loads(p.read_text())["cpu"]["model"] for p in args.files}
+    print(f"\nCPU: {', '.join(sorted(c or 'unknown' for c in cpus))}; crops and seeds: as each file records.")
+
+
+if __name__ == "__main__":
+    main()
