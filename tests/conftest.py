@@ -116,3 +116,19 @@ def kill_run_after(recipe_path: Path, run_dir: Path, min_metric_lines: int, env:
     proc.wait()
     assert not (run_dir / "report.md").exists(), "the run finished before the kill"
     return torch.load(state, weights_only=True)["progress"]["position"]["step"]
+
+
+def sr_artifact(root: Path, config: ModelConfig, simplify: bool = False) -> Path:
+    """A tiny SR model (seeded, output biased off zero so a wrong pipeline shows) saved and exported to ONNX under
+    ``root``; returns the artifact folder. The serve tests' shared artifact."""
+    from gankd.distill import save_model
+    from gankd.export import exporter
+
+    torch.manual_seed(0)
+    model = config.build()
+    with torch.no_grad():
+        model.body[-1].bias.add_(0.5)
+    model_dir = save_model(root / "model", model, config)
+    exporter.export_model(model_dir, root / "art", exporter.ExportSettings(formats=("onnx",), simplify=simplify),
+                          log=lambda _msg: None)
+    return root / "art"

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from gankd.distill import ModelConfig, save_model
-from gankd.export import exporter
+from gankd.distill import ModelConfig
 from gankd.serve import ServeError, Session
 from gankd.serve.cli import main as demo_main
 from gankd.serve.images import MIN_SIDE_PX, read_image, to_array
+
+from conftest import sr_artifact
 
 MODEL = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 1, "upscale": 2}, task="sr", scale=2)
 ORIENTATION = 0x0112
@@ -101,15 +101,7 @@ def test_limits_and_animations(tmp_path):
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    root = tmp_path_factory.mktemp("image_io")
-    torch.manual_seed(0)
-    model = MODEL.build()
-    with torch.no_grad():
-        model.body[-1].bias.add_(0.5)
-    model_dir = save_model(root / "model", model, MODEL)
-    exporter.export_model(model_dir, root / "art", exporter.ExportSettings(formats=("onnx",), simplify=False),
-                          log=lambda _msg: None)
-    return root / "art"
+    return sr_artifact(tmp_path_factory.mktemp("image_io"), MODEL)
 
 
 def test_upscale_reads_as_the_demo_reads(artifact, tmp_path, capsys):

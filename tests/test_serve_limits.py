@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from gankd.distill import ModelConfig, save_model
-from gankd.export import exporter
+from gankd.distill import ModelConfig
 from gankd.serve import ServeError, Session
 from gankd.serve.cli import main as demo_main
 from gankd.serve.cli import output_names
 from gankd.serve.images import MAX_PIXELS, MIN_SIDE_PX, check_size, read_image
+
+from conftest import sr_artifact
 
 MODEL = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 1, "upscale": 2}, task="sr", scale=2)
 MAX = 40 * 40  # the limit the tests give; MAX_PIXELS is the default of every front end
@@ -36,15 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    root = tmp_path_factory.mktemp("limits")
-    torch.manual_seed(0)
-    model = MODEL.build()
-    with torch.no_grad():
-        model.body[-1].bias.add_(0.5)
-    model_dir = save_model(root / "model", model, MODEL)
-    exporter.export_model(model_dir, root / "art", exporter.ExportSettings(formats=("onnx",), simplify=False),
-                          log=lambda _msg: None)
-    return root / "art"
+    return sr_artifact(tmp_path_factory.mktemp("limits"), MODEL)
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:

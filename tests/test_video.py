@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from gankd.distill import ModelConfig, save_model
-from gankd.export import exporter
+from gankd.distill import ModelConfig
 from gankd.serve import ServeError, Session
 from gankd.serve.cli import main as demo_main
+
+from conftest import sr_artifact
 
 av = pytest.importorskip("av", reason="video needs PyAV (pip install 'gankd[video]')")
 
@@ -26,14 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("video")
-    torch.manual_seed(0)
-    model = SRVGG_X4.build()
-    with torch.no_grad():
-        model.body[-1].bias.add_(0.5)
-    model_dir = save_model(root / "model", model, SRVGG_X4)
-    exporter.export_model(model_dir, root / "art", exporter.ExportSettings(formats=("onnx",)), log=lambda _m: None)
-    return root / "art"
+    return sr_artifact(tmp_path_factory.mktemp("video"), SRVGG_X4, simplify=True)
 
 
 @pytest.fixture(scope="module")
