@@ -99,10 +99,9 @@ def torch_runner(path: Path, threads: int | None = None) -> Forward:
 
 
 # ncnn's wheel bundles its own libgomp, whose threads spin at every barrier (up to 300,000 iterations) before they
-# sleep. On a CPU shared with other work a spinning thread holds the core another ncnn thread needs. Measured
-# 2026-12-07, Intel Xeon (AVX-512), 2 cores at load 4-7, SRVGG 64x16 at 64x64 on 2 threads: 22 ms without spinning,
-# 100-620 ms with it (an SRVGG 16x2: 1.6 ms against 220 ms). Not spinning is what the ORT sessions here do too
-# (allow_spinning 0). libgomp reads the policy when it loads, so it is set for the import of ncnn only (a user's own
+# sleep. On a CPU shared with other work a spinning thread holds the core another ncnn thread needs, and a small
+# model becomes many times slower (demos/bench_serve.py shows it on a loaded machine). Not spinning is what the ORT
+# sessions here do too (allow_spinning 0). libgomp reads the policy when it loads, so it is set for the import of ncnn only (a user's own
 # OMP_WAIT_POLICY / GOMP_SPINCOUNT win). And ncnn is imported with RTLD_DEEPBIND: once torch is imported, its
 # libgomp is in the process's global symbol scope (torch loads it RTLD_GLOBAL) and ncnn's OpenMP calls would run on
 # torch's spinning threads instead of ncnn's own libgomp; gankd-bench imports torch first, Session does not, and
