@@ -599,12 +599,7 @@ def _upload_image(**kwargs):
     anything reads it, and a payload that is no file at all (a string, a number) gets the same refusal."""
     import gradio as gr
 
-    class UploadImage(gr.Image):
-        def __init__(self, **options):
-            super().__init__(**options)
-            self._schema = self.api_info()  # gr.Image's, for API clients: they upload a file for this input
-            self.data_model = None  # no pydantic check before preprocess: its failure is a traceback in the log
-
+    class UploadImage(gr.Image):  # no __init__ of its own: Gradio sends the frontend the props __init__ names
         def api_info(self):
             return getattr(self, "_schema", None) or super().api_info()
 
@@ -614,7 +609,10 @@ def _upload_image(**kwargs):
         def preprocess(self, payload):
             return payload.get("path") if isinstance(payload, dict) else payload  # any other value: refused later
 
-    return UploadImage(type="filepath", sources=["upload", "clipboard"], **kwargs)
+    image = UploadImage(type="filepath", sources=["upload", "clipboard"], **kwargs)
+    image._schema = image.api_info()  # gr.Image's, for API clients: they upload a file for this input
+    image.data_model = None  # no pydantic check before preprocess: its failure is a traceback in the log
+    return image
 
 
 def _example_files() -> list[str]:
