@@ -89,6 +89,8 @@ fi
   cat "$RUN/bench.md"
   echo
   echo "![latency vs PSNR to the teacher](bench.png)"
+  echo
+  python -c "import json, sys; from gankd.export.int8 import outcome_markdown; print(outcome_markdown(json.load(open(sys.argv[1])).get('int8')))" "$EXPORTS/student/manifest.json"
   if [ -n "$NCNN" ]; then
     echo
     echo "The three in ncnn (the runtime realesrgan-ncnn-vulkan and Upscayl run x4plus and animevideov3 in):"

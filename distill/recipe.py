@@ -78,6 +78,8 @@ class Recipe:
     n1: int = 1
     n2: int = 1
     n3: int = 1
+    n_qat: int = 0  # epochs of quantization-aware distillation after the others (gankd.distill.qat): the student
+    # learns weights and activation ranges for the INT8 export, which then writes the learned ranges
     steps_per_epoch: int | None = None  # None: one pass over the train crop pool
     batch_size: int = 4  # the global batch: under torchrun each of N processes trains a disjoint N-th of it
     # data
@@ -154,7 +156,8 @@ class Recipe:
     val_every: int | None = None  # steps between validations (None: once per epoch)
     checkpoint_every: int = 50  # steps between state/last.pt writes (and at every epoch end)
     log_every: int = 10
-    max_minutes: float | None = None  # wall-clock budget: stops after the step that crosses it (not reproducible)
+    max_minutes: float | None = None  # wall-clock budget: stops after the step that crosses it (not reproducible);
+    # with n_qat, the stages before qat stop there and qat then runs its epochs
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -174,7 +177,7 @@ class Recipe:
             raise GankdError(f"width: must be in (0, 1], got {self.width}")
         if self.d_width is not None and not 0 < self.d_width <= 1:
             raise GankdError(f"d_width: must be in (0, 1], got {self.d_width}")
-        for key in ("n1", "n2", "n3"):
+        for key in ("n1", "n2", "n3", "n_qat"):
             if getattr(self, key) < 0:
                 raise GankdError(f"{key}: must be >= 0 epochs, got {getattr(self, key)}")
         for key in ("batch_size", "hr_size", "train_crops", "val_crops_per_image", "checkpoint_every", "log_every",
@@ -216,10 +219,16 @@ class Recipe:
                 raise GankdError("mode: train builds a generator from arch and arch_kwargs: set arch")
             if self.n1 < 1:
                 raise GankdError("mode: train runs stage 1 (G and D from scratch): n1 must be >= 1")
-        elif self.n2 + self.n3 == 0:
+        elif self.n2 + self.n3 + self.n_qat == 0:
             raise GankdError("n2 + n3 is 0: nothing would train the student")
         if self.discriminator == "none" and self.n3 > 0 and self.mode != "train":
             raise GankdError("discriminator: none has no adversarial stage: set n3: 0 (MSE-only compression)")
+        if self.n_qat > 0:
+            from .qat import check_supported
+
+            if self.mode == "train":
+                raise GankdError("n_qat: mode train makes a teacher; quantization-aware distillation is for students")
+            check_supported(self.family)
         if not 0 <= self.agkd_p <= 1:
             raise GankdError(f"agkd_p: must be in [0, 1], got {self.agkd_p}")
         for key in ("factors", "val_scales"):

@@ -8,6 +8,8 @@ discriminator step trains and how. :func:`plan_stages` turns a recipe into the l
 - **stage2** — supervised only: G_S minimises L_sup + λ1·L_MLP against the teacher's outputs and last backbone map;
   D_S minimises L2(D_S(x), D_T(x)) on real crops, teacher outputs and student outputs.
 - **stage3** — G_S adds λ2·L_adv against D_S; D_S trains adversarially (real HR vs student outputs).
+- **qat** (``n_qat`` > 0) — the supervised terms again, with the INT8 export's fake quantization in the student's
+  forward pass (:mod:`.qat`), from the student selected so far.
 
 ``mode: scratch`` (the paper's (C,C) and (C,1) baselines) trains the same small GAN on ground truth without KD:
 stage 2 supervised on HR, stage 3 adding the adversarial term against a randomly initialised D.
@@ -73,6 +75,16 @@ def needs_teacher_d(recipe: Recipe) -> bool:
 
 
 def plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str = "sr") -> list[Stage]:
+    """The recipe's stages, then ``qat`` (``n_qat`` epochs): the supervised terms of the run's target with the
+    INT8 export's fake quantization on (:mod:`.qat`); no discriminator, so the quantization is all that changes."""
+    stages = _plan_stages(recipe, have_teacher_d, task_kind)
+    if recipe.n_qat > 0 and recipe.mode != "train":
+        target = "gt" if recipe.mode == "scratch" else "teacher"
+        stages.append(Stage("qat", recipe.n_qat, g_target=target, g_terms=(recipe.sup_loss, "perceptual", "fft")))
+    return stages
+
+
+def _plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> list[Stage]:
     sup = (recipe.sup_loss, "perceptual", "fft")
     div = ("div",) if recipe.kd_dlgan else ()
     if recipe.mode == "train":  # generation: adversarial only; restoration: supervised on the GT + adversarial

@@ -15,6 +15,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import signal
 import time
 import warnings
@@ -118,6 +119,10 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
                                        depth=recipe.depth, family=recipe.family, num_feat=recipe.num_feat,
                                        init=recipe.init, up_feat=recipe.up_feat, blocks=recipe.blocks,
                                        calib_lr=calib, pretrained=pretrained_model(recipe, log))
+    if recipe.n_qat > 0:  # the fake quantization is off (the plain student) until the qat stage begins
+        from . import qat
+
+        student = qat.wrap(student, recipe.family)
     nets = Nets(teacher=teacher, student=student)
     if recipe.anchor_weight > 0:  # the warm start's weights, as built (a resume rebuilds them the same way)
         nets.anchor = [p.detach().clone().to(device) for p in student.parameters()]
@@ -393,6 +398,9 @@ def _run(recipe: Recipe, resume: bool, log, world: World) -> Path:
     if world.distributed and recipe.mode not in DISTRIBUTED_MODES:
         raise GankdError(f"mode: {recipe.mode} does not run under torchrun yet (only {', '.join(DISTRIBUTED_MODES)}"
                          ": its other networks' steps are not averaged over processes); run it in one process")
+    if world.distributed and recipe.n_qat > 0:
+        raise GankdError("n_qat: quantization-aware distillation does not run under torchrun yet; run it in one "
+                         "process (or set n_qat: 0)")
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -496,8 +504,11 @@ class Loop:
                     stage = self.stages[pos.stage]
                     if pos.epoch == 0 and pos.batch == 0:
                         self.begin_stage(stage)
-                    if self.run_epoch(stage, pos, stop, bar) == "stop":
+                    outcome = self.run_epoch(stage, pos, stop, bar)
+                    if outcome == "stop":
                         return
+                    if outcome == "skip":  # over budget: on to the qat stage (pos already points at it)
+                        continue
                     pos.epoch, pos.batch = pos.epoch + 1, 0
                     if pos.epoch >= stage.epochs:
                         self.end_stage(stage)
@@ -556,7 +567,8 @@ class Loop:
             bar.update(1)
             self.log_step(stage, pos.step, logs)
             signal_name = stop.signal_name
-            over_budget = self.recipe.max_minutes is not None and self.elapsed_s > 60 * self.recipe.max_minutes
+            over_budget = self.recipe.max_minutes is not None and self.elapsed_s > 60 * self.recipe.max_minutes \
+                and stage.name != "qat"  # the budget bounds the stages before qat, which runs its n_qat epochs
             if self.world.distributed:  # every rank stops after the same step
                 got_signal, over_budget = self.world.any(bool(signal_name), over_budget)
                 signal_name = (signal_name or "a signal to another process") if got_signal else None
@@ -565,11 +577,15 @@ class Loop:
                 raise RunInterrupted(f"{signal_name} at step {pos.step}: state saved to {self.state_path}; "
                                      "continue with --resume")
             if over_budget:
-                self.log(f"max_minutes={self.recipe.max_minutes} reached at step {pos.step}: validating and stopping")
+                qat_next = self.stages[-1].name == "qat"
+                self.log(f"max_minutes={self.recipe.max_minutes} reached at step {pos.step}: validating and "
+                         + ("going on to the qat stage" if qat_next else "stopping"))
                 if stage.g_target:
                     self.validate(stage, pos.step)
+                if qat_next:
+                    pos.stage, pos.epoch, pos.batch = len(self.stages) - 1, 0, 0
                 self.save()
-                return "stop"
+                return "skip" if qat_next else "stop"
             if self.recipe.val_every and stage.g_target and pos.step % self.recipe.val_every == 0:
                 self.validate(stage, pos.step)
             if pos.batch < self.steps_per_epoch and pos.step % self.recipe.checkpoint_every == 0:
@@ -589,6 +605,8 @@ class Loop:
         if stage.name == "stage2" and self.recipe.init == "teacher" and self.nets.student_d is not None \
                 and self.recipe.mode == "sdakd":
             self.init_student_d_from_teacher_d()
+        if stage.name == "qat":
+            self.begin_qat()
 
     def init_student_d_from_teacher_d(self) -> None:
         from .students import build_student as _build
@@ -596,6 +614,25 @@ class Loop:
         d_s, _ = _build(self.nets.teacher_d, width=self.recipe.student_d_width, init="teacher")
         self.nets.student_d.load_state_dict(d_s.state_dict())
         self.log("student discriminator initialised from the teacher discriminator by channel selection")
+
+    def begin_qat(self) -> None:
+        """QAT fine-tunes the student selected so far (kept as ``student_fp32``), from ranges set on the train pool;
+        selection starts again among the fake-quantized validations, which are the INT8 file's quality."""
+        from . import qat
+
+        student, kept = self.nets.student, ""
+        if (self.g_dir / "config.json").exists():
+            best = load_model(self.g_dir, device=self.device)
+            student.model.load_state_dict(best.state_dict())
+            if self.world.is_main:
+                shutil.copytree(self.g_dir, self.run_dir / "student_fp32", dirs_exist_ok=True)
+            kept = f"; the fp32 student of step {best.gankd_config.provenance.get('step')} is kept in student_fp32"
+        inputs = self.task.example_inputs(qat.CALIBRATION_BATCHES * self.recipe.batch_size)[0].to(self.device)
+        qat.begin(student, inputs.split(self.recipe.batch_size))
+        self.ema.reset_to(student)
+        self.progress.best_score, self.progress.best_step = None, None
+        self.log(f"qat: INT8 fake quantization on ({len(student.quantized)} convs, {len(student.fq)} activations; "
+                 f"ranges from {len(inputs)} train crops){kept}")
 
     def end_stage(self, stage: Stage) -> None:
         if stage.name == "stage1":
@@ -641,8 +678,12 @@ class Loop:
         return self.task.better(score, self.progress.best_score)
 
     def save_student(self, step_no: int, scores: dict[str, float]) -> None:
+        from .qat import unwrap
+
+        model, qat_record = unwrap(self.ema.model)
         config = replace(self.student_config, provenance={
             **self.student_config.provenance, "run": self.recipe.name, "step": step_no,
             "selected_by": self.task.metric, "validation": scores,
-            "ema_decay": self.recipe.ema_decay})
-        save_model(self.g_dir, self.ema.model, config)
+            "ema_decay": self.recipe.ema_decay, **({"teacher_dir": self.recipe.teacher} if self.recipe.teacher else {}),
+            **({"int8_qat": qat_record} if qat_record else {})})
+        save_model(self.g_dir, model, config)

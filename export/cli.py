@@ -88,6 +88,12 @@ class _Shape(click.ParamType):
                    "Lower it only on purpose; the manifest records the bar used.")
 @click.option("--int8-min-speedup", type=click.FloatRange(0, None), default=1.0, show_default=True,
               help="INT8 gate: speed-up over the fp32 ONNX model, measured interleaved here at --opt-shape.")
+@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+              help="INT8 gate: the student's teacher folder; INT8 is then judged by its PSNR to the teacher on "
+                   "held-out crops, clean and degraded, against fp32's [default: the teacher the student's run "
+                   "names, where that folder is here; else PSNR to fp32].")
+@click.option("--int8-max-loss-db", type=click.FloatRange(0, None), default=0.3, show_default=True,
+              help="INT8 gate with a teacher: the most PSNR to the teacher INT8 may lose against fp32.")
 @click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--calib", default="sample", show_default=True,
               help="INT8 calibration images: 'sample' (the embedded train photos, downscaled to LR) or a folder "
@@ -114,7 +120,8 @@ class _Shape(click.ParamType):
                    "model.plan with trt) for NVIDIA's Triton container; needs onnx or trt in --formats.")
 @verify_option
 def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, int8: bool,
-               int8_min_psnr_db: float | None, int8_min_speedup: float, opset: int, calib: str,
+               int8_min_psnr_db: float | None, int8_min_speedup: float, teacher: Path | None,
+               int8_max_loss_db: float, opset: int, calib: str,
                calib_count: int, min_shape: str | None, opt_shape: str, max_shape: str | None,
                timing_cache: Path | None, no_simplify: bool, psi: bool, force: bool,
                triton_repo: Path | None = None) -> None:
@@ -129,14 +136,17 @@ def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, in
 
     Tolerances: fp32 ONNX, pt2 and pth (reloaded by spandrel) max abs error <= 1e-4 on outputs mapped to [0, 1];
     ncnn (fp16 weight storage) <= 2/255; fp16 >= 40 dB PSNR to the fp32 output. A broken tolerance exits with status 2 and writes nothing, unless --force. INT8 is different: a file
-    under 40 dB PSNR to fp32, or not faster than fp32 here, is left out (the rest is exported) and one line gives the
-    measured figures. With trt in --formats, a missing tensorrt package or GPU fails before anything is exported."""
+    that loses more than 0.3 dB of fp32's PSNR to the student's teacher on held-out crops (or, with no teacher known,
+    is under 40 dB PSNR to fp32), or is not faster than fp32 here, is left out (the rest is exported) and one line
+    gives the measured figures. A QAT student's INT8 file (gankd-distill run with n_qat) carries the activation
+    ranges it learned, and its parity is against its fake-quantized model (>= 50 dB). With trt in --formats, a missing tensorrt package or GPU fails before anything is exported."""
     from .exporter import ExportSettings, export_model
 
     settings = ExportSettings(formats=_split(formats_text), fp16=fp16, int8=int8, opset=opset, calib=calib,
                               calib_count=calib_count, min_shape=min_shape, opt_shape=opt_shape,
                               max_shape=max_shape, simplify=not no_simplify, force=force, timing_cache=timing_cache,
-                              psi=psi, int8_min_psnr_db=int8_min_psnr_db, int8_min_speedup=int8_min_speedup)
+                              psi=psi, int8_min_psnr_db=int8_min_psnr_db, int8_min_speedup=int8_min_speedup,
+                              teacher=teacher, int8_max_loss_db=int8_max_loss_db)
     if triton_repo is not None:  # fail before exporting
         from .triton_repo import check_target
 

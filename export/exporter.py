@@ -15,6 +15,7 @@ module for their inputs and parity cases. TensorRT is built for ``sr`` models on
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import os
 import shutil
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gankd.distill import qat
 from gankd.distill.errors import GankdError
 from gankd.distill.modelio import WEIGHTS_FILE, load_config, load_model, sha256_file
 from gankd.distill.registry import get_arch
@@ -60,6 +62,9 @@ class ExportSettings:
     psi: bool = False  # generate models: truncation psi as a second input (tasks.PsiGenerator)
     int8_min_psnr_db: float | None = None  # None: the onnx-int8 parity tolerance (parity.TOLERANCES)
     int8_min_speedup: float = 1.0  # INT8 is written only when at least this much faster than fp32 ONNX, here
+    teacher: Path | None = None  # the student's teacher: the INT8 gate then judges by PSNR to it (None: from the
+    # student's provenance, when that folder exists here)
+    int8_max_loss_db: float = 0.3  # teacher gate: INT8 may lose at most this much of fp32's PSNR to the teacher
 
     def __post_init__(self):
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -69,6 +74,8 @@ class ExportSettings:
             raise GankdError(f"--formats is empty; choose from {', '.join(FORMATS)}")
         if (self.fp16 or self.int8) and "onnx" not in self.formats and "trt" not in self.formats:
             raise GankdError("--fp16 and --int8 make ONNX variants: add onnx to --formats")
+        if self.int8_max_loss_db < 0:
+            raise GankdError(f"--int8-max-loss-db must be >= 0, got {self.int8_max_loss_db:g}")
         if self.int8_min_speedup < 0:
             raise GankdError(f"--int8-min-speedup must be >= 0, got {self.int8_min_speedup:g}")
         if self.calib_count < 1:
@@ -84,6 +91,8 @@ class _Build:
     exporter: dict = field(default_factory=dict)
     runners: dict = field(default_factory=dict)  # artifact kind -> callable(np input) -> np output
     int8: dict | None = None  # the INT8 outcome (written or refused, with its measured gate), for the manifest
+    parity_refs: dict = field(default_factory=dict)  # artifact kind -> (its _ParityCases, tolerance), where its
+    # reference is not the fp32 model (a QAT student's INT8 file: the fake-quantized model)
 
     def add_file(self, kind: str, name: str, **extra) -> Path:
         path = self.tmp / name
@@ -146,7 +155,8 @@ def _export_files(graph: tasks.Graph, build: _Build, settings: ExportSettings, f
         info = official.export_pth(graph.module, graph.module.gankd_config, build.tmp / official.PTH_FILE)
         build.add_file("pth", official.PTH_FILE, **info)
         build.runners["pth"] = official.spandrel_runner(build.tmp / official.PTH_FILE)
-    return simplify, _parity(graph, cases, build.runners, settings.force, log, _tolerances(settings))
+    return simplify, _parity(graph, cases, build.runners, settings.force, log, _tolerances(settings),
+                             build.parity_refs)
 
 
 def _check_formats_fit(config, formats_wanted) -> None:
@@ -245,32 +255,74 @@ def _tolerances(settings: ExportSettings) -> dict[str, parity.Tolerance]:
 
 def _quantize_int8(graph: tasks.Graph, build: _Build, settings: ExportSettings, recipe: int8.Int8Recipe,
                    calib: list[dict], cases: _ParityCases, log) -> None:
-    """model.int8.onnx with the family's recipe, kept only when it passes the gate (:func:`int8.judge`) on the
-    parity cases and the graph's opt case; the outcome, written or not, goes to ``build.int8`` for the manifest."""
+    """model.int8.onnx with the family's recipe, kept only when it passes the gate (:func:`int8.judge`); the outcome,
+    written or not, goes to ``build.int8`` for the manifest.
+
+    A QAT student (provenance ``int8_qat``, :mod:`gankd.distill.qat`) is quantized with the activation ranges it
+    learned, not calibrated again, and its parity reference is its fake-quantized PyTorch model. The gate judges
+    quality by PSNR to the teacher on held-out crops when the teacher is known (``--teacher``, or the provenance's
+    teacher folder where it exists), else by PSNR to fp32."""
     path = build.tmp / FILE_NAMES["onnx-int8"]
-    log(f"quantizing model.int8.onnx ({len(calib)} calibration inputs; 7-bit weights, uint8 activations, "
+    config = graph.module.gankd_config
+    record = config.provenance.get("int8_qat")
+    family = get_arch(config.arch).family
+    overrides = int8.qat_overrides(build.tmp / FILE_NAMES["onnx"], family, record) if record else None
+    source = f"the {len(overrides)} activation ranges it learned in QAT" if record else \
+        f"{len(calib)} calibration inputs"
+    log(f"quantizing model.int8.onnx ({source}; 7-bit weights, uint8 activations, "
         f"{recipe.keep_first_convs} first / {recipe.keep_last_convs} last conv(s) in fp32)")
-    info = int8.quantize(build.tmp / FILE_NAMES["onnx"], path, calib, recipe)
+    info = int8.quantize(build.tmp / FILE_NAMES["onnx"], path, calib, recipe, overrides)
     names = graph.signature.input_names
     info["calibration"] = {"source": graph.calibration_source, "count": len(calib),
                            "shape": list(calib[0][names[0]].shape), "seed": settings.seed}
+    if record:
+        info["calibration"] = None
+        info["qat"] = {"activations": "learned in QAT, not calibrated again", "recipe": record["recipe"],
+                       "run": config.provenance.get("run"), "step": config.provenance.get("step")}
     run_int8 = formats.ort_runner(path, names)
     run_fp32 = build.runners["onnx"]
-    tolerance = _tolerances(settings)["onnx-int8"]
-    psnrs = [r["psnr_db"] for r in cases.check("onnx-int8", run_int8, tolerance)]
+    tolerances = _tolerances(settings)
+    fp32_psnrs = [r["psnr_db"] for r in cases.check("onnx-int8", run_int8, tolerances["onnx-int8"])]
+    teacher_dir = _int8_teacher(settings, config, log) if graph.task == "sr" else None
+    teacher = int8.teacher_psnrs(teacher_dir, graph.scale, {"fp32": run_fp32, "int8": run_int8}, settings.seed) \
+        if teacher_dir else None
     speed_feed = tuple(x.numpy() for x in graph.opt_case.inputs)
-    verdict = int8.judge(psnrs, lambda: run_fp32(*speed_feed), lambda: run_int8(*speed_feed), speed_feed[0].shape,
-                         tolerance.min_psnr_db, settings.int8_min_speedup, cases.text)
+    verdict = int8.judge(fp32_psnrs, lambda: run_fp32(*speed_feed), lambda: run_int8(*speed_feed),
+                         speed_feed[0].shape, tolerances["onnx-int8"].min_psnr_db, settings.int8_min_speedup,
+                         cases.text, teacher, settings.int8_max_loss_db)
     build.int8 = {"written": verdict.passed, "gate": verdict.to_json(), "quantization": info}
     if not verdict.passed:
         path.unlink()
         build.int8["reason"] = verdict.reason()
         log(f"INT8 not written: {verdict.reason()} [measured at {'x'.join(map(str, verdict.shape))} on "
-            f"{info['calibration_cpu']['model']}: {verdict.psnr_db:.2f} dB, {verdict.speedup:.2f}x]")
+            f"{info['calibration_cpu']['model']}: {verdict.speedup:.2f}x]")
         return
-    log(f"INT8 kept: {verdict.psnr_db:.2f} dB PSNR to fp32 on {cases.text}, {verdict.speedup:.2f}x the fp32 speed")
+    log(f"INT8 kept: {verdict.quality_text()}, {verdict.speedup:.2f}x the fp32 speed")
     build.add_file("onnx-int8", FILE_NAMES["onnx-int8"], quantization=info)
     build.runners["onnx-int8"] = run_int8
+    if record:  # parity: the INT8 graph against the fake-quantized model it was trained as
+        reference = qat.restore(copy.deepcopy(graph.module), family, record)
+        build.parity_refs["onnx-int8"] = (_ParityCases.of(reference, cases.cases, cases.output_range, cases.text),
+                                          parity.TOLERANCES["onnx-int8-qat"],
+                                          "the fake-quantized PyTorch model it was trained as (QAT), CPU")
+    elif teacher is not None:  # judged by the teacher: the distance to fp32 is recorded, not bounded
+        build.parity_refs["onnx-int8"] = (cases, parity.Tolerance(), "the PyTorch model, fp32, CPU (recorded; "
+                                          "the INT8 gate judged by PSNR to the teacher)")
+
+
+def _int8_teacher(settings: ExportSettings, config, log) -> Path | None:
+    """The teacher the INT8 gate judges by: ``--teacher``, else the student's provenance ``teacher_dir`` where that
+    folder is here; None (the PSNR-to-fp32 gate) otherwise, with a line saying so."""
+    if settings.teacher is not None:
+        return settings.teacher
+    named = config.provenance.get("teacher_dir")
+    if named and (Path(named) / "config.json").is_file():
+        return Path(named)
+    if config.task == "sr" and config.kind == "generator":
+        where = f" ({named} is not here)" if named else ""
+        log(f"INT8 gate: no teacher known{where}: judged by PSNR to fp32 (pass --teacher DIR to judge by the "
+            "teacher)")
+    return None
 
 
 def _build_trt(build: _Build, settings: ExportSettings, profile: trt.ShapeProfile, log) -> None:
@@ -293,7 +345,7 @@ def _export_ncnn(graph: tasks.Graph, build: _Build, log) -> None:
 
 
 def _parity(graph: tasks.Graph, cases: _ParityCases, runners: dict, force: bool, log,
-            tolerances: dict[str, parity.Tolerance]) -> dict:
+            tolerances: dict[str, parity.Tolerance], refs: dict | None = None) -> dict:
     """Every artifact against the PyTorch model on the graph's cases. An engine only takes shapes inside its
     profile: it is checked on the cases that fit, and on the opt case (the profile's opt shape)."""
     has_engine = any(kind.startswith("trt") for kind in runners)
@@ -301,10 +353,17 @@ def _parity(graph: tasks.Graph, cases: _ParityCases, runners: dict, force: bool,
         fit = [c for c in cases.cases if graph.profile.contains(c.inputs[0].shape)] + [graph.opt_case]
         engine_cases = _ParityCases.of(graph.module, fit, cases.output_range, cases.text, known=cases)
     results = []
+    refs = dict(refs or {})
     for kind, run in runners.items():
+        if kind in refs:  # another reference than the fp32 model (_quantize_int8)
+            own, tolerance, _ = refs[kind]
+            results += own.check(kind, run, tolerance)
+            tolerances = {**tolerances, kind: tolerance}
+            continue
         results += (engine_cases if kind.startswith("trt") else cases).check(kind, run, tolerances[kind])
     message = _log_parity(results, force, log)
     section = {"passed": message is None, "forced": bool(message), "reference": "the PyTorch model, fp32, CPU",
+               **({"references": {kind: ref[2] for kind, ref in refs.items()}} if refs else {}),
                "tolerances": {k: t.text() for k, t in tolerances.items()}}
     if graph.output_range != (0.0, 1.0):
         section["compared"] = f"outputs mapped from {list(graph.output_range)} to [0, 1], clamped"

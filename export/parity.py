@@ -27,7 +27,13 @@ without VNNI):
   tensors in the same ops).
 - INT8: PSNR ≥ 40 dB, the bar for an INT8 file worth shipping (about 0.2 dB off a student 28 dB from its teacher).
   The INT8 recipe (:mod:`gankd.export.int8`) computes exact integer products on every x86 CPU, so the figure does
-  not depend on the ISA; a file below the bar is not written at all (``gankd-export --int8`` says why).
+  not depend on the ISA; a file below the bar is not written at all (``gankd-export --int8`` says why). When the
+  export knows the student's teacher, the gate judges by PSNR to the teacher instead (``gankd.export.int8``), and
+  this distance to fp32 is recorded, not bounded.
+- INT8 of a QAT student (``onnx-int8-qat``): PSNR ≥ 50 dB to the fake-quantized PyTorch model it was trained as
+  (:mod:`gankd.distill.qat`). Its integer products are exact on any x86 CPU; what differs is float work around them
+  (bias, PReLU, rescaling) and an occasional 8-bit rounding tie, a few dB above the bound. The export re-calibrating
+  instead of writing the learned ranges gives < 45 dB on the tests' model (tests/test_qat.py).
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class Tolerance:
         return self.min_psnr_db is None or psnr_db >= self.min_psnr_db
 
     def text(self) -> str:
+        if self.max_abs is None and self.min_psnr_db is None:
+            return "recorded, not bounded"
         return f"max_abs <= {self.max_abs:g}" if self.max_abs is not None else f"PSNR >= {self.min_psnr_db:g} dB"
 
 
@@ -67,6 +75,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "pt2": Tolerance(max_abs=1e-4),
     "onnx-fp16": Tolerance(min_psnr_db=40.0),
     "onnx-int8": Tolerance(min_psnr_db=40.0),
+    "onnx-int8-qat": Tolerance(min_psnr_db=50.0),
     "trt": Tolerance(max_abs=1e-3),
     "trt-fp16": Tolerance(min_psnr_db=40.0),
     "ncnn": Tolerance(max_abs=2 / 255),

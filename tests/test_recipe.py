@@ -25,6 +25,7 @@ def test_shipped_recipes_load_and_plan(path):
         expected = ["online"] if recipe.teacher_d else ["stage1", "online"]
     else:
         expected = ["stage2", "stage3"] if recipe.teacher_d else ["stage1", "stage2", "stage3"]
+    expected += ["qat"] if recipe.n_qat else []
     assert [s.name for s in stages] == expected
     if recipe.mode == "train":  # generation trains on the adversarial term alone, restoration adds L1 to the GT
         assert stages[0].g_terms[0] == ("adv" if kind == "generate" else "l1")
