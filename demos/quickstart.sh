@@ -82,6 +82,12 @@ if [ -n "$NCNN" ]; then
     --threads "$THREADS" ${QUICKSTART_BENCH_ARGS:---duration-s 3} --json "$RUN/bench_ncnn.json" \
     | tee "$RUN/bench_ncnn.md"
 fi
+if [ "${QUICKSTART_PHOTO_BENCH:-1}" = 1 ]; then
+  echo "== a real photo at full size (whole and in 256-px tiles; the teacher projected from 64x64 when over 20 s)"
+  # shellcheck disable=SC2086
+  gankd-bench "$EXPORTS/teacher" "$EXPORTS/student" "$EXPORTS/reference" --backends ort --sweep \
+    --sweep-sizes "${QUICKSTART_PHOTO_SIZES:-64,photo}" --threads "$THREADS" --json "$RUN/bench_photo.json" | tee "$RUN/bench_photo.md"
+fi
 {
   echo
   echo "## Export and benchmark (demos/quickstart.sh)"
@@ -91,6 +97,12 @@ fi
   echo "![latency vs PSNR to the teacher](bench.png)"
   echo
   python -c "import json, sys; from gankd.export.int8 import outcome_markdown; print(outcome_markdown(json.load(open(sys.argv[1])).get('int8')))" "$EXPORTS/student/manifest.json"
+  if [ -f "$RUN/bench_photo.md" ]; then
+    echo
+    echo "A real photo at full size (gankd-bench --sweep; projected rows were not run):"
+    echo
+    cat "$RUN/bench_photo.md"
+  fi
   if [ -n "$NCNN" ]; then
     echo
     echo "The three in ncnn (the runtime realesrgan-ncnn-vulkan and Upscayl run x4plus and animevideov3 in):"

@@ -194,11 +194,25 @@ def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, in
               help="A model folder (e.g. the compact model you would otherwise deploy; gankd-distill "
                    "import-teacher) or artifact folder, measured in the same interleaved run as a row of its own "
                    "(model folders are exported to ONNX and torch.export first, with parity checks). Repeatable.")
+@click.option("--sweep", is_flag=True,
+              help="sr artifacts: cost against image size instead of --shapes: every fp32 artifact at --sweep-sizes, "
+                   "whole and through --tile tiles (as gankd.serve runs images): median ms, Mpx/s of output, peak "
+                   "RSS, tiling overhead; --plot draws ms against pixels.")
+@click.option("--sweep-sizes", default="64,128,256,512,720x1280", show_default=True,
+              help="--sweep: LR input sizes, N (square) or HxW, and 'photo' (a held-out photo, 500x741, whole).")
+@click.option("--tile", type=click.IntRange(16, None), default=256, show_default=True,
+              help="--sweep: the tiled rows' LR tile (gankd-demo's and upscale's default).")
+@click.option("--pad", type=click.IntRange(0, None), default=10, show_default=True,
+              help="--sweep: context px around each tile and around the whole image (gankd.serve's default).")
+@click.option("--max-run-s", type=click.FloatRange(0, None, min_open=True), default=20.0, show_default=True,
+              help="--sweep: a run projected to take longer (linear in pixels from the previous size) is recorded "
+                   "as projected, not run.")
 def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, batches, variants_text: str,
               warmup_ms: float,
               duration_s: float | None, iterations: int | None, threads: int | None, peak_gflops: float | None,
               json_path: Path | None, plot_path: Path | None, write_manifest: bool,
-              references: tuple[Path, ...]) -> None:
+              references: tuple[Path, ...], sweep: bool = False, sweep_sizes: str = "64,128,256,512,720x1280",
+              tile: int = 256, pad: int = 10, max_run_s: float = 20.0) -> None:
     """Measure ARTIFACT_DIRs the way trtexec does: latency min/mean/median/p90/p95/p99 and throughput per
     (artifact, backend, shape), artifacts interleaved (A B A B ...) so ratios hold on a noisy machine. The first
     artifact is the reference (the teacher): speed-up and PSNR are against it. All artifacts of one call share a
@@ -217,6 +231,11 @@ def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, batch
                                    warmup_ms=warmup_ms, duration_s=duration_s, iterations=iterations,
                                    threads=threads, peak_gflops=peak_gflops)
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    if sweep:
+        if write_manifest:
+            raise GankdError("--write-manifest stores --shapes results; a --sweep goes to --json")
+        return _sweep(list(artifact_dirs), references, _split(backends_text), sweep_sizes, tile, pad, max_run_s,
+                      duration_s, threads, json_path, plot_path, log)
     with tempfile.TemporaryDirectory(prefix="gankd-bench-ref-") as tmp:
         refs = [_reference_artifact(Path(r), Path(tmp), log) for r in references]
         result = bench.benchmark(list(artifact_dirs) + refs, settings, log=log)
@@ -232,6 +251,23 @@ def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, batch
     if write_manifest:
         for path in bench.write_to_manifests(result):
             click.echo(f"updated {path}", err=True)
+
+
+def _sweep(artifact_dirs, references, backends, sizes_text, tile, pad, max_run_s, duration_s, threads, json_path,
+           plot_path, log) -> None:
+    from . import sweep
+
+    with tempfile.TemporaryDirectory(prefix="gankd-bench-ref-") as tmp:
+        refs = [_reference_artifact(Path(r), Path(tmp), log) for r in references]
+        result = sweep.sweep(artifact_dirs + refs, backends, sweep.parse_sizes(sizes_text), tile, pad, max_run_s,
+                             duration_s=duration_s or 3.0, threads=threads, log=log)
+    click.echo(sweep.format_table(result))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path}", err=True)
+    if plot_path:
+        click.echo(f"wrote {sweep.save_plot(result, plot_path)}", err=True)
 
 
 def _reference_artifact(path: Path, tmp: Path, log) -> Path:

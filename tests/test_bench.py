@@ -329,3 +329,59 @@ def test_cuda_backends_unavailable_say_what_is_missing(artifacts, capsys, monkey
         pytest.skip("this machine has ONNX Runtime CUDA: the ort-cuda backend is available")
     assert bench_main([str(artifacts["teacher"]), "--backends", "ort-cuda", "--iterations", "1"]) == 2
     assert "error: the ort-cuda backend needs" in capsys.readouterr().err
+
+
+# --- --sweep: cost against image size, whole and tiled --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sweep_artifacts(tmp_path_factory):
+    from conftest import sr_artifact
+
+    root = tmp_path_factory.mktemp("sweep")
+    small = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, scale=4)
+    large = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 16, "num_conv": 4, "upscale": 4}, scale=4)
+    return sr_artifact(root / "large", large), sr_artifact(root / "small", small)
+
+
+def test_sweep_times_whole_and_tiled_rows_with_memory_and_a_plot(sweep_artifacts, tmp_path, capsys):
+    from gankd.export import sweep
+
+    teacher, student = sweep_artifacts
+    json_path, plot_path = tmp_path / "s.json", tmp_path / "s.png"
+    code = bench_main([str(teacher), str(student), "--sweep", "--sweep-sizes", "24,40x56", "--tile", "16",
+                       "--backends", "ort", "--iterations", "2", "--json", str(json_path), "--plot", str(plot_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and plot_path.stat().st_size > 0 and "tiled / whole" in out
+    result = json.loads(json_path.read_text())
+    rows = result["rows"]
+    assert len(rows) == 2 * 2 * 2  # sizes x artifacts x (whole, tiled)
+    for r in rows:
+        assert r["median_ms"] > 0 and r["runs"] >= 1 and not r["projected"] and r["peak_rss_mb"] > 0
+        out_px = r["input_hw"][0] * r["input_hw"][1] * 16
+        assert r["mpx_per_s_out"] == pytest.approx(out_px / 1e6 / (r["median_ms"] / 1e3))
+        assert (r["tiling_overhead"] is None) == (r["mode"] == "whole")
+    first = next(r for r in rows if r["size"] == "24" and r["mode"] == "tiled")
+    assert sweep.median_ms(result, first["artifact"], "ort", "24", "tiled") == first["median_ms"]
+    assert first["speedup"] == pytest.approx(1.0)  # the first artifact is the reference of its mode
+
+
+def test_sweep_projects_runs_over_the_cap_instead_of_running_them(sweep_artifacts):
+    from gankd.export import sweep
+
+    teacher, _ = sweep_artifacts
+    result = sweep.sweep([teacher], ("ort",), ("16", "32", "64"), tile=16, max_run_s=1e-9, log=lambda _m: None)
+    whole = [r for r in result["rows"] if r["mode"] == "whole"]
+    assert [r["projected"] for r in whole] == [False, True, True] and whole[0]["runs"] == 1
+    # linear in pixels from the measured size
+    assert whole[1]["median_ms"] == pytest.approx(whole[0]["median_ms"] * 4)
+    assert whole[2]["median_ms"] == pytest.approx(whole[0]["median_ms"] * 16)
+
+
+@pytest.mark.parametrize("text,message", [("", "is empty"), ("64,3", "'3' is not N, HxW or photo"),
+                                          ("64,axb", "'axb' is not")])
+def test_sweep_sizes_are_checked(text, message):
+    from gankd.distill.errors import GankdError
+    from gankd.export import sweep
+
+    with pytest.raises(GankdError, match=message):
+        sweep.parse_sizes(text)

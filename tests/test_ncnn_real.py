@@ -121,7 +121,7 @@ def test_quickstart_script(tmp_path):
            "EXPORTS": str(tmp_path / "exports"), "QUICKSTART_EXPORT_ARGS": "", "QUICKSTART_SHAPE": "1x3x16x16",
            "QUICKSTART_BENCH_ARGS": "--iterations 2 --warmup-ms 0", "QUICKSTART_THREADS": "1",
            "QUICKSTART_INSPECT_SHAPE": "1x3x16x16", "X4FAST": str(tmp_path / "no-x4fast"),
-           "TEACHER_CACHE": str(tmp_path / "teacher_cache"),
+           "TEACHER_CACHE": str(tmp_path / "teacher_cache"), "QUICKSTART_PHOTO_SIZES": "16,24x20",
            "QUICKSTART_EVAL_ARGS": "--crops-per-image 1 --size 16 --degrade clean,jpeg --no-perceptual"}
     proc = subprocess.run(["bash", str(root / "demos" / "quickstart.sh")], capture_output=True, text=True, env=env,
                           timeout=600)
@@ -136,6 +136,11 @@ def test_quickstart_script(tmp_path):
     assert (run_dir / "strip.png").is_file() and (run_dir / "crops_100.png").is_file()
     report = (run_dir / "report.md").read_text()
     assert "## Export and benchmark" in report and (run_dir / "bench.png").is_file()
+    assert "INT8: not asked for" in report  # the test exports without --int8; make quickstart asks for it
+    assert "A real photo at full size" in report
+    photo_rows = json.loads((run_dir / "bench_photo.json").read_text())["rows"]
+    assert {(r["artifact"], r["mode"]) for r in photo_rows} == {(a, m) for a in ("teacher", "student", "reference")
+                                                                for m in ("whole", "tiled")}
     assert "## On held-out photos, clean and degraded" in report and (run_dir / "eval" / "strip.png").is_file()
     # a run's student/ is named after its run folder
     assert set(json.loads((run_dir / "eval" / "eval.json").read_text())["scores"]) == {"bicubic", "run",
