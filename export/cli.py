@@ -236,14 +236,10 @@ def bench_cmd(artifact_dirs: tuple[Path, ...], backends_text: str, shapes, batch
             raise GankdError("--write-manifest stores --shapes results; a --sweep goes to --json")
         return _sweep(list(artifact_dirs), references, _split(backends_text), sweep_sizes, tile, pad, max_run_s,
                       duration_s, threads, json_path, plot_path, log)
-    with tempfile.TemporaryDirectory(prefix="gankd-bench-ref-") as tmp:
-        refs = [_reference_artifact(Path(r), Path(tmp), log) for r in references]
-        result = bench.benchmark(list(artifact_dirs) + refs, settings, log=log)
+    result = _with_references(list(artifact_dirs), references, log,
+                              lambda dirs: bench.benchmark(dirs, settings, log=log))
     click.echo(bench.format_table(result))
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        click.echo(f"wrote {json_path}", err=True)
+    _write_json(result, json_path)
     if plot_path:
         saved = bench.save_plot(result, plot_path)
         click.echo(f"wrote {saved}" if saved else "no plot: no row has a PSNR to the first artifact (give the "
@@ -257,17 +253,28 @@ def _sweep(artifact_dirs, references, backends, sizes_text, tile, pad, max_run_s
            plot_path, log) -> None:
     from . import sweep
 
+    sizes = sweep.parse_sizes(sizes_text)
+    result = _with_references(artifact_dirs, references, log, lambda dirs: sweep.sweep(
+        dirs, backends, sizes, tile, pad, max_run_s, duration_s=duration_s or 3.0, threads=threads, log=log))
+    click.echo(sweep.format_table(result))
+    _write_json(result, json_path)
+    if plot_path:
+        click.echo(f"wrote {sweep.save_plot(result, plot_path)}", err=True)
+
+
+def _with_references(artifact_dirs: list, references, log, measure):
+    """``measure`` over the artifacts and the ``--reference`` folders (model folders exported to a temporary
+    folder first)."""
     with tempfile.TemporaryDirectory(prefix="gankd-bench-ref-") as tmp:
         refs = [_reference_artifact(Path(r), Path(tmp), log) for r in references]
-        result = sweep.sweep(artifact_dirs + refs, backends, sweep.parse_sizes(sizes_text), tile, pad, max_run_s,
-                             duration_s=duration_s or 3.0, threads=threads, log=log)
-    click.echo(sweep.format_table(result))
+        return measure(list(artifact_dirs) + refs)
+
+
+def _write_json(result: dict, json_path: Path | None) -> None:
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         click.echo(f"wrote {json_path}", err=True)
-    if plot_path:
-        click.echo(f"wrote {sweep.save_plot(result, plot_path)}", err=True)
 
 
 def _reference_artifact(path: Path, tmp: Path, log) -> Path:
