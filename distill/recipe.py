@@ -119,6 +119,7 @@ class Recipe:
     sup_loss: str = "l1"  # the supervised term against the target: l1 | mse (Aguinaldo et al. compression)
     l1_weight: float = 1.0  # weight of the supervised term (l1 or mse)
     fft_weight: float = 0.0  # frequency-domain L1 to the same target (losses.fft_loss): texture, not only the mean
+    gv_weight: float = 0.0  # gradient variance loss to the same target (losses.gradient_variance_loss): sharpness
     anchor_weight: float = 0.0  # init: pretrained: L2-SP pull towards the warm start's weights (losses.anchor_loss)
     perceptual_weight: float = 1.0
     perceptual_weights: str | None = None  # local torchvision VGG19 weights; None: the term is skipped (logged)
@@ -190,7 +191,7 @@ class Recipe:
             if value is not None and value < 1:
                 raise GankdError(f"{key}: must be >= 1 or null, got {value}")
         for key in ("lambda_agkd", "lambda_cgkd", "lambda_div", "lambda_mlp", "lambda_dcd", "lambda_cd",
-                    "ssim_weight", "style_weight", "lambda_adv", "l1_weight", "fft_weight", "anchor_weight", "min_texture",
+                    "ssim_weight", "style_weight", "lambda_adv", "l1_weight", "fft_weight", "gv_weight", "anchor_weight", "min_texture",
                     "select_min_vol",
                     "perceptual_weight", "r1_gamma", "max_cache_mb"):
             if getattr(self, key) < 0:

@@ -80,12 +80,17 @@ def plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str = "sr") -> 
     stages = _plan_stages(recipe, have_teacher_d, task_kind)
     if recipe.n_qat > 0 and recipe.mode != "train":
         target = "gt" if recipe.mode == "scratch" else "teacher"
-        stages.append(Stage("qat", recipe.n_qat, g_target=target, g_terms=(recipe.sup_loss, "perceptual", "fft")))
+        stages.append(Stage("qat", recipe.n_qat, g_target=target, g_terms=supervised_terms(recipe)))
     return stages
 
 
+def supervised_terms(recipe: Recipe) -> tuple[str, ...]:
+    """The terms of every supervised generator step (each weighted by its recipe key; a weight of 0 skips it)."""
+    return (recipe.sup_loss, "perceptual", "fft", "gv")
+
+
 def _plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> list[Stage]:
-    sup = (recipe.sup_loss, "perceptual", "fft")
+    sup = supervised_terms(recipe)
     div = ("div",) if recipe.kd_dlgan else ()
     if recipe.mode == "train":  # generation: adversarial only; restoration: supervised on the GT + adversarial
         target, terms = ("none", ()) if task_kind == "generate" else ("gt", sup)
@@ -122,7 +127,7 @@ def _baseline_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> li
             raise GankdError(f"n1 is 0 but no teacher_d is given: mode {recipe.mode} needs the teacher "
                              "discriminator trained (set n1 > 0) or loaded (set teacher_d)")
         stages.append(Stage("stage1", recipe.n1, d_net="teacher_d", d_mode="adv", d_fake="teacher"))
-    sup = (recipe.sup_loss, "perceptual", "fft")
+    sup = supervised_terms(recipe)
     if recipe.mode == "omgd":  # one online stage: teacher G, then the student by KD only, then D_T vs the teacher
         kd = sup + ("ssim", "style") + (("cd",) if recipe.feature_kd else ())
         teacher = ("adv",) if task_kind == "generate" else (recipe.sup_loss, "perceptual", "adv")
@@ -255,6 +260,9 @@ def generator_loss(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe
     if "fft" in stage.g_terms and recipe.fft_weight > 0:
         terms["fft"] = losses.fft_loss(out, target)
         weights["fft"] = recipe.fft_weight
+    if "gv" in stage.g_terms and recipe.gv_weight > 0:
+        terms["gv"] = losses.gradient_variance_loss(out, target)
+        weights["gv"] = recipe.gv_weight
     if "perceptual" in stage.g_terms and nets.vgg is not None and recipe.perceptual_weight > 0:
         with torch.no_grad():
             target_feats = nets.vgg(target)

@@ -90,3 +90,16 @@ def test_vgg_features_load_a_truncated_local_file_and_refuse_others(tmp_path):
         VGGFeatures.from_file(tmp_path / "vgg.safetensors", ["conv3_1"])
     with pytest.raises(GankdError, match="unknown VGG19 layer 'relu9'"):
         VGGFeatures(["relu9"])
+
+
+def test_gradient_variance_loss_sees_blur_and_is_differentiable():
+    from gankd.distill.losses import gradient_variance_loss
+
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 32, 32)
+    blurred = torch.nn.functional.avg_pool2d(target, 3, 1, 1)
+    assert gradient_variance_loss(target, target).item() == 0.0
+    assert gradient_variance_loss(blurred, target) > 100 * gradient_variance_loss(target + 1e-3 * torch.randn_like(target), target)
+    out = blurred.clone().requires_grad_(True)
+    gradient_variance_loss(out, target).backward()
+    assert out.grad is not None and out.grad.abs().sum() > 0
