@@ -201,6 +201,9 @@ def test_teacher_gate_judges_int8_by_what_it_loses_to_the_teacher(tmp_path):
     assert set(gate["teacher"]["fp32"]) == {"clean", "degraded"} and gate["teacher"]["crops"] > 0
     text = int8.outcome_markdown(ok["int8"])
     assert text.startswith("INT8 (learned in QAT): **written**") and "| degraded |" in text
+    table = _int8_table([f"qat={tmp_path / 'a'}"], tmp_path / "int8.json")
+    assert table["rows"][0]["INT8 from"] == "QAT" and table["rows"][0]["Δ clean"] is not None
+    assert (tmp_path / "int8.md").read_text().count("| qat |") == 1
     assert gate["loss_db"] == pytest.approx(max(gate["teacher"]["fp32"][k] - gate["teacher"]["int8"][k]
                                                 for k in ("clean", "degraded")), abs=1e-3)
     lines = []
@@ -213,6 +216,19 @@ def test_teacher_gate_judges_int8_by_what_it_loses_to_the_teacher(tmp_path):
         assert any(line.startswith("INT8 not written: PSNR to the teacher") for line in lines)
     else:
         assert refused["int8"]["gate"]["loss_db"] <= 0
+
+
+def _int8_table(items, out):
+    """demos/int8_table.py, the script that writes INT8 results files, on the given artifacts."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "demos" / "int8_table.py"
+    spec = importlib.util.spec_from_file_location("int8_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main([*items, "--out", str(out)])
+    return json.loads(out.read_text())
 
 
 def test_without_a_teacher_the_gate_is_psnr_to_fp32_and_says_so(tmp_path):
