@@ -33,6 +33,8 @@ class Progress:
     best_step: int | None = None
     history: list[dict] = field(default_factory=list)  # one entry per validation
     elapsed_s: float = 0.0
+    qat_best_score: float | None = None  # the qat stage selects its own best (the student's int8_qat folder)
+    qat_best_step: int | None = None
 
 
 def save_state(path: Path, modules: dict, optimizers: dict, progress: Progress) -> None:
@@ -77,4 +79,5 @@ def load_state(path: Path, modules: dict, optimizers: dict) -> Progress:
     torch.set_rng_state(payload["rng"])
     data = payload["progress"]
     return Progress(position=Position(**data["position"]), best_score=data["best_score"],
-                    best_step=data["best_step"], history=list(data["history"]), elapsed_s=data["elapsed_s"])
+                    best_step=data["best_step"], history=list(data["history"]), elapsed_s=data["elapsed_s"],
+                    qat_best_score=data.get("qat_best_score"), qat_best_step=data.get("qat_best_step"))

@@ -19,7 +19,11 @@ mirrors the graph that quantizer writes, tensor for tensor:
   drift between ORT's quantizer and this module stops the export instead of shipping scales for other tensors.
 
 The rest is the run's: a ``qat`` stage of ``n_qat`` epochs after the others (:mod:`.stages`), distilling towards the
-teacher's outputs with the fake quantization on, from the student selected so far (:mod:`.train`).
+teacher's outputs with the fake quantization on, from the student selected so far (:mod:`.train`). Its best
+student goes to ``student/int8_qat/`` (:data:`FOLDER`), a model folder of its own whose provenance ``int8_qat``
+holds the ranges; ``student/`` itself keeps the fp32 student selected before QAT. QAT weights are tuned for the
+8-bit grid, and run in fp32 they score below the student they started from, so the fp32 files of an export come
+from ``student/`` and only ``model.int8.onnx`` from ``student/int8_qat/``.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ FAMILY_RECIPES: dict[str, Int8Recipe] = {
 DEFAULT_RECIPE = Int8Recipe()
 ACT_RANGE = (0, 255)  # uint8 activations
 OBSERVER_AVERAGING = 0.01  # torch.ao's default for QAT activation observers
+FOLDER = "int8_qat"  # inside a student folder: the QAT weights and their ranges, a model folder of its own
 CALIBRATION_BATCHES = 4  # batches of the train pool that set the first ranges, with fake quantization off
 
 

@@ -606,7 +606,7 @@ class Loop:
                 and self.recipe.mode == "sdakd":
             self.init_student_d_from_teacher_d()
         if stage.name == "qat":
-            self.begin_qat()
+            self.begin_qat(stage)
 
     def init_student_d_from_teacher_d(self) -> None:
         from .students import build_student as _build
@@ -615,24 +615,25 @@ class Loop:
         self.nets.student_d.load_state_dict(d_s.state_dict())
         self.log("student discriminator initialised from the teacher discriminator by channel selection")
 
-    def begin_qat(self) -> None:
-        """QAT fine-tunes the student selected so far (kept as ``student_fp32``), from ranges set on the train pool;
-        selection starts again among the fake-quantized validations, which are the INT8 file's quality."""
+    def begin_qat(self, stage: Stage) -> None:
+        """QAT fine-tunes the fp32 student selected so far (``student/``; a run of QAT alone first validates and
+        keeps its warm start there), from activation ranges set on the train pool. Its own selection, among the
+        fake-quantized validations (the INT8 file's quality), writes ``student/int8_qat/``."""
         from . import qat
 
-        student, kept = self.nets.student, ""
+        student = self.nets.student
+        if not (self.g_dir / "config.json").exists():
+            self.log("qat: no fp32 student selected yet: validating the warm start as the fp32 student")
+            self.validate(Stage("start", 0, g_target="teacher"), self.progress.position.step)
         if (self.g_dir / "config.json").exists():
             best = load_model(self.g_dir, device=self.device)
             student.model.load_state_dict(best.state_dict())
-            if self.world.is_main:
-                shutil.copytree(self.g_dir, self.run_dir / "student_fp32", dirs_exist_ok=True)
-            kept = f"; the fp32 student of step {best.gankd_config.provenance.get('step')} is kept in student_fp32"
         inputs = self.task.example_inputs(qat.CALIBRATION_BATCHES * self.recipe.batch_size)[0].to(self.device)
         qat.begin(student, inputs.split(self.recipe.batch_size))
         self.ema.reset_to(student)
-        self.progress.best_score, self.progress.best_step = None, None
         self.log(f"qat: INT8 fake quantization on ({len(student.quantized)} convs, {len(student.fq)} activations; "
-                 f"ranges from {len(inputs)} train crops){kept}")
+                 f"ranges from {len(inputs)} train crops), from the fp32 student of step {self.progress.best_step}; "
+                 f"its best goes to {self.g_dir / qat.FOLDER}")
 
     def end_stage(self, stage: Stage) -> None:
         if stage.name == "stage1":
@@ -657,12 +658,20 @@ class Loop:
         if not math.isfinite(score):
             self.log(f"validation at step {step_no}: {metric} is {score}; not kept")
             return
-        if self.beats_best(scores, score):
-            self.progress.best_score, self.progress.best_step = score, step_no
-            if self.world.is_main:
-                self.save_student(step_no, scores)
+        if stage.name == "qat":  # its own selection: fake-quantized scores are the INT8 file's, not the fp32's
+            if self.task.better(score, self.progress.qat_best_score):
+                self.progress.qat_best_score, self.progress.qat_best_step = score, step_no
+                if self.world.is_main:
+                    self.save_student(step_no, scores, qat=True)
+            best = (self.progress.qat_best_score, self.progress.qat_best_step, "INT8 ")
+        else:
+            if self.beats_best(scores, score):
+                self.progress.best_score, self.progress.best_step = score, step_no
+                if self.world.is_main:
+                    self.save_student(step_no, scores)
+            best = (self.progress.best_score, self.progress.best_step, "")
         self.log(f"step {step_no} {stage.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
-                 + f" (best {metric} {self.progress.best_score:.3f} at step {self.progress.best_step})")
+                 + f" (best {best[2]}{metric} {best[0]:.3f} at step {best[1]})")
 
     def beats_best(self, scores: dict[str, float], score: float) -> bool:
         """Is this validation the new best? By the task's metric, except that with ``select_min_vol`` a student at
@@ -677,13 +686,17 @@ class Loop:
             return sharp
         return self.task.better(score, self.progress.best_score)
 
-    def save_student(self, step_no: int, scores: dict[str, float]) -> None:
-        from .qat import unwrap
+    def save_student(self, step_no: int, scores: dict[str, float], qat: bool = False) -> None:
+        """The EMA student into ``student/``, or during the qat stage (``qat``) into ``student/int8_qat/`` with its
+        learned ranges."""
+        from .qat import FOLDER, unwrap
 
         model, qat_record = unwrap(self.ema.model)
+        if qat != bool(qat_record):
+            raise GankdError("internal: a qat-stage save needs the fake quantization on, any other save off")
         config = replace(self.student_config, provenance={
             **self.student_config.provenance, "run": self.recipe.name, "step": step_no,
             "selected_by": self.task.metric, "validation": scores,
             "ema_decay": self.recipe.ema_decay, **({"teacher_dir": self.recipe.teacher} if self.recipe.teacher else {}),
             **({"int8_qat": qat_record} if qat_record else {})})
-        save_model(self.g_dir, model, config)
+        save_model(self.g_dir / FOLDER if qat else self.g_dir, model, config)

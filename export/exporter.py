@@ -113,8 +113,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, settings: ExportSet
     model = load_model(model_dir)
     graph = tasks.build_graph(model, model_dir, settings, log)
     # INT8: the model family's recipe and the calibration feeds, made before anything is written
-    int8_plan = (int8.recipe_for(get_arch(model.gankd_config.arch).family), graph.calibration()) \
-        if settings.int8 else None
+    int8_plan = (int8.recipe_for(get_arch(model.gankd_config.arch).family), graph.calibration(),
+                 _qat_model(model, model_dir)) if settings.int8 else None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -253,32 +253,71 @@ def _tolerances(settings: ExportSettings) -> dict[str, parity.Tolerance]:
     return {**parity.TOLERANCES, "onnx-int8": parity.Tolerance(min_psnr_db=settings.int8_min_psnr_db)}
 
 
+def _qat_model(model, model_dir: Path):
+    """The QAT weights whose ranges model.int8.onnx is written with: ``model_dir/int8_qat/`` (a run's qat stage),
+    or the model itself when it is such a folder; None for a model without QAT."""
+    if model.gankd_config.provenance.get("int8_qat"):
+        return model
+    folder = model_dir / qat.FOLDER
+    if not (folder / "config.json").is_file():
+        return None
+    qat_model = load_model(folder)
+    config, mine = qat_model.gankd_config, model.gankd_config
+    if (config.arch, config.kwargs) != (mine.arch, mine.kwargs) or not config.provenance.get("int8_qat"):
+        raise GankdError(f"{folder} is not a QAT student of {model_dir}'s architecture: distil it again")
+    return qat_model
+
+
 def _quantize_int8(graph: tasks.Graph, build: _Build, settings: ExportSettings, recipe: int8.Int8Recipe,
-                   calib: list[dict], cases: _ParityCases, log) -> None:
+                   calib: list[dict], qat_model, cases: _ParityCases, log) -> None:
     """model.int8.onnx with the family's recipe, kept only when it passes the gate (:func:`int8.judge`); the outcome,
     written or not, goes to ``build.int8`` for the manifest.
 
-    A QAT student (provenance ``int8_qat``, :mod:`gankd.distill.qat`) is quantized with the activation ranges it
-    learned, not calibrated again, and its parity reference is its fake-quantized PyTorch model. The gate judges
-    quality by PSNR to the teacher on held-out crops when the teacher is known (``--teacher``, or the provenance's
-    teacher folder where it exists), else by PSNR to fp32."""
+    With a QAT student (``qat_model``, :func:`_qat_model`) the file is the QAT weights with the activation ranges
+    they learned, not calibrated again, while the fp32 files stay the fp32 student's; its parity is layer by layer
+    against the fake-quantized model (:func:`int8.qat_layer_check`). The gate judges quality by PSNR to the teacher
+    on held-out crops when the teacher is known (``--teacher``, or the provenance's teacher folder where it exists),
+    against the fp32 model.onnx, else by PSNR to fp32."""
     path = build.tmp / FILE_NAMES["onnx-int8"]
     config = graph.module.gankd_config
-    record = config.provenance.get("int8_qat")
     family = get_arch(config.arch).family
-    overrides = int8.qat_overrides(build.tmp / FILE_NAMES["onnx"], family, record) if record else None
-    source = f"the {len(overrides)} activation ranges it learned in QAT" if record else \
-        f"{len(calib)} calibration inputs"
-    log(f"quantizing model.int8.onnx ({source}; 7-bit weights, uint8 activations, "
+    source_onnx, overrides, record = build.tmp / FILE_NAMES["onnx"], None, None
+    if qat_model is not None:
+        record = qat_model.gankd_config.provenance["int8_qat"]
+        source_onnx = build.tmp / ".qat.fp32.onnx"  # the QAT weights in fp32: the quantizer's input, not shipped
+        formats.export_onnx(qat_model.eval(), source_onnx, settings.opset, graph.signature)
+        if settings.simplify:
+            formats.simplify_onnx(source_onnx)
+        overrides = int8.qat_overrides(source_onnx, family, record)
+    what = f"the {len(overrides)} activation ranges learned in QAT" if record else f"{len(calib)} calibration inputs"
+    log(f"quantizing model.int8.onnx ({what}; 7-bit weights, uint8 activations, "
         f"{recipe.keep_first_convs} first / {recipe.keep_last_convs} last conv(s) in fp32)")
-    info = int8.quantize(build.tmp / FILE_NAMES["onnx"], path, calib, recipe, overrides)
     names = graph.signature.input_names
-    info["calibration"] = {"source": graph.calibration_source, "count": len(calib),
-                           "shape": list(calib[0][names[0]].shape), "seed": settings.seed}
-    if record:
-        info["calibration"] = None
-        info["qat"] = {"activations": "learned in QAT, not calibrated again", "recipe": record["recipe"],
-                       "run": config.provenance.get("run"), "step": config.provenance.get("step")}
+    try:
+        info = int8.quantize(source_onnx, path, calib, recipe, overrides)
+        info["calibration"] = {"source": graph.calibration_source, "count": len(calib),
+                               "shape": list(calib[0][names[0]].shape), "seed": settings.seed}
+        if record:
+            reference = qat.restore(copy.deepcopy(qat_model), family, record)
+            layers = int8.qat_layer_check(path, source_onnx, reference, cases.cases[0].inputs[0])
+            qat_prov = qat_model.gankd_config.provenance
+            info["calibration"] = None
+            info["qat"] = {"activations": "learned in QAT, not calibrated again", "recipe": record["recipe"],
+                           "run": qat_prov.get("run"), "step": qat_prov.get("step"),
+                           "layers": {"passed": int8.qat_layers_pass(layers), "tolerance": int8.QAT_LAYER_TOLERANCE,
+                                      "worst": max(layers, key=lambda r: (r["max_lsb"], r["off_fraction"]))}}
+    finally:
+        if record:
+            source_onnx.unlink(missing_ok=True)
+    if record and not info["qat"]["layers"]["passed"]:
+        worst = info["qat"]["layers"]["worst"]
+        message = (f"parity failed for onnx-int8: layer {worst['layer']} of the INT8 graph differs from the QAT "
+                   f"model by up to {worst['max_lsb']:g} steps on {100 * worst['off_fraction']:.2f}% of its values "
+                   f"(needs <= {int8.QAT_LAYER_TOLERANCE['max_lsb']:g} step on <= "
+                   f"{100 * int8.QAT_LAYER_TOLERANCE['max_off_fraction']:g}%)")
+        if not settings.force:
+            raise GankdError(message + "; pass --force to keep the export")
+        log(f"warning: {message} (kept: --force)")
     run_int8 = formats.ort_runner(path, names)
     run_fp32 = build.runners["onnx"]
     tolerances = _tolerances(settings)
@@ -300,11 +339,12 @@ def _quantize_int8(graph: tasks.Graph, build: _Build, settings: ExportSettings, 
     log(f"INT8 kept: {verdict.quality_text()}, {verdict.speedup:.2f}x the fp32 speed")
     build.add_file("onnx-int8", FILE_NAMES["onnx-int8"], quantization=info)
     build.runners["onnx-int8"] = run_int8
-    if record:  # parity: the INT8 graph against the fake-quantized model it was trained as
-        reference = qat.restore(copy.deepcopy(graph.module), family, record)
+    if record:  # end to end: against the fake-quantized model it was trained as (recorded; bounded layer by layer)
+        reference = qat.restore(copy.deepcopy(qat_model), family, record)
         build.parity_refs["onnx-int8"] = (_ParityCases.of(reference, cases.cases, cases.output_range, cases.text),
                                           parity.TOLERANCES["onnx-int8-qat"],
-                                          "the fake-quantized PyTorch model it was trained as (QAT), CPU")
+                                          "the fake-quantized PyTorch model of the QAT weights (end to end; each "
+                                          "layer is checked on its own, quantization.qat.layers)")
     elif teacher is not None:  # judged by the teacher: the distance to fp32 is recorded, not bounded
         build.parity_refs["onnx-int8"] = (cases, parity.Tolerance(), "the PyTorch model, fp32, CPU (recorded; "
                                           "the INT8 gate judged by PSNR to the teacher)")

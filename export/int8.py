@@ -289,3 +289,69 @@ def outcome_markdown(outcome: dict | None) -> str:
     return "\n".join([f"{head}; INT8 may lose at most {gate['max_loss_db']:g} dB of fp32's PSNR to the teacher "
                       f"({teacher['crops']} held-out crops of {teacher['lr_size']}² LR):", "",
                       "| inputs | fp32 PSNR→teacher | INT8 PSNR→teacher | Δ dB |", "|---|---:|---:|---:|", *rows])
+
+
+QAT_LAYER_TOLERANCE = {"max_lsb": 1.0, "max_off_fraction": 0.02}  # parity.py states why
+
+
+def qat_layer_check(int8_path: Path, fp32_onnx: Path, wrapper, x) -> list[dict]:
+    """Each quantized layer of ``int8_path`` against the fake-quantized PyTorch model it was trained as
+    (``wrapper``, :func:`gankd.distill.qat.restore`), given the same input: the layer is cut out of the INT8 graph
+    (``onnx.utils.extract_model``: Q, DQ, the int8 kernel ORT fuses, Q, DQ), fed PyTorch's input to that layer on
+    ``x``, and its output compared with PyTorch's in units of the layer's output step (LSB). End to end, a deep
+    network turns the rare 1-LSB rounding tie that float and integer kernels break differently into larger drifts;
+    layer by layer the two must agree to within one step, nearly everywhere. Returns one record per layer."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import onnx.utils
+    import torch
+
+    from .formats import ort_session
+
+    inputs, outputs = {}, {}
+
+    def keep(name):
+        def hook(_module, args, out):
+            inputs[name], outputs[name] = args[0].detach(), out.detach()
+        return hook
+
+    hooks = [fq.register_forward_hook(keep(name)) for name, fq in wrapper.fq.items()]
+    try:
+        with torch.no_grad():
+            wrapper(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    tensors = ONNX_POINTS["srvgg"](onnx.load(str(fp32_onnx)).graph)
+    graph = onnx.load(str(int8_path)).graph
+    dq_after = _dq_after_quantize(graph)
+    layers = [([f"conv{k}_in"], f"conv{k}_out") for k in sorted(wrapper.quantized.values())]
+    layers.append((["shuffle", "base"], "output"))
+    acts = {name: fq.qparams() for name, fq in wrapper.fq.items()}
+    records = []
+    with tempfile.TemporaryDirectory(prefix="gankd-qat-layer-") as tmp:
+        for sources, target in layers:
+            names = [tensors[s] for s in sources]
+            out_name = dq_after.get(tensors[target], tensors[target])
+            sub = Path(tmp) / f"{target}.onnx"
+            onnx.utils.extract_model(str(int8_path), str(sub), names, [out_name])
+            got = ort_session(sub).run([out_name], {n: inputs[s].numpy() for n, s in zip(names, sources)})[0]
+            steps = np.abs(got - outputs[target].numpy()) / acts[target]["scale"]
+            records.append({"layer": target, "max_lsb": round(float(steps.max()), 3),
+                            "off_fraction": round(float((steps > 0.5).mean()), 5)})
+    return records
+
+
+def qat_layers_pass(records: list[dict]) -> bool:
+    return bool(records) and all(r["max_lsb"] <= QAT_LAYER_TOLERANCE["max_lsb"] + 1e-3
+                                 and r["off_fraction"] <= QAT_LAYER_TOLERANCE["max_off_fraction"] for r in records)
+
+
+def _dq_after_quantize(graph) -> dict[str, str]:
+    """Float tensor T -> the DequantizeLinear output that carries T after its QuantizeLinear (T's value on the int8
+    grid, as the next op reads it)."""
+    dq_by_input = {n.input[0]: n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return {n.input[0]: dq_by_input[n.output[0]] for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.output[0] in dq_by_input}

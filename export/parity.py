@@ -30,10 +30,15 @@ without VNNI):
   not depend on the ISA; a file below the bar is not written at all (``gankd-export --int8`` says why). When the
   export knows the student's teacher, the gate judges by PSNR to the teacher instead (``gankd.export.int8``), and
   this distance to fp32 is recorded, not bounded.
-- INT8 of a QAT student (``onnx-int8-qat``): PSNR ≥ 50 dB to the fake-quantized PyTorch model it was trained as
-  (:mod:`gankd.distill.qat`). Its integer products are exact on any x86 CPU; what differs is float work around them
-  (bias, PReLU, rescaling) and an occasional 8-bit rounding tie, a few dB above the bound. The export re-calibrating
-  instead of writing the learned ranges gives < 45 dB on the tests' model (tests/test_qat.py).
+- INT8 of a QAT student: its file is the QAT weights with their learned ranges (:mod:`gankd.distill.qat`), so it
+  is checked against the fake-quantized PyTorch model it was trained as, **layer by layer**
+  (``gankd.export.int8.qat_layer_check``): each quantized layer, cut out of the INT8 graph and fed PyTorch's input to
+  it, must agree with PyTorch to within one output step, on all but 2% of its values (``QAT_LAYER_TOLERANCE``).
+  Integer products are exact on any x86 CPU; float sums around them break an occasional rounding tie the other way
+  (a fraction of a percent of values, one step). End to end those ties compound through a deep network, so the
+  end-to-end PSNR (``onnx-int8-qat``) only has to clear 30 dB, the level of a graph that is wrong; the same weights
+  calibrated afresh instead of given their learned ranges fail the layer check on about half of their values
+  (tests/test_qat.py).
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "pt2": Tolerance(max_abs=1e-4),
     "onnx-fp16": Tolerance(min_psnr_db=40.0),
     "onnx-int8": Tolerance(min_psnr_db=40.0),
-    "onnx-int8-qat": Tolerance(min_psnr_db=50.0),
+    "onnx-int8-qat": Tolerance(min_psnr_db=30.0),
     "trt": Tolerance(max_abs=1e-3),
     "trt-fp16": Tolerance(min_psnr_db=40.0),
     "ncnn": Tolerance(max_abs=2 / 255),
