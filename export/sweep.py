@@ -10,8 +10,9 @@ Users upscale whole photos (0.3–2 Mpx in) and video frames, not 64² crops. Th
   two medians at the same size.
 
 Per row: median ms (interleaved with the other rows of the same size and backend, as gankd-bench times), output
-Mpx/s, and the peak resident memory of the process during the row's first run (sampled every ~2 ms from
-``/proc/self/statm``; what a server would need for that image on top of what it holds already is ``peak − before``).
+Mpx/s, and ``+RSS``: how much the process's resident memory grew during the row's first run (sampled every ~2 ms
+from ``/proc/self/statm``), on sessions opened afresh for each size and backend, so it is that row's working memory
+for that image (what a server needs on top of what it holds already). The process's absolute peak is in the JSON.
 
 A run that would take longer than ``max_run_s`` (projected linearly in pixels from the row's previous size: the cost
 of a conv net is linear in pixels, which the measured sizes show) is not run: the row is recorded as projected, so
@@ -21,6 +22,7 @@ the teacher's cost at 720p is stated without spending minutes per run on it.
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import os
 import threading
 import time
@@ -126,7 +128,6 @@ def sweep(artifact_dirs: Sequence[str | Path], backends: Sequence[str] = ("ort",
         import torch
 
         torch.set_num_threads(threads)
-    runners = _Runners(threads)
     last: dict[tuple, tuple[int, float]] = {}  # (artifact, backend, mode) -> (input pixels, median ms)
     results = []
     for size in sizes:
@@ -134,6 +135,9 @@ def sweep(artifact_dirs: Sequence[str | Path], backends: Sequence[str] = ("ort",
         x = size_input(size, scale)
         pixels = x.shape[2] * x.shape[3]
         for backend in backends:
+            # fresh sessions per (size, backend): a session's memory arena keeps its largest run, so reused ones
+            # would hold every size's peak at once and hide each row's own growth (+RSS)
+            runners = _Runners(threads)
             calls, records = [], []
             for row in (r for r in rows if r.backend == backend):
                 run = runners.make(row, x.shape)
@@ -179,6 +183,8 @@ def sweep(artifact_dirs: Sequence[str | Path], backends: Sequence[str] = ("ort",
                 record["mpx_per_s_out"] = out_px / 1e6 / (record["median_ms"] / 1e3)
             _overheads(records)
             results += records
+            del calls, runners
+            gc.collect()
     return {"created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": _machine(read_cpu_peak(threads), threads),
             "settings": {"backends": list(backends), "sizes": list(sizes), "tile": tile, "pad": pad,
@@ -210,10 +216,9 @@ def format_table(result: dict) -> str:
 
     rows = [{"model": r["artifact"], "backend": r["backend"], "LR in": "x".join(map(str, r["input_hw"])),
              "mode": r["mode"] + (" (projected)" if r.get("projected") else ""), "median ms": r["median_ms"],
-             "Mpx/s out": r["mpx_per_s_out"], "peak RSS MB": r.get("peak_rss_mb"), "+RSS MB": r.get("extra_rss_mb"),
+             "Mpx/s out": r["mpx_per_s_out"], "+RSS MB": r.get("extra_rss_mb"),
              "tiled / whole": r["tiling_overhead"], "speed-up": r["speedup"]} for r in result["rows"]]
-    columns = ["model", "backend", "LR in", "mode", "median ms", "Mpx/s out", "peak RSS MB", "+RSS MB",
-               "tiled / whole", "speed-up"]
+    columns = ["model", "backend", "LR in", "mode", "median ms", "Mpx/s out", "+RSS MB", "tiled / whole", "speed-up"]
     settings = result["settings"]
     return "\n".join([markdown_table(rows, columns),
                       f"\ntiled: {settings['tile']}² LR tiles, {settings['pad']} px context; speed-up against the "
