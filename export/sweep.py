@@ -239,8 +239,8 @@ def save_plot(result: dict, path: str | Path) -> Path:
     for ax, backend in zip(axes, backends):
         for i, name in enumerate(names):
             for mode, style in (("whole", "-"), ("tiled", "--")):
-                pts = [r for r in result["rows"] if r["artifact"] == name and r["backend"] == backend
-                       and r["mode"] == mode]
+                pts = sorted((r for r in result["rows"] if r["artifact"] == name and r["backend"] == backend
+                              and r["mode"] == mode), key=lambda r: r["input_hw"][0] * r["input_hw"][1])
                 if not pts:
                     continue
                 xs = [r["input_hw"][0] * r["input_hw"][1] / 1e6 for r in pts]
