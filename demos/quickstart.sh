@@ -115,7 +115,7 @@ if [ "${QUICKSTART_EVAL:-1}" = 1 ]; then
   echo "== the student, the references and bicubic on held-out photos, clean and degraded (gankd-distill eval)"
   # shellcheck disable=SC2086
   gankd-distill eval "$TEACHER" "$RUN/student" ${REFERENCES//,/ } --no-speed --teacher-cache "${TEACHER_CACHE:-runs/teacher_cache}" \
-    --out "$RUN/eval" --force ${QUICKSTART_EVAL_ARGS:---crops-per-image 2} | tee "$RUN/eval.md.log"
+    --out "$RUN/eval" --force ${QUICKSTART_EVAL_ARGS:---crops-per-image 2 --size 48} | tee "$RUN/eval.md.log"
   {
     echo
     echo "## On held-out photos, clean and degraded (gankd-distill eval)"
