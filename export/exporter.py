@@ -114,7 +114,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, settings: ExportSet
     graph = tasks.build_graph(model, model_dir, settings, log)
     # INT8: the model family's recipe and the calibration feeds, made before anything is written
     int8_plan = (int8.recipe_for(get_arch(model.gankd_config.arch).family), graph.calibration(),
-                 _qat_model(model, model_dir)) if settings.int8 else None
+                 _qat_model(model, model_dir), model.gankd_config) if settings.int8 else None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -269,7 +269,7 @@ def _qat_model(model, model_dir: Path):
 
 
 def _quantize_int8(graph: tasks.Graph, build: _Build, settings: ExportSettings, recipe: int8.Int8Recipe,
-                   calib: list[dict], qat_model, cases: _ParityCases, log) -> None:
+                   calib: list[dict], qat_model, config, cases: _ParityCases, log) -> None:
     """model.int8.onnx with the family's recipe, kept only when it passes the gate (:func:`int8.judge`); the outcome,
     written or not, goes to ``build.int8`` for the manifest.
 
@@ -279,7 +279,6 @@ def _quantize_int8(graph: tasks.Graph, build: _Build, settings: ExportSettings, 
     on held-out crops when the teacher is known (``--teacher``, or the provenance's teacher folder where it exists),
     against the fp32 model.onnx, else by PSNR to fp32."""
     path = build.tmp / FILE_NAMES["onnx-int8"]
-    config = graph.module.gankd_config
     family = get_arch(config.arch).family
     source_onnx, overrides, record = build.tmp / FILE_NAMES["onnx"], None, None
     if qat_model is not None:
