@@ -19,6 +19,7 @@ depending on the model; run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="64,256", help="square input sizes, comma-separated")
     parser.add_argument("--iterations", type=int, default=10, help="timed rounds per size")
     parser.add_argument("--threads", type=int, default=None, help="threads of every runtime (default: theirs)")
+    parser.add_argument("--json", type=Path, default=None, help="write the medians and ratios here")
     args = parser.parse_args(argv)
 
     from gankd.export import bench
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     auto = Session(args.artifact, backend="auto", threads=args.threads)
     print(backend_line(auto))
     sessions = {b: Session(args.artifact, backend=b, threads=args.threads) for b in backends}
+    record = {"artifact": str(args.artifact), "auto": auto.backend, "threads": threads, "iterations": args.iterations,
+              "cpu": bench.cpuinfo_blocks(bench.read_cpuinfo() or "")[0].get("model name") if bench.read_cpuinfo()
+              else None, "sizes": {}}
     for size in (int(s) for s in args.sizes.split(",")):
         shape = (1, 3, size, size)
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -63,9 +68,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<24} {value:9.2f} ms")
         for b in backends:
             print(f"  session / bench {b:<8} {median[f'session {b}'] / median[f'bench {b}']:9.3f}")
+        ratios = {f"session / bench {b}": median[f"session {b}"] / median[f"bench {b}"] for b in backends}
         if "ort" in backends:
             gain = median["session ort"] / median[f"session auto ({auto.backend})"]
             print(f"  ort / auto ({auto.backend}){'':<6} {gain:9.2f}x")
+            ratios["ort / auto"] = gain
+        record["sizes"][str(size)] = {"median_ms": median, **ratios}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
