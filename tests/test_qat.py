@@ -317,3 +317,38 @@ def test_qat_alone_fine_tunes_an_existing_student(tmp_path):
     assert torch.equal(load_model(run_dir / "student").body[0].weight, load_model(pretrained).body[0].weight)
     assert any("validating the warm start" in line for line in logs)
     assert not (run_dir / "teacher_d").exists()
+
+
+def test_resume_after_kill_9_in_the_qat_stage_replays_the_same_run(tmp_path):
+    """A run killed during QAT resumes where its last checkpoint was (fake-quantization ranges, observers, the qat
+    selection) and ends bit for bit as the run that was never killed."""
+    import os
+    import subprocess
+
+    import yaml
+
+    from conftest import DISTILL_CLI, kill_run_after, metrics_lines
+
+    teacher_dir = _tiny_teacher(tmp_path)
+    pretrained = save_model(tmp_path / "pre", _model(), SRVGG)
+    base = {"name": "qat", "teacher": str(teacher_dir), "family": "srvgg", "init": "pretrained",
+            "init_from": str(pretrained), "width": 1.0, "teacher_d_feat": 8, "d_width": 0.5, "n1": 1, "n2": 1,
+            "n3": 0, "n_qat": 3, "steps_per_epoch": 4, "batch_size": 2, "hr_size": 32, "train_crops": 8,
+            "val_crops_per_image": 1, "select_by": "psnr", "checkpoint_every": 1, "log_every": 1, "threads": 1,
+            "ema_decay": 0.9, "feature_kd": False}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**base, "out_dir": str(tmp_path / name)}))
+    subprocess.run([*DISTILL_CLI, "run", str(tmp_path / "a.yaml")], check=True, capture_output=True, env=env,
+                   timeout=600)
+    stages = [r.get("stage") for r in metrics_lines(tmp_path / "a" / "metrics.jsonl")]
+    first_qat = stages.index("qat")
+    saved_step = kill_run_after(tmp_path / "b.yaml", tmp_path / "b", first_qat + 3, env)
+    assert saved_step > 8  # stage 1 and stage 2 are 8 steps: the kill came inside qat
+    resumed = subprocess.run([*DISTILL_CLI, "run", str(tmp_path / "b.yaml"), "--resume"], capture_output=True,
+                             text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics_lines(tmp_path / "a" / "metrics.jsonl") == metrics_lines(tmp_path / "b" / "metrics.jsonl")
+    a, b = (load_model(tmp_path / n / "student" / qat.FOLDER) for n in ("a", "b"))
+    assert a.gankd_config.provenance["int8_qat"] == b.gankd_config.provenance["int8_qat"]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
