@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,8 @@ from gankd.distill import ModelConfig, load_model, save_model
 from gankd.export import exporter
 from gankd.serve import ServeError, Session
 from gankd.serve.cli import main as demo_main
+
+from conftest import assert_same_output_under_threads
 
 SRVGG_X4 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
 RRDB_X2 = ModelConfig(arch="rrdbnet", kwargs={"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
@@ -189,22 +190,7 @@ def test_tiling_with_ragged_tiles_and_a_spatial_multiple(artifacts):
 def test_one_session_many_threads(artifacts, backend):
     srvgg = Session(artifacts["srvgg4"][1], backend=backend)
     images = [_photo(24 + 2 * i, 20 + i, top=10 * i, left=200 + 7 * i) for i in range(8)]
-    expected = [srvgg.run(img, tile=16) for img in images]
-    results: dict[int, np.ndarray] = {}
-    barrier = threading.Barrier(8)
-
-    def work(i):
-        barrier.wait()
-        for _ in range(3):
-            results[i] = srvgg.run(images[i], tile=16)
-            assert np.array_equal(results[i], expected[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(np.array_equal(results[i], expected[i]) for i in range(8))
+    assert_same_output_under_threads(srvgg, images)
 
 
 # ----------------------------------------------------------------------------------------------- errors

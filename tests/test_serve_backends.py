@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ from gankd.distill import ModelConfig, save_model
 from gankd.export import exporter
 from gankd.serve import ServeError, Session, auto, backends
 from gankd.serve.cli import main as demo_main
+
+from conftest import assert_same_output_under_threads
 
 SRVGG_X4 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,21 +86,7 @@ def test_ncnn_session_matches_ort_tiled_and_untiled(artifact):
 def test_one_ncnn_session_many_threads(artifact):
     session = Session(artifact, backend="ncnn")
     images = [(_photo(20 + i, 18 + i) * 255).astype(np.uint8) for i in range(4)]
-    expected = [session.run(img, tile=16) for img in images]
-    results, barrier = {}, threading.Barrier(4)
-
-    def work(i):
-        barrier.wait()
-        for _ in range(3):
-            results[i] = session.run(images[i], tile=16)
-            assert np.array_equal(results[i], expected[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(np.array_equal(results[i], expected[i]) for i in range(4))
+    assert_same_output_under_threads(session, images)
 
 
 FP16_TAG = (0x01306B47).to_bytes(4, "little")  # before each layer's fp16 weights in a .bin
