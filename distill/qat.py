@@ -169,12 +169,8 @@ class QatSRVGG(nn.Module):
 QAT_FAMILIES = {"srvgg": QatSRVGG}
 
 
-def supported(family: str) -> bool:
-    return family in QAT_FAMILIES
-
-
 def check_supported(family: str) -> None:
-    if not supported(family):
+    if family not in QAT_FAMILIES:
         raise GankdError(f"n_qat: quantization-aware distillation mirrors the INT8 export for the "
                          f"{', '.join(QAT_FAMILIES)} family; {family!r} students have no QAT wrapper yet (set n_qat: 0)")
 

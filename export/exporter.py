@@ -280,7 +280,7 @@ def _quantize_int8(graph: tasks.Graph, build: _Build, settings: ExportSettings, 
     against the fp32 model.onnx, else by PSNR to fp32."""
     path = build.tmp / FILE_NAMES["onnx-int8"]
     family = get_arch(config.arch).family
-    source_onnx, overrides, record = build.tmp / FILE_NAMES["onnx"], None, None
+    source_onnx, overrides, record, reference = build.tmp / FILE_NAMES["onnx"], None, None, None
     if qat_model is not None:
         record = qat_model.gankd_config.provenance["int8_qat"]
         source_onnx = build.tmp / ".qat.fp32.onnx"  # the QAT weights in fp32: the quantizer's input, not shipped
@@ -339,7 +339,6 @@ def _quantize_int8(graph: tasks.Graph, build: _Build, settings: ExportSettings, 
     build.add_file("onnx-int8", FILE_NAMES["onnx-int8"], quantization=info)
     build.runners["onnx-int8"] = run_int8
     if record:  # end to end: against the fake-quantized model it was trained as (recorded; bounded layer by layer)
-        reference = qat.restore(copy.deepcopy(qat_model), family, record)
         build.parity_refs["onnx-int8"] = (_ParityCases.of(reference, cases.cases, cases.output_range, cases.text),
                                           parity.TOLERANCES["onnx-int8-qat"],
                                           "the fake-quantized PyTorch model of the QAT weights (end to end; each "
