@@ -291,7 +291,7 @@ def outcome_markdown(outcome: dict | None) -> str:
                       "| inputs | fp32 PSNR→teacher | INT8 PSNR→teacher | Δ dB |", "|---|---:|---:|---:|", *rows])
 
 
-QAT_LAYER_TOLERANCE = {"max_lsb": 1.0, "max_off_fraction": 0.02}  # parity.py states why
+QAT_LAYER_TOLERANCE = {"max_lsb": 1.0, "max_off_fraction": 0.05}  # parity.py states why
 
 
 def qat_layer_check(int8_path: Path, fp32_onnx: Path, wrapper, x) -> list[dict]:

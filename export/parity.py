@@ -33,12 +33,13 @@ without VNNI):
 - INT8 of a QAT student: its file is the QAT weights with their learned ranges (:mod:`gankd.distill.qat`), so it
   is checked against the fake-quantized PyTorch model it was trained as, **layer by layer**
   (``gankd.export.int8.qat_layer_check``): each quantized layer, cut out of the INT8 graph and fed PyTorch's input to
-  it, must agree with PyTorch to within one output step, on all but 2% of its values (``QAT_LAYER_TOLERANCE``).
+  it, must agree with PyTorch to within one output step, on all but 5% of its values (``QAT_LAYER_TOLERANCE``).
   Integer products are exact on any x86 CPU; float sums around them break an occasional rounding tie the other way
-  (a fraction of a percent of values, one step). End to end those ties compound through a deep network, so the
-  end-to-end PSNR (``onnx-int8-qat``) only has to clear 30 dB, the level of a graph that is wrong; the same weights
-  calibrated afresh instead of given their learned ranges fail the layer check on about half of their values
-  (tests/test_qat.py).
+  (one step, on a small fraction of values: each export records its worst layer,
+  ``quantization.qat.layers``; docs/results/issue28_int8.json holds the measured ones). End to
+  end those ties compound through a deep network, so the end-to-end PSNR (``onnx-int8-qat``) only has to clear
+  30 dB, the level of a graph that is wrong; the same weights calibrated afresh instead of given their learned
+  ranges fail the layer check (the negative control in tests/test_qat.py).
 """
 
 from __future__ import annotations
