@@ -354,10 +354,14 @@ def _int8_teacher(settings: ExportSettings, config, log) -> Path | None:
     if settings.teacher is not None:
         return settings.teacher
     named = config.provenance.get("teacher_dir")
+    where = f" ({named} is not here)" if named else ""
     if named and (Path(named) / "config.json").is_file():
-        return Path(named)
+        found = load_config(Path(named))  # a relative path: the folder here must be the teacher the run had
+        if config.provenance.get("teacher_arch") in (None, found.arch):
+            log(f"INT8 gate: judged by the teacher {named} (named by the student's run; --teacher to choose)")
+            return Path(named)
+        where = f" ({named} here holds a {found.arch}, the run's teacher was a {config.provenance['teacher_arch']})"
     if config.task == "sr" and config.kind == "generator":
-        where = f" ({named} is not here)" if named else ""
         log(f"INT8 gate: no teacher known{where}: judged by PSNR to fp32 (pass --teacher DIR to judge by the "
             "teacher)")
     return None

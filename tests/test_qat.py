@@ -352,3 +352,15 @@ def test_resume_after_kill_9_in_the_qat_stage_replays_the_same_run(tmp_path):
     a, b = (load_model(tmp_path / n / "student" / qat.FOLDER) for n in ("a", "b"))
     assert a.gankd_config.provenance["int8_qat"] == b.gankd_config.provenance["int8_qat"]
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_a_provenance_teacher_of_another_architecture_is_not_used(tmp_path):
+    """teacher_dir is a path as the run saw it: where it names another model here, the gate does not judge by it."""
+    other = save_model(tmp_path / "other", _model(seed=5), SRVGG)
+    student, _ = _qat_student(tmp_path, teacher_dir=str(other), teacher_arch="rrdbnet")
+    lines = []
+    manifest = exporter.export_model(student, tmp_path / "a", exporter.ExportSettings(
+        formats=("onnx",), int8=True, calib_count=2, opt_shape="1x3x16x16", int8_min_speedup=0.0,
+        int8_min_psnr_db=0.0), log=lines.append)
+    assert manifest["int8"]["gate"]["judged_by"] == "fp32"
+    assert any("holds a srvgg_compact, the run's teacher was a rrdbnet" in line for line in lines)
