@@ -61,10 +61,10 @@ def generator_terms(stage, nets, batch, recipe: Recipe, out: torch.Tensor, feats
     terms, weights = {}, {}
     if "ssim" in stage.g_terms and recipe.ssim_weight > 0:
         terms["ssim"], weights["ssim"] = losses.ssim_loss(out, target, _data_range(nets)), recipe.ssim_weight
-    if "style" in stage.g_terms and nets.vgg is not None and recipe.style_weight > 0:
+    if "style" in stage.g_terms and nets.perceptual is not None and recipe.style_weight > 0:
         with torch.no_grad():
-            target_feats = nets.vgg(target)
-        terms["style"], weights["style"] = losses.style_loss(nets.vgg(out), target_feats), recipe.style_weight
+            target_feats = nets.perceptual(target)
+        terms["style"], weights["style"] = losses.style_loss(nets.perceptual(out), target_feats), recipe.style_weight
     if "cd" in stage.g_terms:
         terms["cd"] = losses.channel_distill_loss(nets.trained("adapter")(feats[-1]), batch.teacher_feat)
         weights["cd"] = recipe.lambda_cd
@@ -89,10 +89,10 @@ def teacher_loss(stage, nets, batch, recipe: Recipe, augment
         if name in stage.t_terms:
             terms[name] = losses.l1_loss(out, batch.hr) if name == "l1" else losses.mse_loss(out, batch.hr)
             weights[name] = recipe.l1_weight
-    if "perceptual" in stage.t_terms and nets.vgg is not None and recipe.perceptual_weight > 0:
+    if "perceptual" in stage.t_terms and nets.perceptual is not None and recipe.perceptual_weight > 0:
         with torch.no_grad():
-            hr_feats = nets.vgg(batch.hr)
-        terms["perceptual"] = losses.perceptual_loss(nets.vgg(out), hr_feats, list(recipe.perceptual_layers.values()))
+            hr_feats = nets.perceptual(batch.hr)
+        terms["perceptual"] = losses.perceptual_loss(nets.perceptual(out), hr_feats, nets.perceptual_layers)
         weights["perceptual"] = recipe.perceptual_weight
     if "adv" in stage.t_terms:
         d = nets.get("teacher_d")  # a frozen use here: D_T trains in the stage's D step

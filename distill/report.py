@@ -171,7 +171,7 @@ def write_report(run_dir: Path, recipe, loop, log) -> Path:
         + (f", teacher blocks {prov.get('blocks')}" if prov.get("blocks") is not None else ""),
         f"- mode: {recipe.mode}; discriminator: {recipe.discriminator} (D width {width_label(recipe.student_d_width)}); "
         f"feature KD: {_feature_kd_text(recipe, tconf)}; adversarial: {recipe.adversarial}; λ1={recipe.lambda_mlp}, "
-        f"λ2={recipe.lambda_adv}; perceptual: {'on' if loop.nets.vgg is not None else 'skipped (no VGG weights)'}",
+        f"λ2={recipe.lambda_adv}; perceptual: {recipe.perceptual_net if loop.nets.perceptual is not None else 'skipped (no VGG weights)'}",
         *([f"- baseline ({recipe.mode}): {BASELINE_TEXT[recipe.mode]}"] if recipe.mode in BASELINE_TEXT else []),
         f"- stages: {stages}; batch {recipe.batch_size}; HR crops {recipe.hr_size}², degradation {recipe.degradation}",
         f"- best student: step {loop.progress.best_step}, chosen by "

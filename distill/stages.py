@@ -145,8 +145,8 @@ def _baseline_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> li
 
 @dataclass
 class Nets:
-    """Every module of a run; the teacher is frozen (None when a run trains a GAN from scratch), ``vgg`` is None
-    when the perceptual term is skipped, ``clip`` (frozen) and ``d_head`` (D^f, trained with the discriminator)
+    """Every module of a run; the teacher is frozen (None when a run trains a GAN from scratch), ``perceptual`` (the frozen
+    feature network, :mod:`.perceptual`) is None when the perceptual term is skipped, ``clip`` (frozen) and ``d_head`` (D^f, trained with the discriminator)
     exist in KD-DLGAN runs."""
 
     teacher: nn.Module | None
@@ -154,7 +154,8 @@ class Nets:
     adapter: nn.Module | None = None
     teacher_d: nn.Module | None = None
     student_d: nn.Module | None = None
-    vgg: nn.Module | None = None
+    perceptual: nn.Module | None = None
+    perceptual_layers: list[float] = field(default_factory=list)  # its layer weights, in its output order
     clip: nn.Module | None = None
     d_head: nn.Module | None = None
     text_features: torch.Tensor | None = None
@@ -263,11 +264,10 @@ def generator_loss(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe
     if "gv" in stage.g_terms and recipe.gv_weight > 0:
         terms["gv"] = losses.gradient_variance_loss(out, target)
         weights["gv"] = recipe.gv_weight
-    if "perceptual" in stage.g_terms and nets.vgg is not None and recipe.perceptual_weight > 0:
+    if "perceptual" in stage.g_terms and nets.perceptual is not None and recipe.perceptual_weight > 0:
         with torch.no_grad():
-            target_feats = nets.vgg(target)
-        terms["perceptual"] = losses.perceptual_loss(nets.vgg(out), target_feats,
-                                                     list(recipe.perceptual_layers.values()))
+            target_feats = nets.perceptual(target)
+        terms["perceptual"] = losses.perceptual_loss(nets.perceptual(out), target_feats, nets.perceptual_layers)
         weights["perceptual"] = recipe.perceptual_weight
     if recipe.anchor_weight > 0 and nets.anchor is not None and stage.g_target != "none":
         terms["anchor"] = losses.anchor_loss(list(nets.student.parameters()), nets.anchor)

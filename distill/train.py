@@ -159,12 +159,15 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
         with torch.no_grad():
             feat_dim = nets.get(kd_d).forward_with_features(task.real[:2])[1].shape[1]
         nets.d_head = ProjectionHead(feat_dim, nets.clip.embed_dim)
-    if recipe.perceptual_weight > 0 and recipe.perceptual_weights:
-        from .perceptual import VGGFeatures
+    if recipe.perceptual_weight > 0 and (recipe.perceptual_weights or recipe.perceptual_net == "inception"):
+        from .perceptual import layer_weights, load_features
 
-        nets.vgg = VGGFeatures.from_file(recipe.perceptual_weights, list(recipe.perceptual_layers))
+        layers = layer_weights(recipe.perceptual_net, recipe.perceptual_layers)
+        nets.perceptual = load_features(recipe.perceptual_net, recipe.perceptual_weights, list(layers))
+        nets.perceptual_layers = list(layers.values())
     elif recipe.perceptual_weight > 0 and task.kind == "sr":
-        log("notice: no perceptual_weights (a local VGG19 file) given: the perceptual term is skipped")
+        log("notice: no perceptual_weights (a local VGG19 file) given: the perceptual term is skipped "
+            "(perceptual_net: inception uses the offline FID Inception instead)")
     betas = (recipe.beta1, recipe.beta2)
     nets.optimizers["g"] = torch.optim.Adam([
         {"params": list(student.parameters()), "lr": recipe.lr_g},
@@ -417,7 +420,7 @@ def _run(recipe: Recipe, resume: bool, log, world: World) -> Path:
         reference_models(recipe, teacher.gankd_config, device)  # a bad folder stops the run now, not at the report
     task = make_task(recipe, teacher, generator_config(recipe, teacher), device, log)
     nets, sconf, dt_conf = build_nets(recipe, teacher, task, device, log)
-    for name in ("student", "adapter", "teacher_d", "student_d", "vgg", "clip", "d_head"):
+    for name in ("student", "adapter", "teacher_d", "student_d", "perceptual", "clip", "d_head"):
         if getattr(nets, name) is not None:
             setattr(nets, name, getattr(nets, name).to(device))
     stages = plan_stages(recipe, have_teacher_d=bool(recipe.teacher_d), task_kind=task.kind)

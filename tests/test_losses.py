@@ -103,3 +103,54 @@ def test_gradient_variance_loss_sees_blur_and_is_differentiable():
     out = blurred.clone().requires_grad_(True)
     gradient_variance_loss(out, target).backward()
     assert out.grad is not None and out.grad.abs().sum() > 0
+
+
+def _random_inception_stem() -> dict:
+    from torch import nn
+
+    from gankd.distill.perceptual import INCEPTION_STEM
+
+    torch.manual_seed(0)
+    return {name: nn.MaxPool2d(3, 2) if name.startswith("pool") else nn.Conv2d(3, 3, 3, padding=1)
+            for name in INCEPTION_STEM}
+
+
+def test_inception_features_keep_the_stem_up_to_the_deepest_layer_asked_for():
+    from gankd.distill.errors import GankdError
+    from gankd.distill.perceptual import InceptionFeatures, layer_weights, REALESRGAN_LAYERS
+
+    features = InceptionFeatures(_random_inception_stem(), ["conv_4", "conv_2"])  # order of the request is kept
+    assert list(features.stem) == ["conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4"]
+    x = torch.rand(1, 3, 32, 32)
+    deep, shallow = features(x)
+    assert shallow.shape[-1] == 32 and deep.shape[-1] == 15  # one pool between them
+    features.train()
+    assert not features.training and not any(p.requires_grad for p in features.parameters())
+    out = x.clone().requires_grad_(True)
+    sum(f.abs().mean() for f in features(out)).backward()
+    assert out.grad is not None and out.grad.abs().sum() > 0
+    with pytest.raises(GankdError, match="unknown Inception layer 'pool0'"):
+        InceptionFeatures(_random_inception_stem(), ["pool0"])
+    assert layer_weights("vgg19", None) == REALESRGAN_LAYERS and layer_weights("inception", {"conv_1": 2.0}) == {
+        "conv_1": 2.0}
+
+
+@pytest.mark.real_weights
+def test_the_offline_inception_stem_sees_blur():
+    """The shipped FID Inception's stem, as the perceptual term uses it: a 3×3 blur is farther from the original in
+    its features than the original with ±1 8-bit level of noise on every pixel, and an image is at 0 from itself."""
+    import torch.nn.functional as F
+
+    from gankd.distill.data import sample_images
+    from gankd.distill.perceptual import INCEPTION_LAYERS, load_features
+
+    features = load_features("inception", None, list(INCEPTION_LAYERS))
+    image = sample_images("train")[0][1][:, :96, :96].unsqueeze(0)
+    blurred = F.avg_pool2d(image, 3, 1, 1, count_include_pad=False)
+    nudged = (image + 1 / 255 * torch.randn_like(image).sign()).clamp(0, 1)
+
+    def distance(a, b):
+        return sum(F.l1_loss(x, y) for x, y in zip(features(a), features(b), strict=True)).item()
+
+    assert distance(image, image) == 0
+    assert distance(image, blurred) > 1.5 * distance(image, nudged) > 0
