@@ -1,5 +1,6 @@
 """A markdown table of several `gankd-distill eval --out` results (their eval.json files): one row per model and
-file, PSNR to the teacher on clean and on degraded inputs (pooled), its margin over bicubic, and VoL/teacher. Docs
+file, PSNR to the teacher on clean and on degraded inputs (pooled), its margin over bicubic (of the same file's
+crops), VoL/teacher and the Inception feature distance to the teacher (— where the eval skipped it). Docs
 tables are made with it, so a figure in the docs is the one a results file holds.
 
     python demos/results_table.py docs/results/issue27_quickstart_*.json
@@ -30,8 +31,8 @@ def rows(path: Path, seen: set[str]) -> list[str]:
                 cells.append(f"{mine['psnr_teacher']:.2f} ({mine['psnr_teacher'] - bicubic[part]['psnr_teacher']:+.2f})")
             else:
                 cells.append("—")
-        cells.append(" / ".join(f"{m['vol_teacher']:.3f}" if m.get("vol_teacher") is not None else "—"
-                                for m in (clean, degraded)))
+        for key in ("vol_teacher", "inception_teacher"):
+            cells.append(" / ".join(f"{m[key]:.3f}" if m.get(key) is not None else "—" for m in (clean, degraded)))
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -41,8 +42,8 @@ def main() -> None:
     parser.add_argument("files", type=Path, nargs="+")
     args = parser.parse_args()
     print("| model | results file | clean PSNR→teacher (Δ bicubic) | degraded PSNR→teacher (Δ bicubic) "
-          "| VoL/teacher clean / degraded |")
-    print("|---|---|---:|---:|---|")
+          "| VoL/teacher clean / degraded | Inception dist clean / degraded |")
+    print("|---|---|---:|---:|---|---|")
     seen: set[str] = set()
     for path in args.files:
         for line in rows(path, seen):
