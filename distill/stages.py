@@ -145,9 +145,9 @@ def _baseline_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> li
 
 @dataclass
 class Nets:
-    """Every module of a run; the teacher is frozen (None when a run trains a GAN from scratch), ``perceptual`` (the frozen
-    feature network, :mod:`.perceptual`) is None when the perceptual term is skipped, ``clip`` (frozen) and ``d_head`` (D^f, trained with the discriminator)
-    exist in KD-DLGAN runs."""
+    """Every module of a run; the teacher is frozen (None when a run trains a GAN from scratch), ``perceptual`` (the
+    frozen feature network, :mod:`.perceptual`) is None when the perceptual term is skipped, ``clip`` (frozen) and
+    ``d_head`` (D^f, trained with the discriminator) exist in KD-DLGAN runs."""
 
     teacher: nn.Module | None
     student: nn.Module
