@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     auto = Session(args.artifact, backend="auto", threads=args.threads)
     print(backend_line(auto))
     sessions = {b: Session(args.artifact, backend=b, threads=args.threads) for b in backends}
+    cpuinfo = bench.read_cpuinfo()
     record = {"artifact": str(args.artifact), "auto": auto.backend, "threads": threads, "iterations": args.iterations,
-              "cpu": bench.cpuinfo_blocks(bench.read_cpuinfo() or "")[0].get("model name") if bench.read_cpuinfo()
-              else None, "sizes": {}}
+              "cpu": bench.cpuinfo_blocks(cpuinfo)[0].get("model name") if cpuinfo else None, "sizes": {}}
     for size in (int(s) for s in args.sizes.split(",")):
         shape = (1, 3, size, size)
         x = np.random.default_rng(0).random(shape, dtype=np.float32)

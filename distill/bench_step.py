@@ -36,7 +36,10 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 
 def _gmacs(model, shape) -> float:
-    return count_macs(model, shape) / 1e9 if model is not None else 0.0
+    from .qat import unwrap
+
+    # a student wrapped for a qat stage counts as the model it wraps (the fake quantization is not convolution work)
+    return count_macs(unwrap(model)[0], shape) / 1e9 if model is not None else 0.0
 
 
 def step_gflop(stage, nets: Nets, recipe, lr_shape, hr_shape) -> float:
@@ -108,15 +111,20 @@ def main(recipe: str, overrides: tuple[str, ...], steps: int) -> None:
         ms = 1e3 * time_step(stage, nets, batch, resolved, steps)
         floor = 1e3 * gflop / peak
         click.echo(f"| {stage.name} | {ms:.0f} | {gflop:.1f} | {floor:.0f} | {ms / floor:.2f} |")
-    from .perceptual import VGGFeatures, layer_weights
+    from .perceptual import VGGFeatures, layer_weights, load_features
 
     stage3 = next(s for s in plan_stages(resolved, have_teacher_d=True) if s.name == "stage3")
+    nets.perceptual = None  # build_nets may have loaded it already: "without" must be without
     without = 1e3 * time_step(stage3, nets, batch, resolved, steps)
-    layers = layer_weights("vgg19", resolved.perceptual_layers if resolved.perceptual_net == "vgg19" else None)
-    nets.perceptual, nets.perceptual_layers = VGGFeatures(list(layers)), list(layers.values())  # random: cost only
-    with_vgg = 1e3 * time_step(stage3, nets, batch, resolved, steps)
-    click.echo(f"perceptual term (VGG19 to {list(layers)[-1]}): stage3 step {without:.0f} ms "
-               f"without, {with_vgg:.0f} ms with = x{with_vgg / without:.2f}")
+    net = resolved.perceptual_net
+    layers = layer_weights(net, resolved.perceptual_layers)
+    # the recipe's own network: the offline Inception, or a VGG19 with random weights where no file is given (cost only)
+    nets.perceptual = (load_features(net, resolved.perceptual_weights, list(layers))
+                       if net == "inception" or resolved.perceptual_weights else VGGFeatures(list(layers)))
+    nets.perceptual_layers = list(layers.values())
+    with_term = 1e3 * time_step(stage3, nets, batch, resolved, steps)
+    click.echo(f"perceptual term ({net} to {list(layers)[-1]}): stage3 step {without:.0f} ms "
+               f"without, {with_term:.0f} ms with = x{with_term / without:.2f}")
 
 
 if __name__ == "__main__":

@@ -35,9 +35,10 @@ def count_macs(model: nn.Module, input_shape: tuple) -> int:
         meta = _to_meta(model).requires_grad_(False)
         with torch.no_grad(), counter:
             meta(*(torch.empty(shape, device="meta") for shape in shapes))
-    except (RuntimeError, NotImplementedError):
-        # foreign code (a spandrel network) that reads tensor values while building or running: count on a real
-        # forward instead (slower, same count)
+    except (RuntimeError, NotImplementedError, AssertionError):
+        # foreign code (a spandrel network) that reads tensor values while building or running, or TorchScript
+        # modules (the FID Inception) that cannot move to the meta device: count on a real forward instead (slower,
+        # same count)
         counter = FlopCounterMode(display=False)
         device = next(model.parameters()).device
         with torch.no_grad(), counter:

@@ -132,6 +132,14 @@ def _d_histograms(path: Path, loop, student_out: torch.Tensor) -> bool:
                               title="Discriminator outputs on the validation crops (SDAKD Figs. 2-3)")
 
 
+def _perceptual_text(recipe, nets) -> str:
+    if recipe.perceptual_weight == 0:
+        return "off"
+    if nets.perceptual is None:
+        return "skipped (no VGG weights)"
+    return f"{recipe.perceptual_net}, weight {recipe.perceptual_weight}"
+
+
 def write_report(run_dir: Path, recipe, loop, log) -> Path:
     from . import plots
 
@@ -171,7 +179,7 @@ def write_report(run_dir: Path, recipe, loop, log) -> Path:
         + (f", teacher blocks {prov.get('blocks')}" if prov.get("blocks") is not None else ""),
         f"- mode: {recipe.mode}; discriminator: {recipe.discriminator} (D width {width_label(recipe.student_d_width)}); "
         f"feature KD: {_feature_kd_text(recipe, tconf)}; adversarial: {recipe.adversarial}; λ1={recipe.lambda_mlp}, "
-        f"λ2={recipe.lambda_adv}; perceptual: {recipe.perceptual_net if loop.nets.perceptual is not None else 'skipped (no VGG weights)'}",
+        f"λ2={recipe.lambda_adv}; perceptual: {_perceptual_text(recipe, loop.nets)}",
         *([f"- baseline ({recipe.mode}): {BASELINE_TEXT[recipe.mode]}"] if recipe.mode in BASELINE_TEXT else []),
         f"- stages: {stages}; batch {recipe.batch_size}; HR crops {recipe.hr_size}², degradation {recipe.degradation}",
         f"- best student: step {loop.progress.best_step}, chosen by "
