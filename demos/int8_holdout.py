@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from gankd.distill import load_model
-from gankd.distill.data import sample_images, validation_pool
+from gankd.distill.data.images import sample_images
+from gankd.distill.data.crops import validation_pool
 from gankd.distill.metrics import mean_psnr
 from gankd.export import exporter, formats, int8
 from gankd.export.bench import measure_interleaved

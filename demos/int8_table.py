@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gankd.distill.plots import markdown_table
+from gankd.distill.report.plots import markdown_table
 from gankd.export.manifest import read_manifest
 
 

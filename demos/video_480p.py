@@ -27,7 +27,7 @@ def make_clip(path: Path, seconds: float, fps: int) -> int:
     """A pan across a held-out photo, with a 440 Hz tone as audio; returns the frame count."""
     import av
 
-    from gankd.distill.data import sample_images
+    from gankd.distill.data.images import sample_images
 
     photo = dict(sample_images("holdout"))["motorcycle_left"]  # 3 x 500 x 741, [0, 1]
     image = (photo.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

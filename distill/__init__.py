@@ -8,11 +8,11 @@ Public API::
     save_model("students/c025", student, config)
 """
 
-from . import archs  # noqa: F401  (registers the architectures)
+from gankd.distill.models import archs  # noqa: F401  (registers the architectures)
 from .errors import GankdError
-from .modelio import ModelConfig, load_config, load_model, save_model
-from .registry import create_model, get_arch, list_archs, register_arch
-from .students import build_student, student_config
+from gankd.distill.models.folder import ModelConfig, load_config, load_model, save_model
+from gankd.distill.models.registry import create_model, get_arch, list_archs, register_arch
+from gankd.distill.models.students import build_student, student_config
 
 __all__ = [
     "GankdError",

@@ -20,7 +20,7 @@ class _ShapeType(click.ParamType):
     name = "NxCxHxW"
 
     def convert(self, value, param, ctx):
-        from .profile import parse_shape
+        from gankd.distill.models.cost import parse_shape
 
         try:
             return parse_shape(value) if isinstance(value, str) else value
@@ -36,7 +36,7 @@ def verify_option(command):
     def wrapper(*args, no_verify: bool, **kwargs):
         from contextlib import nullcontext
 
-        from .modelio import unverified
+        from gankd.distill.models.folder import unverified
 
         with unverified() if no_verify else nullcontext():
             return command(*args, **kwargs)
@@ -73,9 +73,9 @@ def cli() -> None:
               "other files).")
 def import_teacher_cmd(fmt: str, src: str, out_dir: Path, which: str, cond_norm: float, force: bool) -> None:
     """Convert a teacher from an outside format into a gankd model folder."""
-    from .importers import import_teacher
-    from .modelio import is_model_folder, save_model
-    from .profile import count_params
+    from gankd.distill.models.importers import import_teacher
+    from gankd.distill.models.folder import is_model_folder, save_model
+    from gankd.distill.models.cost import count_params
 
     if out_dir.exists() and not out_dir.is_dir():
         raise GankdError(f"--out {str(out_dir)!r} is a file, not a folder")
@@ -104,8 +104,8 @@ def import_teacher_cmd(fmt: str, src: str, out_dir: Path, which: str, cond_norm:
 def inspect_cmd(model_dir: Path, input_shape: tuple[int, ...], latency: bool, runs: int, as_json: bool) -> None:
     """Arch, parameters and GMACs of a model folder and of its students: C = 1/2, 1/4, 1/8, SRVGG-32 and the
     SRVGG with the MACs of C=1/4."""
-    from .inspect import format_table, student_table
-    from .modelio import load_model
+    from gankd.distill.tools.inspect_model import format_table, student_table
+    from gankd.distill.models.folder import load_model
 
     # loading the weights, not only the config, proves they fit the arch strictly
     config = load_model(model_dir).gankd_config
@@ -134,10 +134,10 @@ def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool
 
     On N devices: `torchrun --standalone --nproc_per_node=N -m gankd.distill run RECIPE ...` (batch_size stays the
     global batch; rank 0 writes the run folder)."""
-    from . import distributed
-    from .recipe import load_recipe
-    from .stages import plan_stages
-    from .train import task_kind
+    from gankd.distill.train import distributed
+    from gankd.distill.train.recipe import load_recipe
+    from gankd.distill.train.stages import plan_stages
+    from gankd.distill.train.loop import task_kind
 
     resolved = load_recipe(recipe, list(overrides))
     rank, world_size, _ = distributed.env_world() if distributed.under_torchrun() else (0, 1, 0)
@@ -153,7 +153,7 @@ def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool
             click.echo(f"# {stage.name}: {stage.epochs} epoch(s); trains {', '.join(stage.trains)}; "
                        f"G terms {', '.join(stage.g_terms) or '-'}; D step {stage.d_mode or '-'}")
         return
-    from .train import run
+    from gankd.distill.train.loop import run
 
     run_dir = run(resolved, resume=resume, log=lambda msg: click.echo(msg, err=True))
     if rank != 0:
@@ -192,8 +192,8 @@ def search_cmd(teacher_dir: Path, budget_ms: float, shape: str, minutes: float |
 
     import torch
 
-    from . import search
-    from .modelio import load_model
+    from gankd.distill.tools import search
+    from gankd.distill.models.folder import load_model
 
     settings = search.SearchSettings(budget_ms=budget_ms, minutes=minutes, steps=steps, threads=threads)
     out_dir = out_dir or Path("runs") / f"search-{teacher_dir.resolve().name}"
@@ -227,8 +227,8 @@ def search_cmd(teacher_dir: Path, budget_ms: float, shape: str, minutes: float |
 def compare_cmd(run_dirs: tuple[Path, ...], out_file: Path | None, references: tuple[Path, ...]) -> None:
     """Compare finished runs (ablations: init random vs teacher, SDAKD vs scratch at equal max_minutes, ...):
     steps, wall time, GMACs and the best student's validation scores."""
-    from .plots import markdown_table
-    from .report import compare_runs, reference_rows
+    from gankd.distill.report.plots import markdown_table
+    from gankd.distill.report.run_report import compare_runs, reference_rows
 
     rows = compare_runs(list(run_dirs))
     if references:
@@ -250,7 +250,7 @@ def _comma_list(text: str) -> tuple[str, ...]:
               help="A folder of your own photos (any sizes, searched recursively; smaller than a crop are skipped) "
                    "[default: the held-out photos, splits holdout + holdout_photos].")
 @click.option("--degrade", "kinds_text", default="clean,jpeg,noise,blur,resize", show_default=True,
-              help="Comma-separated input kinds (gankd.distill.degrade): clean, jpeg, noise, blur, resize, "
+              help="Comma-separated input kinds (gankd.distill.data.degrade): clean, jpeg, noise, blur, resize, "
                    "realesrgan. Each crop gets one fixed seed per kind, so runs are reproducible.")
 @click.option("--crops-per-image", type=click.IntRange(1, 256), default=4, show_default=True,
               help="Fixed crops per photo: its centre, then an even grid.")
@@ -291,7 +291,7 @@ def eval_cmd(teacher_dir: Path, model_dirs: tuple[Path, ...], images_dir: Path |
     row. With --speed, median latency and speed-up over the teacher in ONNX Runtime and ncnn."""
     import torch
 
-    from . import evaluate
+    from gankd.distill.report import evaluate
 
     settings = evaluate.EvalSettings(kinds=_comma_list(kinds_text), images=str(images_dir) if images_dir else None,
                                      crops_per_image=crops_per_image, lr_size=lr_size, seed=seed,

@@ -33,7 +33,7 @@ Tasks: one call measures artifacts of one task (the manifest's ``task``); what e
 varies: ``batches`` (``--batch``; default 1). generate rows are fed z of seeds 0..N-1 (the manifest's seeding) and
 psi ``tasks.BENCH_PSI`` where psi is an input, and their ``shape`` is [N, style_dim]; face_sr rows get the
 astronaut's face degraded by ``tasks.BENCH_FACE_SCALE`` (the manifest's degradation, made by
-``gankd.distill.faces``), shape [N, 3, S, S]; MACs are ``compute.macs_per_sample`` × N. Both run on the torch and
+``gankd.distill.data.faces``), shape [N, 3, S, S]; MACs are ``compute.macs_per_sample`` × N. Both run on the torch and
 ort backends (not ort-cuda / trt).
 """
 
@@ -52,8 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from gankd.distill.errors import GankdError
-from gankd.distill.profile import measure_interleaved  # its one home; demos and tests import it from here too
-from gankd.distill.profile import cpuinfo_blocks, read_cpuinfo  # their one home; int8 imports them from here
+from gankd.distill.models.cost import measure_interleaved  # its one home; demos and tests import it from here too
+from gankd.distill.models.cost import cpuinfo_blocks, read_cpuinfo  # their one home; int8 imports them from here
 from gankd.serve.manifest import task_of
 
 from . import formats, ncnn, trt
@@ -593,7 +593,7 @@ CUDA_COLUMNS = ("H2D ms", "compute ms", "D2H ms", "enqueue ms")
 
 
 def format_table(result: dict) -> str:
-    from gankd.distill.plots import markdown_table
+    from gankd.distill.report.plots import markdown_table
 
     rows = []
     for r in result["rows"]:
@@ -623,8 +623,8 @@ def format_table(result: dict) -> str:
 def save_plot(result: dict, path: str | Path) -> Path | None:
     """Latency (median) versus fidelity (PSNR to the first artifact) at the first shape, one point per row that has
     a fidelity figure, the Pareto front drawn; None when no row has one."""
-    from gankd.distill.plots import save_pareto
-    from gankd.distill.search import pareto_front
+    from gankd.distill.report.plots import save_pareto
+    from gankd.distill.tools.search import pareto_front
 
     first = result["rows"][0]["shape"] if result["rows"] else None
     x_key = f"median latency at {'x'.join(map(str, first or ()))} (ms)"

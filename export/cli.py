@@ -27,7 +27,7 @@ class _ShapeList(click.ParamType):
     name = "NxCxHxW[,NxCxHxW...]"
 
     def convert(self, value, param, ctx):
-        from gankd.distill.profile import parse_shape
+        from gankd.distill.models.cost import parse_shape
 
         if not isinstance(value, str):
             return value
@@ -61,7 +61,7 @@ class _Shape(click.ParamType):
     name = "NxCxHxW"
 
     def convert(self, value, param, ctx):
-        from gankd.distill.profile import parse_shape
+        from gankd.distill.models.cost import parse_shape
 
         try:
             parse_shape(value)

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gankd.distill import qat
+from gankd.distill.train import qat
 from gankd.distill.errors import GankdError
-from gankd.distill.modelio import WEIGHTS_FILE, load_config, load_model, sha256_file
-from gankd.distill.registry import get_arch
+from gankd.distill.models.folder import WEIGHTS_FILE, load_config, load_model, sha256_file
+from gankd.distill.models.registry import get_arch
 from gankd.serve.manifest import MANIFEST_FILE, is_artifact_folder
 
 from . import formats, int8, ncnn, official, parity, tasks, trt

@@ -9,7 +9,7 @@ u8×s8 products into a *saturating* int16. Two products of 255 × 127 overflow i
 full 8 bits. u8×u8 is also exact but ran no faster than fp32 without VNNI, so it is not used. Post-training settings
 (percentile calibration, more crops, fewer quantised convs) were measured and do not lift a student to 40 dB to its
 fp32: the error is spread over every conv (docs/export.md). What does is training: quantization-aware distillation
-(:mod:`gankd.distill.qat`), whose learned activation ranges :func:`quantize` writes instead of calibrating.
+(:mod:`gankd.distill.train.qat`), whose learned activation ranges :func:`quantize` writes instead of calibrating.
 
 The gate (:func:`judge`): an INT8 file is written only when it runs at least ``min_speedup`` times the fp32 ONNX
 speed (``--int8-min-speedup``, default 1.0: faster), measured interleaved on this machine, and keeps the quality:
@@ -27,14 +27,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gankd.distill import qat
+from gankd.distill.train import qat
 from gankd.distill.errors import GankdError
-from gankd.distill.qat import Int8Recipe
+from gankd.distill.train.qat import Int8Recipe
 
 from .manifest import INPUT_NAME
 
 
-# The recipes are gankd.distill.qat's: quantization-aware distillation mirrors the same graph.
+# The recipes are gankd.distill.train.qat's: quantization-aware distillation mirrors the same graph.
 DEFAULT_RECIPE, FAMILY_RECIPES, recipe_for = qat.DEFAULT_RECIPE, qat.FAMILY_RECIPES, qat.recipe_for
 SPEED_ROUNDS = (5, 200)  # interleaved rounds for the speed gate: at least 5, and about 2 s of work
 CPU_INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
@@ -92,7 +92,7 @@ def quantize(src: Path, dst: Path, batches: list, recipe: Int8Recipe, overrides:
 
 
 def _srvgg_tensors(graph) -> dict[str, str]:
-    """QAT point (gankd.distill.qat.QatSRVGG) -> the fp32 ONNX tensor it stands for, found by structure: the k-th
+    """QAT point (gankd.distill.train.qat.QatSRVGG) -> the fp32 ONNX tensor it stands for, found by structure: the k-th
     Conv's input and output, the DepthToSpace (pixel shuffle) and Resize (nearest upsampling) outputs, and the
     graph's output."""
     nodes = list(graph.node)
@@ -223,7 +223,7 @@ def judge(psnrs: list[float | None], run_fp32: Callable[[], object], run_int8: C
     """The gate: quality, by the teacher when ``teacher`` holds :func:`teacher_psnrs`'s figures (INT8 may lose at
     most ``max_loss_db`` of fp32's PSNR to it), else by the worst parity PSNR to fp32 (None, as parity records a
     NaN/inf output, counts as -inf); and the speed-up, measured interleaved (about 2 s, at least 5 rounds)."""
-    from gankd.distill.profile import measure_interleaved
+    from gankd.distill.models.cost import measure_interleaved
 
     if not psnrs:
         raise GankdError("the INT8 gate got no parity results to judge")
@@ -246,13 +246,13 @@ TEACHER_GATE_CROPS_PER_IMAGE = 2
 
 def teacher_psnrs(teacher_dir: Path, scale: int, runners: dict[str, Callable], seed: int = 0) -> dict:
     """Mean PSNR to the teacher's output of each runner (name -> callable(N×3×H×W array) -> array), on held-out
-    crops (gankd.distill.evaluate's splits, which nothing trains, selects or calibrates on) as they are ("clean")
+    crops (gankd.distill.report.evaluate's splits, which nothing trains, selects or calibrates on) as they are ("clean")
     and degraded as users' photos are ("degraded": crop i gets photo kind i mod 4). Outputs are clamped to [0, 1] and scored on 8 bits, as ``gankd-distill eval`` scores."""
     import numpy as np
     import torch
 
-    from gankd.distill.degrade import PHOTO_KINDS
-    from gankd.distill.evaluate import _load_sr, degraded_inputs, eval_crops, eval_images, upscale
+    from gankd.distill.data.degrade import PHOTO_KINDS
+    from gankd.distill.report.evaluate import _load_sr, degraded_inputs, eval_crops, eval_images, upscale
     from gankd.distill.metrics import mean_psnr
 
     teacher = _load_sr(Path(teacher_dir), "--teacher")
@@ -296,7 +296,7 @@ QAT_LAYER_TOLERANCE = {"max_lsb": 1.0, "max_off_fraction": 0.05}  # parity.py st
 
 def qat_layer_check(int8_path: Path, fp32_onnx: Path, wrapper, x) -> list[dict]:
     """Each quantized layer of ``int8_path`` against the fake-quantized PyTorch model it was trained as
-    (``wrapper``, :func:`gankd.distill.qat.restore`), given the same input: the layer is cut out of the INT8 graph
+    (``wrapper``, :func:`gankd.distill.train.qat.restore`), given the same input: the layer is cut out of the INT8 graph
     (``onnx.utils.extract_model``: Q, DQ, the int8 kernel ORT fuses, Q, DQ), fed PyTorch's input to that layer on
     ``x``, and its output compared with PyTorch's in units of the layer's output step (LSB). End to end, a deep
     network turns the rare 1-LSB rounding tie that float and integer kernels break differently into larger drifts;

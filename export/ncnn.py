@@ -113,7 +113,7 @@ def pnnx_graph(module: nn.Module) -> nn.Module:
     (x·1.0 for x < 0) and not an expression op, so pnnx stops there: x4plus then converts in 0.67 GB and 9 s, and
     ncnn's ``ReLU`` layer with slope 1 returns its input unchanged. The parity check compares against ``module``.
     """
-    from gankd.distill.archs.rrdbnet import RRDBNet
+    from gankd.distill.models.archs.rrdbnet import RRDBNet
 
     if not isinstance(module, RRDBNet):
         return module

@@ -30,7 +30,7 @@ without VNNI):
   not depend on the ISA; a file below the bar is not written at all (``gankd-export --int8`` says why). When the
   export knows the student's teacher, the gate judges by PSNR to the teacher instead (``gankd.export.int8``), and
   this distance to fp32 is recorded, not bounded.
-- INT8 of a QAT student: its file is the QAT weights with their learned ranges (:mod:`gankd.distill.qat`), so it
+- INT8 of a QAT student: its file is the QAT weights with their learned ranges (:mod:`gankd.distill.train.qat`), so it
   is checked against the fake-quantized PyTorch model it was trained as, **layer by layer**
   (``gankd.export.int8.qat_layer_check``): each quantized layer, cut out of the INT8 graph and fed PyTorch's input to
   it, must agree with PyTorch to within one output step, on all but 5% of its values (``QAT_LAYER_TOLERANCE``).
@@ -92,8 +92,8 @@ TOLERANCES: dict[str, Tolerance] = {
 def real_lr_batch(shape, scale: int, split: str = "validation") -> torch.Tensor:
     """N×3×H×W LR images from the embedded photos: a centre crop of (H·scale)×(W·scale) bicubic-downscaled by
     ``scale``; a photo too small for the crop is resized to it first. Photos repeat when N exceeds them."""
-    from gankd.distill.data import sample_images
-    from gankd.distill.degrade import bicubic_lr
+    from gankd.distill.data.images import sample_images
+    from gankd.distill.data.degrade import bicubic_lr
 
     n, channels, height, width = shape
     if channels != 3:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from gankd.distill.errors import GankdError
-from gankd.distill.profile import measure_interleaved
+from gankd.distill.models.cost import measure_interleaved
 
 SIZES: tuple[str, ...] = ("64", "128", "256", "512", "720x1280")  # LR inputs; "720x1280" is a 720p frame
 PHOTO = ("holdout", "motorcycle_left")  # "photo": a held-out photo (500 x 741) at its full size
@@ -65,7 +65,7 @@ def size_input(size: str, scale: int) -> np.ndarray:
     from gankd.export.parity import real_lr_batch
 
     if size == "photo":
-        from gankd.distill.data import sample_images
+        from gankd.distill.data.images import sample_images
 
         photo = dict(sample_images(PHOTO[0]))[PHOTO[1]]
         return np.ascontiguousarray(photo[None].numpy().astype(np.float32))
@@ -212,7 +212,7 @@ def _overheads(records: list[dict]) -> None:
 
 
 def format_table(result: dict) -> str:
-    from gankd.distill.plots import markdown_table
+    from gankd.distill.report.plots import markdown_table
 
     rows = [{"model": r["artifact"], "backend": r["backend"], "LR in": "x".join(map(str, r["input_hw"])),
              "mode": r["mode"] + (" (projected)" if r.get("projected") else ""), "median ms": r["median_ms"],
@@ -230,7 +230,7 @@ def format_table(result: dict) -> str:
 def save_plot(result: dict, path: str | Path) -> Path:
     """Median ms against input pixels (log-log), one panel per backend; a line per model, whole solid and tiled
     dashed; projected points hollow."""
-    from gankd.distill.plots import _figure, _save
+    from gankd.distill.report.plots import _figure, _save
 
     backends = result["settings"]["backends"]
     names = [a["name"] for a in result["artifacts"]]

@@ -23,7 +23,7 @@ face_sr
     (the upscaling factor, 4-64); output ``restored`` [N, 3, S, S] in [-1, 1]. ONNX value names are unique in a
     graph, so the output cannot also be called ``image``. Parity per scale 4, 8, 16, 32, 64 (those dividing S) on a
     real face (scikit-image's astronaut and its mirror image, a batch of 2, degraded by
-    ``gankd.distill.faces.gcfsr_lq``), plus one batch mixing the smallest and largest scale.
+    ``gankd.distill.data.faces.gcfsr_lq``), plus one batch mixing the smallest and largest scale.
 
 generate and face_sr have a fixed input size: only the batch is dynamic, gankd-bench varies the batch
 (``--batch``), and no TensorRT engine is built for them.
@@ -54,10 +54,10 @@ PARITY_PSI = (0.5, 1.0)
 FACE_SCALES = (4, 8, 16, 32, 64)
 FACE_SCALE_RANGE = (4.0, 64.0)
 CALIBRATION_SOURCES = {"generate": "seeded random z (psi 1.0 / 0.5 alternating where psi is an input)",
-                       "face_sr": "LFW train faces (gankd.distill.faces), degraded at the parity scales in turn"}
+                       "face_sr": "LFW train faces (gankd.distill.data.faces), degraded at the parity scales in turn"}
 FACE_DEGRADATION = ("HR face resized to S; LQ = MATLAB-style bicubic imresize down by the factor and back up to S, "
                     "rounded to 8 bits, in [-1, 1] (GCFSR's inference and FFHQ_control_Dataset; "
-                    "gankd.distill.faces.gcfsr_lq)")
+                    "gankd.distill.data.faces.gcfsr_lq)")
 MACS_AT = (1, 3, 64, 64)  # sr: conv MACs are linear in N·H·W, so one count gives the per-pixel figure
 BENCH_PSI = 0.7  # gankd-bench: the psi generate rows run at, where psi is an input
 BENCH_FACE_SCALE = 16  # gankd-bench: the degradation of the face face_sr rows restore
@@ -145,7 +145,7 @@ def build_graph(model: nn.Module, model_dir: Path, settings, log) -> Graph:
 
 
 def _compute(model: nn.Module, counts: str, **macs) -> dict:
-    from gankd.distill.profile import count_params
+    from gankd.distill.models.cost import count_params
 
     return {"macs_per_input_pixel": None, **macs, "params": count_params(model), "counts": counts}
 
@@ -159,7 +159,7 @@ def spatial_multiple(model: nn.Module) -> int:
 
 
 def _sr_graph(model: nn.Module, model_dir: Path, settings, log) -> Graph:
-    from gankd.distill.profile import count_macs
+    from gankd.distill.models.cost import count_macs
 
     config = model.gankd_config
     if settings.psi:
@@ -199,8 +199,8 @@ def calibration_batches(settings, shape, scale: int) -> list[np.ndarray]:
     From the embedded train photos (``settings.calib == "sample"``): an HR crop bicubic-downscaled by the scale, so
     the crops look like the LR inputs the model sees. From a user folder: LR-sized crops as they are (the folder
     holds the model's inputs)."""
-    from gankd.distill.data import list_images, load_image, sample_images
-    from gankd.distill.degrade import bicubic_lr
+    from gankd.distill.data.images import list_images, load_image, sample_images
+    from gankd.distill.data.degrade import bicubic_lr
 
     _, _, height, width = shape
     rng = random.Random(settings.seed)
@@ -258,7 +258,7 @@ def _batch_signature(names: tuple[str, ...], output: str, examples: tuple[torch.
 
 def _macs_per_sample(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> int:
     """MACs of one sample (convolutions and matrix products, FlopCounterMode: modulated convs count too)."""
-    from gankd.distill.profile import count_macs
+    from gankd.distill.models.cost import count_macs
 
     return count_macs(module, tuple(tuple(x[:1].shape) for x in examples))
 
@@ -309,7 +309,7 @@ def _generate_graph(model: nn.Module, model_dir: Path, settings, log) -> Graph:
 
 def _psi_generator(model: nn.Module, seed: int, log) -> tuple[nn.Module, dict]:
     """The generator with truncation psi as a second input, and the manifest's ``truncation`` record."""
-    from gankd.distill.archs.stylegan2 import PsiGenerator
+    from gankd.distill.models.archs.stylegan2 import PsiGenerator
 
     log(f"average latent for --psi: mapping of {LATENT_AVG_SAMPLES} z (seed {seed})")
     with torch.no_grad():
@@ -346,7 +346,7 @@ def face_scales(size: int) -> tuple[int, ...]:
 
 
 def _face_graph(model: nn.Module, model_dir: Path, settings, log) -> Graph:
-    from gankd.distill.faces import astronaut_face, gcfsr_lq
+    from gankd.distill.data.faces import astronaut_face, gcfsr_lq
 
     _check_fixed_size(model, model_dir, settings, ("config.out_size",), "GCFSR", "the embedded face")
     if settings.psi:
@@ -365,7 +365,7 @@ def _face_graph(model: nn.Module, model_dir: Path, settings, log) -> Graph:
              "meaning": "upscaling factor the face was degraded by"}
     restored = {"name": "restored", "shape": ["N", 3, size, size], "dtype": "float32", "range": [-1.0, 1.0],
                 "clamp": True}
-    text = (f"the astronaut's face (scikit-image, gankd.distill.faces.astronaut_face) and its mirror image at "
+    text = (f"the astronaut's face (scikit-image, gankd.distill.data.faces.astronaut_face) and its mirror image at "
             f"{size}x{size}, batch 2, degraded per scale {', '.join(map(str, scales))} ({FACE_DEGRADATION}); and "
             f"one batch with scales {low} and {high}")
     signature = _batch_signature(("image", "scale"), "restored", cases[0].inputs)
@@ -378,8 +378,8 @@ def _face_graph(model: nn.Module, model_dir: Path, settings, log) -> Graph:
 
 
 def _face_feeds(size: int, scales: tuple[int, ...], count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Train faces of ``gankd.distill.faces`` (LFW), in a seeded order, degraded at the parity scales in turn."""
-    from gankd.distill.faces import face_images, gcfsr_lq
+    """Train faces of ``gankd.distill.data.faces`` (LFW), in a seeded order, degraded at the parity scales in turn."""
+    from gankd.distill.data.faces import face_images, gcfsr_lq
 
     faces = face_images("train", size)
     order = np.random.default_rng(seed).permutation(len(faces))
@@ -392,7 +392,7 @@ def _face_feeds(size: int, scales: tuple[int, ...], count: int, seed: int) -> li
 
 
 def _face_bench_inputs(manifest: dict, shape) -> dict[str, np.ndarray]:
-    from gankd.distill.faces import astronaut_face, gcfsr_lq
+    from gankd.distill.data.faces import astronaut_face, gcfsr_lq
 
     batch = shape[0]
     face = astronaut_face(shape[-1])[None] * 2 - 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gankd.distill.errors import GankdError
-from gankd.distill.profile import parse_shape
+from gankd.distill.models.cost import parse_shape
 from gankd.serve.backends import engine_filename, slug, trt_missing  # their one home: serve picks engines by name
 
 from .manifest import INPUT_NAME, OUTPUT_NAME

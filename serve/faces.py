@@ -1,6 +1,6 @@
 """GCFSR's low-quality input in numpy, for ``Session.restore_face`` (serve imports no distill code).
 
-The same recipe as ``gankd.distill.faces.gcfsr_lq`` and GCFSR's inference script: MATLAB-style bicubic ``imresize``
+The same recipe as ``gankd.distill.data.faces.gcfsr_lq`` and GCFSR's inference script: MATLAB-style bicubic ``imresize``
 (cubic a = -0.5, kernel widened by the factor when shrinking, symmetric border) down by the factor and back up to
 the face size, rounded to 8 bits. The resize is a pair of matrices per axis (float64), applied as H×W matrix
 products.

@@ -81,7 +81,7 @@ _VERIFIED_LOCK = threading.Lock()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Mirrors gankd.distill.modelio.sha256_file, which writes the manifest's hashes (serve imports neither distill
+    """Mirrors gankd.distill.models.folder.sha256_file, which writes the manifest's hashes (serve imports neither distill
     nor export: DESIGN.md layering)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

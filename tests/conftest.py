@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gankd.distill import ModelConfig, list_archs
-from gankd.distill.registry import family_task, get_arch
+from gankd.distill.models.registry import family_task, get_arch
 
 # Small enough for a full forward+backward in milliseconds, shaped like the real archs.
 TINY_KWARGS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gankd.distill.augment import diff_augment
+from gankd.distill.data.augment import diff_augment
 from gankd.distill.errors import GankdError
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from gankd.distill import GankdError, ModelConfig, create_model, load_model, save_model
-from gankd.distill.importers import import_pth
-from gankd.distill.weights import read_weights
+from gankd.distill.models.importers import import_pth
+from gankd.distill.models.weight_files import read_weights
 
 CFG = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 1}, scale=4)
 
@@ -218,7 +218,7 @@ def test_safetensors_huge_header_length(tmp_path):
 
 
 def test_pth_zip_declaring_more_than_memory_is_refused(tmp_path, monkeypatch):
-    from gankd.distill import weights
+    from gankd.distill.models import weight_files as weights
 
     path = tmp_path / "w.pth"
     torch.save({"w": torch.zeros(1000)}, path)
@@ -229,7 +229,7 @@ def test_pth_zip_declaring_more_than_memory_is_refused(tmp_path, monkeypatch):
 
 def test_flipped_bit_in_model_folder_is_refused(model_dir):
     """Case 7: one bit flipped in the tensor data; loads with --no-verify (verify=False) only."""
-    from gankd.distill.modelio import unverified
+    from gankd.distill.models.folder import unverified
 
     path = model_dir / "model.safetensors"
     data = bytearray(path.read_bytes())

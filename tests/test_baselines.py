@@ -12,11 +12,12 @@ import pytest
 import torch
 import yaml
 
-from gankd.distill import ModelConfig, load_model, losses, save_model
-from gankd.distill.adapters import FeatureMLP
+from gankd.distill import ModelConfig, load_model, save_model
+from gankd.distill.train import losses
+from gankd.distill.train.adapters import FeatureMLP
 from gankd.distill.errors import GankdError
-from gankd.distill.recipe import load_recipe, recipe_from_dict
-from gankd.distill.stages import Batch, Nets, needs_teacher_d, plan_stages, step
+from gankd.distill.train.recipe import load_recipe, recipe_from_dict
+from gankd.distill.train.stages import Batch, Nets, needs_teacher_d, plan_stages, step
 
 from conftest import DISTILL_CLI, kill_run_after, metrics_lines
 
@@ -180,7 +181,7 @@ def test_dcd_term_reaches_the_student_through_the_frozen_teacher_d():
     recipe = recipe_from_dict({"mode": "dcd", "l1_weight": 0.0, "lambda_adv": 0.0})
     stage = plan_stages(recipe, have_teacher_d=True)[0]
     nets, batch = _setup("sr", recipe)
-    from gankd.distill.stages import generator_loss
+    from gankd.distill.train.stages import generator_loss
 
     total, terms, _ = generator_loss(stage, nets, batch, recipe)
     total.backward()
@@ -210,7 +211,7 @@ def _recipe(teacher_dir: Path, out_dir: Path, mode: str) -> dict:
 @pytest.mark.parametrize("mode", MODES)
 def test_resume_after_kill_9_replays_the_same_losses(teacher_dir, tmp_path, mode, capsys):
     from gankd.distill.cli import main
-    from gankd.distill.train import run
+    from gankd.distill.train.loop import run
 
     base = _recipe(teacher_dir, tmp_path / "a", mode)
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({**base, "out_dir": str(tmp_path / "b")}))
@@ -255,7 +256,7 @@ def test_shipped_baseline_recipes_load(name):
 
 def test_face_sr_runs_of_the_baselines_report_the_d_outputs(tmp_path):
     """GCFSR: a tiny teacher run, then modified DCD and OMGD from it; the report's D-output histogram (SDAKD Fig. 2)."""
-    from gankd.distill.train import run
+    from gankd.distill.train.loop import run
 
     tiny = ["arch_kwargs={out_size: 32, num_style_feat: 32, narrow: 0.0625, cond_norm: 32.0}",
             "teacher_d_narrow=0.0625", "factors=[32, 16, 8, 4]", "val_scales=[8, 16, 32]", "train_crops=16",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gankd.distill import ModelConfig, save_model
-from gankd.distill.search import pareto_front
+from gankd.distill.tools.search import pareto_front
 from gankd.export import bench, exporter
 from gankd.export.bench import (CpuPeak, interleaved_order, latency_stats, measure_interleaved, parse_cpu_peak,
                                 percentile)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from gankd.distill import GankdError, ModelConfig, build_student, save_model, load_model
-from gankd.distill import data, surgery
-from gankd.distill.archs import SPAN, SPANConfig, SRVGGNetCompact, SRVGGNetCompactConfig
+from gankd.distill.data import crops, images, teacher_cache
+from gankd.distill.models import surgery
+from gankd.distill.models.archs import SPAN, SPANConfig, SRVGGNetCompact, SRVGGNetCompactConfig
 
 X4PLUS = ModelConfig(arch="rrdbnet", kwargs={}, scale=4, provenance={"source": "test"})
 
@@ -127,19 +128,19 @@ def test_span_fused_conv_equals_its_training_branches_after_updates(tmp_path):
 
 def test_augment_turns_crops_and_keeps_positions():
     image = torch.rand(3, 64, 80)
-    plain = data.CropPool.build([image], 6, 32, 4, seed=5)
-    turned = data.CropPool.build([image], 6, 32, 4, seed=5, augment=True)
+    plain = crops.CropPool.build([image], 6, 32, 4, seed=5)
+    turned = crops.CropPool.build([image], 6, 32, 4, seed=5, augment=True)
     matched = 0
     for a, b in zip(plain.hr, turned.hr):
-        options = [data.dihedral(a, k) for k in range(8)]
+        options = [crops.dihedral(a, k) for k in range(8)]
         assert any(torch.equal(o, b) for o in options)
         matched += torch.equal(a, b)
     assert matched < 6  # most crops were turned
-    assert data.dihedral(data.dihedral(image, 4), 4).equal(image)  # a flip is its own inverse
+    assert crops.dihedral(crops.dihedral(image, 4), 4).equal(image)  # a flip is its own inverse
 
 
 def test_large_and_holdout_photo_splits_are_disjoint_from_the_others():
-    splits = data.SAMPLE_SPLITS
+    splits = images.SAMPLE_SPLITS
     assert set(splits["train"]) <= set(splits["train_large"])
     others = set(splits["validation"]) | set(splits["holdout"]) | set(splits["holdout_photos"])
     assert not set(splits["train_large"]) & others
@@ -149,19 +150,19 @@ def test_large_and_holdout_photo_splits_are_disjoint_from_the_others():
 def test_teacher_cache_on_disk_is_reused_and_keyed_by_teacher_and_crops(tmp_path, monkeypatch):
     teacher = _pretrained()
     lr = torch.rand(5, 3, 8, 8)
-    in_ram = data.cache_teacher(teacher, lr, 2, 100)
-    on_disk = data.cache_teacher(teacher, lr, 2, 100, folder=tmp_path)
+    in_ram = teacher_cache.cache_teacher(teacher, lr, 2, 100)
+    on_disk = teacher_cache.cache_teacher(teacher, lr, 2, 100, folder=tmp_path)
     for a, b in zip(in_ram, on_disk):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert len([p for p in tmp_path.iterdir()]) == 1
     calls = []
-    monkeypatch.setattr(data, "_run_teacher", lambda *a, **k: calls.append(1))
-    again = data.cache_teacher(teacher, lr, 2, 100, folder=tmp_path)  # mapped, the teacher does not run
+    monkeypatch.setattr(teacher_cache, "_run_teacher", lambda *a, **k: calls.append(1))
+    again = teacher_cache.cache_teacher(teacher, lr, 2, 100, folder=tmp_path)  # mapped, the teacher does not run
     assert not calls and torch.equal(again[0], on_disk[0])
     monkeypatch.undo()
-    data.cache_teacher(teacher, lr[:4], 2, 100, folder=tmp_path)  # other crops: another entry
+    teacher_cache.cache_teacher(teacher, lr[:4], 2, 100, folder=tmp_path)  # other crops: another entry
     other = _pretrained(num_conv=3)
-    data.cache_teacher(other, lr, 2, 100, folder=tmp_path)  # another teacher: another entry
+    teacher_cache.cache_teacher(other, lr, 2, 100, folder=tmp_path)  # another teacher: another entry
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 3
 
 
@@ -171,9 +172,9 @@ def test_interrupted_disk_cache_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "_run_teacher", boom)
+    monkeypatch.setattr(teacher_cache, "_run_teacher", boom)
     with pytest.raises(KeyboardInterrupt):
-        data.cache_teacher(teacher, torch.rand(3, 3, 8, 8), 2, 100, folder=tmp_path)
+        teacher_cache.cache_teacher(teacher, torch.rand(3, 3, 8, 8), 2, 100, folder=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -200,9 +201,9 @@ def compact_dirs(tmp_path_factory):
 
 
 def test_run_warm_started_compact_student_with_a_reference(tmp_path, compact_dirs):
-    from gankd.distill.recipe import recipe_from_dict
-    from gankd.distill.report import reference_rows
-    from gankd.distill.train import run
+    from gankd.distill.train.recipe import recipe_from_dict
+    from gankd.distill.report.run_report import reference_rows
+    from gankd.distill.train.loop import run
 
     teacher_dir, pretrained_dir = compact_dirs
     recipe = recipe_from_dict(_tiny_run_recipe(tmp_path, teacher_dir, init_from=str(pretrained_dir),
@@ -227,8 +228,8 @@ def test_photo_degraded_run_with_an_anchor_scores_clean_and_degraded(tmp_path, c
     term that is 0 at the warm start and grows as the student moves."""
     import json
 
-    from gankd.distill.recipe import recipe_from_dict
-    from gankd.distill.train import run
+    from gankd.distill.train.recipe import recipe_from_dict
+    from gankd.distill.train.loop import run
 
     teacher_dir, pretrained_dir = compact_dirs
     recipe = recipe_from_dict(_tiny_run_recipe(tmp_path, teacher_dir, init_from=str(pretrained_dir),
@@ -245,8 +246,8 @@ def test_photo_degraded_run_with_an_anchor_scores_clean_and_degraded(tmp_path, c
 
 
 def test_a_bad_reference_stops_the_run_before_training(tmp_path, compact_dirs):
-    from gankd.distill.recipe import recipe_from_dict
-    from gankd.distill.train import run
+    from gankd.distill.train.recipe import recipe_from_dict
+    from gankd.distill.train.loop import run
 
     teacher_dir, pretrained_dir = compact_dirs
     recipe = recipe_from_dict(_tiny_run_recipe(tmp_path, teacher_dir, init_from=str(pretrained_dir),
@@ -257,8 +258,8 @@ def test_a_bad_reference_stops_the_run_before_training(tmp_path, compact_dirs):
 
 
 def test_span_student_runs_and_exports_fused(tmp_path, compact_dirs):
-    from gankd.distill.recipe import recipe_from_dict
-    from gankd.distill.train import run
+    from gankd.distill.train.recipe import recipe_from_dict
+    from gankd.distill.train.loop import run
 
     teacher_dir, _ = compact_dirs
     recipe = recipe_from_dict(_tiny_run_recipe(tmp_path, teacher_dir, family="span", init="random", num_feat=8,
@@ -276,7 +277,7 @@ def test_span_student_runs_and_exports_fused(tmp_path, compact_dirs):
 
 
 def test_recipe_keys_for_compact_students():
-    from gankd.distill.recipe import recipe_from_dict
+    from gankd.distill.train.recipe import recipe_from_dict
 
     with pytest.raises(GankdError, match="needs init: pretrained"):
         recipe_from_dict({"init_from": "x", "family": "srvgg"})
@@ -293,8 +294,8 @@ def test_perceptual_term_in_the_offline_inception_feature_space(tmp_path, compac
     gives the supervised stages a logged perceptual term, and the report names the network."""
     import json
 
-    from gankd.distill.recipe import recipe_from_dict
-    from gankd.distill.train import run
+    from gankd.distill.train.recipe import recipe_from_dict
+    from gankd.distill.train.loop import run
 
     teacher_dir, pretrained_dir = compact_dirs
     recipe = recipe_from_dict(_tiny_run_recipe(tmp_path, teacher_dir, init_from=str(pretrained_dir), n1=0, n3=0,

@@ -16,16 +16,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gankd.distill import GankdError, ModelConfig
-from gankd.distill.data import (
-    CropPool,
-    cache_teacher,
-    epoch_batches,
-    list_images,
-    load_image,
-    sample_images,
-    validation_pool,
-)
-from gankd.distill.degrade import RealESRGANDegradation, bicubic_lr, make_lr, realesrgan_lr
+from gankd.distill.data.crops import CropPool, epoch_batches, validation_pool
+from gankd.distill.data.teacher_cache import cache_teacher
+from gankd.distill.data.images import list_images, load_image, sample_images
+from gankd.distill.data.degrade import RealESRGANDegradation, bicubic_lr, make_lr, realesrgan_lr
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -181,7 +175,7 @@ def test_realesrgan_lr_leaves_global_rng_alone():
 def test_import_is_light_and_basicsr_import_leaves_numpy_alone():
     """In a fresh interpreter: importing the module loads neither basicsr nor scikit-image, and basicsr's
     import-time ``np.seterr`` does not leak out of the first degradation."""
-    code = ("import sys, numpy as np, torch; from gankd.distill import data, degrade; "
+    code = ("import sys, numpy as np, torch; from gankd.distill.data import images, crops, teacher_cache, degrade; "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('basicsr', 'skimage', 'cv2')); "
             "before = np.geterr(); degrade.realesrgan_lr(torch.rand(1, 3, 16, 16), 4, 0); "
             "print(heavy, before == np.geterr())")
@@ -371,7 +365,7 @@ def test_epoch_batches_small_pool_and_errors():
 
 @pytest.mark.parametrize("kind", ["clean", "jpeg", "noise", "blur", "resize"])
 def test_photo_kinds_are_seeded_8bit_and_degrade(kind):
-    from gankd.distill.degrade import degrade_lr
+    from gankd.distill.data.degrade import degrade_lr
 
     hr = _photo_like(2, 64)
     a, b, c = (degrade_lr(hr, 4, kind, seed) for seed in (3, 3, 4))
@@ -385,7 +379,7 @@ def test_photo_kinds_are_seeded_8bit_and_degrade(kind):
 
 
 def test_photo_strengths_are_what_the_mix_says():
-    from gankd.distill.degrade import PhotoMix, degrade_lr
+    from gankd.distill.data.degrade import PhotoMix, degrade_lr
 
     hr = _photo_like(1, 256)  # 64² LR: JPEG's 4:2:0 chroma error stays below the noise compared
     clean = degrade_lr(hr, 4, "clean", 0)
@@ -398,7 +392,7 @@ def test_photo_strengths_are_what_the_mix_says():
 
 
 def test_photo_pool_records_kinds_and_validation_scores_every_kind():
-    from gankd.distill.degrade import PhotoMix
+    from gankd.distill.data.degrade import PhotoMix
 
     images = [_photo_like(1, 96)[0] for _ in range(2)]
     pool = CropPool.build(images, count=24, hr_size=32, scale=4, degradation="photo", seed=0,
@@ -418,7 +412,7 @@ def test_min_texture_redraws_flat_crops():
     """A half-flat image: without the bar many crops are sky; with it, crops come from the textured half."""
     image = torch.zeros(3, 128, 256) + 0.5
     image[:, :, 128:] = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0))
-    from gankd.distill.data import texture
+    from gankd.distill.data.crops import texture
 
     plain = CropPool.build([image], count=16, hr_size=32, scale=4, seed=0)
     textured = CropPool.build([image], count=16, hr_size=32, scale=4, seed=0, min_texture=20)

@@ -24,12 +24,12 @@ import yaml
 
 from gankd.distill import ModelConfig, save_model
 from gankd.distill.cli import main
-from gankd.distill import distributed
-from gankd.distill.distributed import World
+from gankd.distill.train import distributed
+from gankd.distill.train.distributed import World
 from gankd.distill.errors import GankdError
-from gankd.distill.recipe import recipe_from_dict
-from gankd.distill.stages import _augment
-from gankd.distill.train import Loop, run
+from gankd.distill.train.recipe import recipe_from_dict
+from gankd.distill.train.stages import _augment
+from gankd.distill.train.loop import Loop, run
 
 TOLERANCE = 1e-4  # float summation order differs between one batch and two shards (measured 3e-6 after 9 steps);
 # a rank that trains its rows alone moves weights ~8e-2

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gankd.distill import ModelConfig, evaluate, metrics, save_model
+from gankd.distill import ModelConfig, metrics, save_model
+from gankd.distill.report import evaluate
 from gankd.distill.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,12 +90,12 @@ def test_teacher_cache_gives_the_same_scores_without_running_the_teacher(folders
     args = ("--no-speed", "--no-perceptual", "--degrade", "clean,jpeg", "--teacher-cache", str(cache))
     assert _eval(folders, *args, "--out", str(first)) == 0
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 2  # one entry per kind's inputs
-    from gankd.distill import data
+    from gankd.distill.data import teacher_cache as data_cache
 
     def no_teacher(*a, **k):
         raise AssertionError("the teacher ran although its outputs were cached")
 
-    monkeypatch.setattr(data, "_run_teacher", no_teacher)
+    monkeypatch.setattr(data_cache, "_run_teacher", no_teacher)
     assert _eval(folders, *args, "--out", str(second)) == 0
     scores = [json.loads((folder / "eval.json").read_text())["scores"] for folder in (first, second)]
     assert scores[0] == scores[1]
@@ -164,7 +165,7 @@ def test_ort_and_ncnn_in_one_interleaved_run(folders, monkeypatch):
     pytest.importorskip("ncnn")
     import importlib
 
-    from gankd.distill import search
+    from gankd.distill.tools import search
 
     def declared_runner(backend):
         module, _, name = declared[backend].partition(":")
@@ -211,7 +212,7 @@ def test_compact_holdout_demo_is_the_command(folders):
 
 
 def test_cpu_description_quotes_model_family_and_flags():
-    from gankd.distill.profile import cpu_description, cpu_line
+    from gankd.distill.models.cost import cpu_description, cpu_line
 
     zen4 = ("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9R14\n"
             "flags\t\t: fma avx2 avx512f avx512_vnni avx512_bf16\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14\n")

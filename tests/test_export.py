@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gankd.distill import ModelConfig, load_model, save_model
-from gankd.distill.modelio import sha256_file
+from gankd.distill.models.folder import sha256_file
 from gankd.export import exporter, formats, parity, tasks, trt
 from gankd.export.cli import export_main
 from gankd.export.manifest import REQUIRED_KEYS, read_manifest
@@ -176,7 +176,7 @@ def test_manifest_schema_and_hashes(exported):
         assert entry["bytes"] == (art / entry["path"]).stat().st_size
     assert on_disk["bench"] == {"results": []}
     macs = on_disk["compute"]["macs_per_input_pixel"] * 64 * 64
-    from gankd.distill.profile import count_macs
+    from gankd.distill.models.cost import count_macs
 
     assert macs == count_macs(load_model(model_dir), (1, 3, 64, 64))
     assert on_disk["files"]["onnx-int8"]["quantization"]["calibration"]["shape"] == [1, 3, 32, 32]

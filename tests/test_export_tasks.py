@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gankd.distill import ModelConfig, load_model, save_model
-from gankd.distill.faces import astronaut_face, gcfsr_lq
+from gankd.distill.data.faces import astronaut_face, gcfsr_lq
 from gankd.export import bench, exporter, formats, tasks
 from gankd.export.cli import bench_main, export_main
 from gankd.export.manifest import REQUIRED_KEYS, read_manifest
@@ -97,7 +97,7 @@ def test_generate_int8_below_the_bar_is_not_written(exported):
 @pytest.mark.parametrize("name", ["gen", "gen_psi"])
 def test_generate_onnx_and_pt2_equal_torch(exported, name):
     """Batch sizes the export never saw; psi values apart from the parity ones."""
-    from gankd.distill.archs.stylegan2 import PsiGenerator
+    from gankd.distill.models.archs.stylegan2 import PsiGenerator
 
     model_dir, art, _ = exported[name]
     model = load_model(model_dir)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from gankd.distill import load_model
-from gankd.distill import stages as stages_module
+from gankd.distill.train import stages as stages_module
 from gankd.distill.errors import GankdError, RunInterrupted
-from gankd.distill.recipe import load_recipe
-from gankd.distill.train import run
+from gankd.distill.train.recipe import load_recipe
+from gankd.distill.train.loop import run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_clip import save_tiny_clip  # noqa: E402
@@ -126,10 +126,10 @@ def test_generation_resume_replays_latents_and_augmentation(sg2_teacher, tmp_pat
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does: the loop saves and stops after this step
         return logs
 
-    monkeypatch.setattr("gankd.distill.train.step", interrupt_at_step_4)
+    monkeypatch.setattr("gankd.distill.train.loop.step", interrupt_at_step_4)
     with pytest.raises(RunInterrupted):
         _run("stylegan2_lfw100_teacher", tmp_path / "b", *overrides)
-    monkeypatch.setattr("gankd.distill.train.step", real_step)
+    monkeypatch.setattr("gankd.distill.train.loop.step", real_step)
     resumed = run(load_recipe("stylegan2_lfw100_teacher", [f"out_dir={tmp_path / 'b'}", *FAST, *overrides]),
                   resume=True, log=lambda msg: None)
     a, b = _steps(full), _steps(resumed)

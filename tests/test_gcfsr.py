@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from gankd.distill import ModelConfig, create_model
-from gankd.distill.archs.gcfsr import GCFSR, GCFSRConfig
+from gankd.distill.models.archs.gcfsr import GCFSR, GCFSRConfig
 from gankd.distill.errors import GankdError
-from gankd.distill.faces import DEFAULT_FACTORS, face_images, gcfsr_lq, imresize, lfw_faces
-from gankd.distill.importers import import_gcfsr
-from gankd.distill.students import gcfsr_student_kwargs
+from gankd.distill.data.faces import DEFAULT_FACTORS, face_images, gcfsr_lq, imresize, lfw_faces
+from gankd.distill.models.importers import import_gcfsr
+from gankd.distill.models.students import gcfsr_student_kwargs
 
 TINY = {"out_size": 64, "num_style_feat": 16, "narrow": 1 / 32}  # 16 channels everywhere below 128 px
 
@@ -270,7 +270,7 @@ def test_imresize_matches_basicsr_matlab():
 def test_gcfsr_flavour_of_the_stylegan2_layers(upsample):
     """GCFSR builds on StyleGAN2's layers with the official GCFSR keys (FIR kernels out of the state dict) and the
     blur after demodulation: the same function as the rosinality order, up to float rounding."""
-    from gankd.distill.archs.stylegan2 import ModulatedConv2d, ToRGB
+    from gankd.distill.models.archs.stylegan2 import ModulatedConv2d, ToRGB
 
     torch.manual_seed(0)
     ours = ModulatedConv2d(5, 6, 3, 8, upsample=upsample, kernel_in_state_dict=False, blur_demodulated=True)

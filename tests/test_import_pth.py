@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from gankd.distill import GankdError, create_model, load_model
-from gankd.distill.importers import detect_arch, import_pth
-from gankd.distill.modelio import save_model
+from gankd.distill.models.importers import detect_arch, import_pth
+from gankd.distill.models.folder import save_model
 
 DETECT = [
     ("rrdbnet", dict(scale=4, num_feat=16, num_block=3, num_grow_ch=8)),

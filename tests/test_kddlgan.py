@@ -13,18 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gankd.distill.errors import GankdError
-from gankd.distill.kddlgan import (
-    FACE_EXPRESSIONS,
-    CLIPImageTeacher,
-    ProjectionHead,
-    agkd_gate,
-    agkd_loss,
-    cgkd_diversity_loss,
-    cgkd_match_loss,
-    correlation,
-    kddlgan_d_terms,
-    kddlgan_g_term,
-)
+from gankd.distill.train.kddlgan import FACE_EXPRESSIONS, CLIPImageTeacher, ProjectionHead, agkd_gate, agkd_loss, cgkd_diversity_loss, cgkd_match_loss, correlation, kddlgan_d_terms, kddlgan_g_term
 from gankd.distill.metrics import feature_diversity, laplacian_variance
 
 sys.path.insert(0, str(Path(__file__).parent))

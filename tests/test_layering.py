@@ -72,9 +72,9 @@ def _import_graph() -> dict[str, set[str]]:
 
 def test_the_graph_sees_function_local_and_relative_imports():
     graph = _import_graph()
-    assert "gankd.distill.importers" in graph["gankd.distill.cli"]  # imported inside a click command
-    assert "gankd.distill.archs" in graph["gankd.distill.modelio"]  # `from . import archs`
-    assert "gankd.distill.archs.ops" in graph["gankd.distill.archs.stylegan2"]  # `from .ops import ...`
+    assert "gankd.distill.models.importers" in graph["gankd.distill.cli"]  # imported inside a click command
+    assert "gankd.distill.models.archs" in graph["gankd.distill.models.folder"]  # `from . import archs`
+    assert "gankd.distill.models.archs.ops" in graph["gankd.distill.models.archs.stylegan2"]  # `from .ops import ...`
 
 
 def test_archs_import_only_the_registry_errors_and_each_other():
@@ -82,9 +82,9 @@ def test_archs_import_only_the_registry_errors_and_each_other():
     register itself), ``errors`` and the other modules of ``archs`` (``ops``; GCFSR builds on StyleGAN2's layers;
     the package ``__init__`` lists them all). Importers, students, model folders and training import the archs,
     never the other way round."""
-    allowed = {"gankd.distill.registry", "gankd.distill.errors"}
-    wrong = {name: sorted(m for m in imports if m not in allowed and not m.startswith("gankd.distill.archs"))
-             for name, imports in _import_graph().items() if name.startswith("gankd.distill.archs")}
+    allowed = {"gankd.distill.models.registry", "gankd.distill.errors"}
+    wrong = {name: sorted(m for m in imports if m not in allowed and not m.startswith("gankd.distill.models.archs"))
+             for name, imports in _import_graph().items() if name.startswith("gankd.distill.models.archs")}
     assert not {name: imports for name, imports in wrong.items() if imports}
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gankd.distill import losses
-from gankd.distill.adapters import FeatureMLP
+from gankd.distill.train import losses
+from gankd.distill.train.adapters import FeatureMLP
 
 
 def test_l1_and_mlp_and_d_distill_on_known_tensors():
@@ -74,7 +74,7 @@ def test_vgg_features_load_a_truncated_local_file_and_refuse_others(tmp_path):
     from torchvision.models.vgg import cfgs, make_layers
 
     from gankd.distill.errors import GankdError
-    from gankd.distill.perceptual import VGGFeatures
+    from gankd.distill.train.perceptual import VGGFeatures
 
     layers = ["conv2_2", "conv1_2"]  # order of the request is kept in the output
     full = make_layers(cfgs["E"]).state_dict()  # torchvision vgg19().features
@@ -93,7 +93,7 @@ def test_vgg_features_load_a_truncated_local_file_and_refuse_others(tmp_path):
 
 
 def test_gradient_variance_loss_sees_blur_and_is_differentiable():
-    from gankd.distill.losses import gradient_variance_loss
+    from gankd.distill.train.losses import gradient_variance_loss
 
     torch.manual_seed(0)
     target = torch.rand(2, 3, 32, 32)
@@ -108,7 +108,7 @@ def test_gradient_variance_loss_sees_blur_and_is_differentiable():
 def _random_inception_stem() -> dict:
     from torch import nn
 
-    from gankd.distill.perceptual import INCEPTION_STEM
+    from gankd.distill.train.perceptual import INCEPTION_STEM
 
     torch.manual_seed(0)
     return {name: nn.MaxPool2d(3, 2) if name.startswith("pool") else nn.Conv2d(3, 3, 3, padding=1)
@@ -117,7 +117,7 @@ def _random_inception_stem() -> dict:
 
 def test_inception_features_keep_the_stem_up_to_the_deepest_layer_asked_for():
     from gankd.distill.errors import GankdError
-    from gankd.distill.perceptual import InceptionFeatures, layer_weights, REALESRGAN_LAYERS
+    from gankd.distill.train.perceptual import InceptionFeatures, layer_weights, REALESRGAN_LAYERS
 
     features = InceptionFeatures(_random_inception_stem(), ["conv_4", "conv_2"])  # order of the request is kept
     assert list(features.stem) == ["conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4"]
@@ -141,8 +141,8 @@ def test_the_offline_inception_stem_sees_blur():
     its features than the original with ±1 8-bit level of noise on every pixel, and an image is at 0 from itself."""
     import torch.nn.functional as F
 
-    from gankd.distill.data import sample_images
-    from gankd.distill.perceptual import INCEPTION_LAYERS, load_features
+    from gankd.distill.data.images import sample_images
+    from gankd.distill.train.perceptual import INCEPTION_LAYERS, load_features
 
     features = load_features("inception", None, list(INCEPTION_LAYERS))
     image = sample_images("train")[0][1][:, :96, :96].unsqueeze(0)

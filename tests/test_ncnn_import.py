@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gankd.distill import GankdError, create_model
-from gankd.distill.importers import import_ncnn
+from gankd.distill.models.importers import import_ncnn
 
 from ncnn_writer import reference_fp16, write_ncnn
 

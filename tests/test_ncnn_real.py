@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gankd.distill import GankdError, load_model, save_model
-from gankd.distill.importers import import_ncnn_package, ncnn_package_models
+from gankd.distill.models.importers import import_ncnn_package, ncnn_package_models
 
 pytestmark = pytest.mark.real_weights
 
@@ -92,7 +92,7 @@ def test_real_x4plus_through_the_official_pth_path(tmp_path):
     """The real weights saved the way Real-ESRGAN publishes them ({'params_ema': state_dict}) import strictly."""
     model, _ = import_ncnn_package("realesr-animevideov3-x4")
     torch.save({"params_ema": model.state_dict()}, tmp_path / "realesr-animevideov3.pth")
-    from gankd.distill.importers import import_pth
+    from gankd.distill.models.importers import import_pth
 
     again, config = import_pth(tmp_path / "realesr-animevideov3.pth")
     assert config.arch == "srvgg_compact" and config.kwargs["num_conv"] == 16 and config.scale == 4
@@ -168,8 +168,8 @@ def test_x4fast_reference_when_fetched():
 
     import torch
 
-    from gankd.distill.data import sample_images
-    from gankd.distill.degrade import bicubic_lr
+    from gankd.distill.data.images import sample_images
+    from gankd.distill.data.degrade import bicubic_lr
 
     folder = Path(__file__).resolve().parents[1] / "teachers" / "x4fast"
     if not (folder / "config.json").is_file():

@@ -1,4 +1,4 @@
-"""The photo pool (gankd.distill.photos): the train / held-out split by scene, the named pools `photos` and
+"""The photo pool (gankd.distill.data.photos): the train / held-out split by scene, the named pools `photos` and
 `photos_holdout` as image sources, the one-line errors, licence reading, scene selection, and a whole fetch from
 .deb files built here. Offline and fast: small generated images and fake manifests. The real download from the
 Debian mirror runs only with GANKD_TEST_FETCH=1."""
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gankd.distill import data, photos
+from gankd.distill.data import images
+from gankd.distill.data import photos
 from gankd.distill.errors import GankdError
 
 
@@ -64,26 +65,26 @@ def test_split_is_by_scene_disjoint_per_package_and_deterministic():
 
 
 def test_named_pools_are_disjoint_and_keep_a_scene_on_one_side(pool):
-    train, holdout = data.list_images("photos"), data.list_images("photos_holdout")
+    train, holdout = images.list_images("photos"), images.list_images("photos_holdout")
     assert train and holdout and not set(train) & set(holdout)
     assert len(train) + len(holdout) == 25
     both = {pool / "pa/s0.png", pool / "pa/s0_big.png"}
     assert both <= set(train) or both <= set(holdout)
-    assert data.list_images("photos") == train  # the same order every time (crop pools depend on it)
-    image = data.load_image(train[0])
+    assert images.list_images("photos") == train  # the same order every time (crop pools depend on it)
+    image = images.load_image(train[0])
     assert image.shape == (3, 36, 40)
 
 
 def test_a_folder_path_is_still_a_folder(pool, tmp_path):
     mine = tmp_path / "mine"
     _image(mine / "a.png", 40, 36)
-    assert data.list_images(str(mine)) == [mine / "a.png"]
+    assert images.list_images(str(mine)) == [mine / "a.png"]
 
 
 def test_a_local_folder_named_photos_is_refused_as_ambiguous(pool, tmp_path):
     (tmp_path / "photos").mkdir()
     with pytest.raises(GankdError, match=r"\./photos"):
-        data.list_images("photos")
+        images.list_images("photos")
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -93,7 +94,7 @@ def test_missing_cache_is_one_line_naming_make_photos(tmp_path, monkeypatch, cap
     monkeypatch.setenv("GANKD_PHOTOS", str(tmp_path / "none"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(GankdError, match="make photos"):
-        data.list_images("photos")
+        images.list_images("photos")
     assert photos.main(["--show"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "make photos" in err and err.count("\n") == 1
@@ -102,10 +103,10 @@ def test_missing_cache_is_one_line_naming_make_photos(tmp_path, monkeypatch, cap
 def test_incomplete_or_foreign_pools_are_one_line_errors(pool):
     (pool / "pb/s3.png").unlink()
     with pytest.raises(GankdError, match="incomplete"):
-        data.list_images("photos") + data.list_images("photos_holdout")
+        images.list_images("photos") + images.list_images("photos_holdout")
     (pool / photos.MANIFEST).write_text('{"photos": []}')
     with pytest.raises(GankdError, match="not a gankd photo manifest"):
-        data.list_images("photos")
+        images.list_images("photos")
 
 
 def test_fetch_refuses_to_replace_a_folder_that_is_not_a_pool(tmp_path):
@@ -120,8 +121,8 @@ def test_run_trains_on_photos_and_selects_on_photos_holdout(pool, tmp_path):
     import torch
 
     from gankd.distill import ModelConfig, save_model
-    from gankd.distill.recipe import recipe_from_dict
-    from gankd.distill.train import run
+    from gankd.distill.train.recipe import recipe_from_dict
+    from gankd.distill.train.loop import run
 
     config = ModelConfig(arch="rrdbnet", kwargs={"scale": 4, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
                          task="sr", scale=4)

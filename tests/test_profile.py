@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gankd.distill import ModelConfig, create_model
-from gankd.distill.inspect import student_table
-from gankd.distill.profile import count_macs, count_params, parse_shape
+from gankd.distill.tools.inspect_model import student_table
+from gankd.distill.models.cost import count_macs, count_params, parse_shape
 
 X4PLUS = ModelConfig(arch="rrdbnet", kwargs={}, scale=4)
 
@@ -45,7 +45,7 @@ def test_bad_shapes(text):
 
 
 def test_latency_column_is_measured():
-    from gankd.distill.inspect import format_table, student_table
+    from gankd.distill.tools.inspect_model import format_table, student_table
 
     tiny = ModelConfig(arch="rrdbnet", kwargs={"num_feat": 16, "num_block": 1, "num_grow_ch": 8}, scale=4)
     rows = student_table(tiny, (1, 3, 16, 16), latency_runs=2)
@@ -66,7 +66,7 @@ def _modulated_conv_macs(size: int, channels: dict[int, int], style_dim: int) ->
 
 def test_functional_convs_are_counted_for_stylegan2_and_gcfsr():
     """Modulated convs are F.conv calls, not nn.Conv2d modules: the count must still see them."""
-    from gankd.distill.archs.stylegan2 import stylegan2_channels
+    from gankd.distill.models.archs.stylegan2 import stylegan2_channels
 
     g = ModelConfig(arch="stylegan2_generator", kwargs={"size": 32, "style_dim": 32, "n_mlp": 2, "narrow": 0.0625},
                     task="generate", scale=None, input_range=(-1.0, 1.0))

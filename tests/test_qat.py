@@ -1,4 +1,4 @@
-"""Quantization-aware distillation (gankd.distill.qat) and the INT8 export of a QAT student: the fake quantization
+"""Quantization-aware distillation (gankd.distill.train.qat) and the INT8 export of a QAT student: the fake quantization
 mirrors the graph ORT's quantizer writes, the export writes the learned ranges (not new ones), its parity is against
 the fake-quantized model, the teacher gate judges what users see, and the run's qat stage makes such students."""
 
@@ -14,7 +14,7 @@ import torch
 from onnx import numpy_helper
 
 from gankd.distill import ModelConfig, load_model, save_model
-from gankd.distill import qat
+from gankd.distill.train import qat
 from gankd.distill.errors import GankdError
 from gankd.export import exporter, formats, int8, parity
 from gankd.export.parity import real_lr_batch
@@ -188,7 +188,7 @@ def _begun():
 
 
 def test_qat_is_refused_for_families_without_a_wrapper():
-    from gankd.distill.recipe import recipe_from_dict
+    from gankd.distill.train.recipe import recipe_from_dict
 
     with pytest.raises(GankdError, match="no QAT wrapper yet"):
         recipe_from_dict({"family": "rrdb", "n_qat": 1})
@@ -261,7 +261,7 @@ def _tiny_teacher(tmp_path):
 
 
 def _recipe(tmp_path, teacher_dir, pretrained_dir, **overrides):
-    from gankd.distill.recipe import recipe_from_dict
+    from gankd.distill.train.recipe import recipe_from_dict
 
     return recipe_from_dict({
         "name": "qat", "teacher": str(teacher_dir), "out_dir": str(tmp_path / "run"), "family": "srvgg",
@@ -272,7 +272,7 @@ def _recipe(tmp_path, teacher_dir, pretrained_dir, **overrides):
 
 
 def test_run_ends_with_a_qat_student_that_exports_its_learned_int8(tmp_path):
-    from gankd.distill.train import run
+    from gankd.distill.train.loop import run
 
     teacher_dir = _tiny_teacher(tmp_path)
     pretrained = save_model(tmp_path / "pre", _model(), SRVGG)
@@ -294,7 +294,7 @@ def test_run_ends_with_a_qat_student_that_exports_its_learned_int8(tmp_path):
 
 
 def test_a_run_over_its_budget_still_ends_with_qat(tmp_path):
-    from gankd.distill.train import run
+    from gankd.distill.train.loop import run
 
     teacher_dir = _tiny_teacher(tmp_path)
     pretrained = save_model(tmp_path / "pre", _model(), SRVGG)
@@ -306,7 +306,7 @@ def test_a_run_over_its_budget_still_ends_with_qat(tmp_path):
 
 def test_qat_alone_fine_tunes_an_existing_student(tmp_path):
     """n2 = n3 = 0 with n_qat: QAT of a finished student (its folder as init_from)."""
-    from gankd.distill.train import run
+    from gankd.distill.train.loop import run
 
     teacher_dir = _tiny_teacher(tmp_path)
     pretrained = save_model(tmp_path / "pre", _model(), SRVGG)

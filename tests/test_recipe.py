@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from gankd.distill.errors import GankdError
-from gankd.distill.recipe import RECIPES_DIR, Recipe, load_recipe, recipe_from_dict
-from gankd.distill.stages import plan_stages
-from gankd.distill.train import task_kind
+from gankd.distill.train.recipe import RECIPES_DIR, Recipe, load_recipe, recipe_from_dict
+from gankd.distill.train.stages import plan_stages
+from gankd.distill.train.loop import task_kind
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES_DIR.glob("*.yaml")), ids=lambda p: p.stem)

@@ -16,9 +16,9 @@ import yaml
 
 from gankd.distill import ModelConfig, load_model, save_model
 from gankd.distill.errors import GankdError
-from gankd.distill.recipe import recipe_from_dict
-from gankd.distill.stages import NonFiniteLoss, needs_teacher_d
-from gankd.distill.train import run
+from gankd.distill.train.recipe import recipe_from_dict
+from gankd.distill.train.stages import NonFiniteLoss, needs_teacher_d
+from gankd.distill.train.loop import run
 
 from conftest import DISTILL_CLI, kill_run_after, metrics_lines
 
@@ -124,7 +124,7 @@ def test_ctrl_c_saves_and_resume_finishes(teacher_dir, tmp_path):
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_state(teacher_dir, tmp_path, monkeypatch):
-    from gankd.distill import losses
+    from gankd.distill.train import losses
 
     recipe = recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "run", n3=2))
     real_l1, calls = losses.l1_loss, {"n": 0}
@@ -197,7 +197,7 @@ def test_fid_selection_with_the_offline_inception(teacher_dir, tmp_path):
 def test_out_dir_is_checked_before_any_work(teacher_dir, tmp_path, monkeypatch):
     """Case 3: an out_dir that cannot be created is one line before the teacher loads; a folder of other files and
     the shared teacher cache are refused too, and nothing is written."""
-    import gankd.distill.train as train
+    import gankd.distill.train.loop as train
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher was loaded before out_dir was checked")
@@ -225,8 +225,8 @@ def test_select_min_vol_prefers_a_sharp_student_over_a_blurrier_better_scored_on
     """select_min_vol: PSNR alone rewards blur; a student above the sharpness floor beats any below it."""
     import types
 
-    from gankd.distill.checkpoint import Progress
-    from gankd.distill.train import Loop
+    from gankd.distill.train.run_state import Progress
+    from gankd.distill.train.loop import Loop
 
     task = types.SimpleNamespace(better=lambda score, best: best is None or score > best)
 

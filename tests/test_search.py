@@ -12,10 +12,9 @@ import yaml
 
 from gankd.distill import GankdError, ModelConfig, build_student, load_model, save_model
 from gankd.distill.cli import main
-from gankd.distill.profile import count_params
-from gankd.distill.recipe import recipe_from_dict
-from gankd.distill.search import (SPAN_FEATS, WARM_SHAPES, Candidate, _arch_key, candidates, load_candidates,
-                                  pareto_front, training_set)
+from gankd.distill.models.cost import count_params
+from gankd.distill.train.recipe import recipe_from_dict
+from gankd.distill.tools.search import SPAN_FEATS, WARM_SHAPES, Candidate, _arch_key, candidates, load_candidates, pareto_front, training_set
 
 TINY_RRDB = {"scale": 4, "num_feat": 16, "num_block": 2, "num_grow_ch": 8}
 # A few candidates of every kind keep the search under ~15 s on a loaded 2-core machine.

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from gankd.distill import ModelConfig, load_model, save_model
-from gankd.distill.faces import astronaut_face, gcfsr_lq
+from gankd.distill.data.faces import astronaut_face, gcfsr_lq
 from gankd.export import exporter
 from gankd.serve import ServeError, Session
 from gankd.serve import faces as serve_faces
@@ -94,7 +94,7 @@ def test_restore_face_shapes_and_the_lq_recipe(artifacts):
         out = session.restore_face(face, scale)
         assert out.shape == (64, 64, 3) and out.dtype == np.uint8
     assert session.restore_face(Image.fromarray(face), 8).shape == (64, 64, 3)
-    # the LQ input mirrors gankd.distill.faces.gcfsr_lq (float64 numpy vs float32 torch: one 8-bit step at most)
+    # the LQ input mirrors gankd.distill.data.faces.gcfsr_lq (float64 numpy vs float32 torch: one 8-bit step at most)
     hr = astronaut_face(64)
     ours = serve_faces.gcfsr_lq(hr.permute(1, 2, 0).numpy().astype(np.float64), 16)
     theirs = ((gcfsr_lq(hr[None] * 2 - 1, 16)[0] + 1) / 2).permute(1, 2, 0).numpy()

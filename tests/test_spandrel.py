@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 
 from gankd.distill import GankdError, load_model
 from gankd.distill.cli import main as distill_main
-from gankd.distill.data import _cache_key
-from gankd.distill.importers import import_spandrel
+from gankd.distill.data.teacher_cache import _cache_key
+from gankd.distill.models.importers import import_spandrel
 
 spandrel = pytest.importorskip("spandrel", reason="spandrel is part of gankd[all]")
 
@@ -126,7 +126,7 @@ def test_changed_hyperparameters_are_refused_in_one_line(teachers, tmp_path):
 
 
 def test_realesrgan_layout_becomes_gankd_rrdbnet(tmp_path):
-    from gankd.distill.modelio import ModelConfig
+    from gankd.distill.models.folder import ModelConfig
 
     torch.manual_seed(0)
     ours = ModelConfig(arch="rrdbnet", kwargs={"num_feat": 16, "num_block": 1, "num_grow_ch": 32}).build().eval()
@@ -226,7 +226,7 @@ def test_named_tap_turns_feature_kd_on(teachers, tmp_path, capsys, one_thread):
 
 
 def test_teacher_feature_on_an_own_teacher_is_refused(tmp_path, capsys):
-    from gankd.distill.modelio import ModelConfig, save_model
+    from gankd.distill.models.folder import ModelConfig, save_model
 
     config = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 1, "upscale": 4})
     save_model(tmp_path / "own", config.build(), config)
@@ -282,7 +282,7 @@ def test_malicious_pickle_never_runs(tmp_path, capsys):
 
 
 def test_multiple_and_square_requirements_pad_then_crop():
-    from gankd.distill.modelio import ModelConfig
+    from gankd.distill.models.folder import ModelConfig
 
     config = ModelConfig(arch="spandrel", kwargs={"architecture": "PLKSR", "model_class": "PLKSR",
                                                   "hyperparameters": {"dim": 8, "n_blocks": 1}, "scale": 4,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from gankd.distill import ModelConfig
-from gankd.distill.adapters import FeatureMLP
-from gankd.distill.recipe import recipe_from_dict
-from gankd.distill.stages import Batch, Nets, NonFiniteLoss, plan_stages, step
+from gankd.distill.train.adapters import FeatureMLP
+from gankd.distill.train.recipe import recipe_from_dict
+from gankd.distill.train.stages import Batch, Nets, NonFiniteLoss, plan_stages, step
 
 TEACHER = ModelConfig(arch="rrdbnet", kwargs={"scale": 4, "num_feat": 16, "num_block": 2, "num_grow_ch": 8},
                       task="sr", scale=4)

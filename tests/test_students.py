@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from gankd.distill import GankdError, ModelConfig, build_student, student_config
-from gankd.distill.students import width_label
+from gankd.distill.models.students import width_label
 
 X4PLUS = ModelConfig(arch="rrdbnet", kwargs={}, scale=4, provenance={"source": "test"})
 D = ModelConfig(arch="unet_discriminator_sn", kwargs={}, scale=None)

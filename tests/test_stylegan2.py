@@ -12,18 +12,12 @@ from fractions import Fraction
 import pytest
 import torch
 
-from gankd.distill.archs import ops
-from gankd.distill.archs.stylegan2 import (
-    PsiGenerator,
-    StyleGAN2DiscriminatorConfig,
-    StyleGAN2GeneratorConfig,
-    StyleGAN2Sampler,
-    stylegan2_channels,
-)
+from gankd.distill.models.archs import ops
+from gankd.distill.models.archs.stylegan2 import PsiGenerator, StyleGAN2DiscriminatorConfig, StyleGAN2GeneratorConfig, StyleGAN2Sampler, stylegan2_channels
 from gankd.distill.errors import GankdError
-from gankd.distill.importers import import_rosinality
-from gankd.distill.registry import create_model, get_arch, make_config
-from gankd.distill.students import stylegan2_discriminator_student_kwargs, stylegan2_student_kwargs
+from gankd.distill.models.importers import import_rosinality
+from gankd.distill.models.registry import create_model, get_arch, make_config
+from gankd.distill.models.students import stylegan2_discriminator_student_kwargs, stylegan2_student_kwargs
 
 G_KW = {"size": 32, "style_dim": 32, "n_mlp": 2, "narrow": 1 / 32}
 D_KW = {"size": 32, "narrow": 1 / 32}

@@ -1,4 +1,4 @@
-"""Teacher-initialised students (distill/surgery.py): cuts that keep everything reproduce the teacher, cut weights
+"""Teacher-initialised students (distill/models/surgery.py): cuts that keep everything reproduce the teacher, cut weights
 really are the teacher's top-L1 filters laid out consistently, and bad requests give one-line GankdErrors."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from gankd.distill import GankdError, ModelConfig, build_student, load_model, save_model, student_config
-from gankd.distill.surgery import even_blocks, greedy_blocks
+from gankd.distill.models.surgery import even_blocks, greedy_blocks
 
 FRACTIONS = [0.5, 0.25, 0.125]
 

@@ -1,0 +1,142 @@
+"""The baselines SDAKD is measured against (Kaparinos & Mezaris, Tables 1–2), as stages of the one training loop.
+
+- ``mode: omgd`` — Online Multi-Granularity Distillation (Ren et al., ICCV 2021), after bytedance/OMGD
+  ``distillers/multiteacher_distiller.py`` (``backward_G_teacher``, ``backward_G_student``, ``calc_CD_loss``,
+  ``optimize_parameters``) and ``distillers/base_multiteacher_distiller.py`` (``backward_D_teacher``). The teacher G
+  is trained *online*, starting from the imported teacher weights: each step it minimises its own objective
+  (reconstruction to the ground truth + the adversarial term against D_T; generation: the adversarial term only),
+  D_T learns real vs the teacher's outputs, and the student learns from the teacher's fresh outputs by KD only —
+  no adversarial term: the output terms (gankd's ``sup_loss`` to the teacher output, OMGD's 1 − SSIM, and with
+  local VGG weights the VGG feature and Gram style terms) plus OMGD's channel-wise distillation of the last feature
+  map (spatial means, through the feature adapter). OMGD's second, deeper teacher is left out (gankd has one
+  imported teacher), and so is its total-variation term (weight 1e-5).
+- ``mode: dcd`` — Discriminator-Cooperated Distillation (Hu et al., 2022), after poopit/DCD-official
+  ``distillers/pix2pixbest_distiller.py`` (``calc_DCD_loss``, ``backward_G_student``) and
+  ``distillers/base_pix2pixbest_distiller.py`` (``backward_D_teacher``: D_T is trained against the teacher G only).
+  The student adds the L1 distance between D_T's intermediate feature maps of its output and of the teacher's
+  output (:func:`gankd.distill.train.losses.dcd_feature_loss`), and in stage 3 the adversarial term against D_T. DCD's
+  code feeds the generators' intermediate feature maps through trained 1×1 connectors into D_T; here D_T sees the
+  two generators' output images (the paper's description, and what an SR/face D is built to read). The teacher G
+  stays frozen (DCD's code, built on OMGD's, also steps the teacher G online; SDAKD's comparison fixes the teacher).
+- ``mode: dcd_modified`` — SDAKD's "DCD with modified adversarial training": as DCD, with D_T trained against both
+  generators (its fake batch holds the teacher's and the student's outputs), so the student cannot fool a D that
+  never saw it (SDAKD Fig. 2).
+
+Stage 1 (D_T against the frozen teacher, unless ``teacher_d`` is given) precedes all three, as in SDAKD, so every
+method starts from the same teacher discriminator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import losses
+from .recipe import Recipe
+
+BASELINES = ("omgd", "dcd", "dcd_modified")
+TERMS = ("ssim", "style", "cd", "dcd")  # generator terms only these modes use
+DESCRIPTIONS = {
+    "omgd": "OMGD: teacher G trained online with D_T; the student by KD only (L1, 1 - SSIM, channel-wise "
+            "distillation), no adversarial term",
+    "dcd": "DCD: D_T trained against the teacher G only; the student adds L1 between D_T's feature maps of its and "
+           "the teacher's outputs, and stage 3 the adversarial term against D_T",
+    "dcd_modified": "modified DCD: as DCD, with D_T trained against both the teacher's and the student's outputs",
+}
+
+
+def d_features(d: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """A discriminator's intermediate maps (U-Net D: bottleneck and last map; StyleGAN2 D: its last feature)."""
+    _, feats = d.forward_with_features(images)
+    return list(feats) if isinstance(feats, (list, tuple)) else [feats]
+
+
+def _data_range(nets) -> float:
+    config = getattr(nets.teacher, "gankd_config", None)
+    return float(config.input_range[1] - config.input_range[0]) if config is not None else 1.0
+
+
+def generator_terms(stage, nets, batch, recipe: Recipe, out: torch.Tensor, feats: list[torch.Tensor],
+                    target: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The student's OMGD and DCD terms of ``stage`` (unweighted) and their weights."""
+    terms, weights = {}, {}
+    if "ssim" in stage.g_terms and recipe.ssim_weight > 0:
+        terms["ssim"], weights["ssim"] = losses.ssim_loss(out, target, _data_range(nets)), recipe.ssim_weight
+    if "style" in stage.g_terms and nets.perceptual is not None and recipe.style_weight > 0:
+        with torch.no_grad():
+            target_feats = nets.perceptual(target)
+        terms["style"], weights["style"] = losses.style_loss(nets.perceptual(out), target_feats), recipe.style_weight
+    if "cd" in stage.g_terms:
+        terms["cd"] = losses.channel_distill_loss(nets.trained("adapter")(feats[-1]), batch.teacher_feat)
+        weights["cd"] = recipe.lambda_cd
+    if "dcd" in stage.g_terms:
+        d = nets.get("teacher_d")  # a frozen use: D_T is the KD target here, trained only in the D step
+        d.requires_grad_(False)
+        with torch.no_grad():
+            teacher_maps = d_features(d, target)
+        terms["dcd"] = losses.dcd_feature_loss(d_features(d, out), teacher_maps)
+        d.requires_grad_(True)
+        weights["dcd"] = recipe.lambda_dcd
+    return terms, weights
+
+
+def teacher_loss(stage, nets, batch, recipe: Recipe, augment
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """OMGD's online teacher objective of ``stage``: its own terms against the ground truth and D_T (``augment``:
+    the DiffAugment D's inputs get). Returns (total, unweighted terms, teacher output, its last feature map)."""
+    out, feats = nets.trained("teacher").forward_with_features(*batch.inputs)
+    terms, weights = {}, {}
+    for name in ("l1", "mse"):
+        if name in stage.t_terms:
+            terms[name] = losses.l1_loss(out, batch.hr) if name == "l1" else losses.mse_loss(out, batch.hr)
+            weights[name] = recipe.l1_weight
+    if "perceptual" in stage.t_terms and nets.perceptual is not None and recipe.perceptual_weight > 0:
+        with torch.no_grad():
+            hr_feats = nets.perceptual(batch.hr)
+        terms["perceptual"] = losses.perceptual_loss(nets.perceptual(out), hr_feats, nets.perceptual_layers)
+        weights["perceptual"] = recipe.perceptual_weight
+    if "adv" in stage.t_terms:
+        d = nets.get("teacher_d")  # a frozen use here: D_T trains in the stage's D step
+        d.requires_grad_(False)
+        terms["adv"] = losses.g_adversarial_loss(d(augment(out)), recipe.teacher_adversarial)
+        d.requires_grad_(True)
+        weights["adv"] = recipe.lambda_adv if terms.keys() - {"adv"} else 1.0  # generation: adversarial only
+    return sum(weights[name] * value for name, value in terms.items()), terms, out, feats[-1]
+
+
+@torch.no_grad()
+def d_output_scores(nets, images: dict[str, torch.Tensor], kind: str, batch_size: int = 8
+                    ) -> dict[str, torch.Tensor]:
+    """One score per image for every discriminator of the run on every set of ``images`` (e.g. real, teacher,
+    student): D's mean logit, through a sigmoid for the logistic losses (D's probability of "real", SDAKD Fig. 2)."""
+    scores = {}
+    for attr, label in (("teacher_d", "D_T"), ("student_d", "D_S")):
+        d = getattr(nets, attr)
+        if d is None:
+            continue
+        was_training = d.training
+        d.eval()
+        device = next(d.parameters()).device
+        for name, x in images.items():
+            logits = torch.cat([d(x[i:i + batch_size].to(device)).flatten(1).mean(1)
+                                for i in range(0, len(x), batch_size)]).float().cpu()
+            scores[f"{label}({name})"] = torch.sigmoid(logits) if kind in ("vanilla", "logistic") else logits
+        d.train(was_training)
+    return scores
+
+
+def write_d_histograms(path, nets, images: dict[str, torch.Tensor], kind: str, title: str) -> bool:
+    """``d_outputs.png`` (overlaid histograms) and ``d_outputs.json`` (mean and share above 0.5 per series, what
+    ``gankd-distill compare`` reads); False when the run has no discriminator."""
+    import json
+    from pathlib import Path
+
+    from gankd.distill.report import plots
+
+    scores = d_output_scores(nets, images, kind)
+    if not scores:
+        return False
+    plots.save_histograms(path, scores, title=title)
+    summary = {name: {"mean": float(v.mean()), "above_0.5": float((v > 0.5).float().mean()), "n": len(v)}
+               for name, v in scores.items()}
+    Path(path).with_suffix(".json").write_text(json.dumps({"kind": kind, "scores": summary}, indent=1) + "\n")
+    return True
