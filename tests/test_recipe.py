@@ -186,3 +186,48 @@ def test_photo_degradation_keys():
                          ("noise_sigma=[8, 1]", "lo <= hi")):
         with pytest.raises(GankdError, match=message):
             load_recipe("quickstart", ["degradation=photo", bad])
+
+
+# ------------------------------------------------------------------------------------------------ base: inheritance
+
+
+def test_base_inherits_and_overrides(tmp_path):
+    (tmp_path / "parent.yaml").write_text("name: parent\nwidth: 0.5\nn2: 3\nperceptual_layers: {conv1_2: 0.5}\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nname: child\nn2: 7\n")  # relative to the child
+    child = load_recipe(str(tmp_path / "child.yaml"))
+    assert (child.name, child.width, child.n2, child.perceptual_layers) == ("child", 0.5, 7, {"conv1_2": 0.5})
+    assert load_recipe(str(tmp_path / "child.yaml"), ["width=0.25"]).width == 0.25  # the command line wins
+    (tmp_path / "shipped_child.yaml").write_text("base: quickstart\nname: mine\nn_qat: 0\n")
+    mine, quickstart = load_recipe(str(tmp_path / "shipped_child.yaml")), load_recipe("quickstart")
+    assert mine.n_qat == 0 and mine.family == quickstart.family and mine.lambda_adv == quickstart.lambda_adv
+
+
+def test_bad_bases_are_one_line_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
+    with pytest.raises(GankdError, match="loops"):
+        load_recipe(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("base: no_such_recipe\n")
+    with pytest.raises(GankdError, match="neither a file nor a shipped recipe"):
+        load_recipe(str(tmp_path / "c.yaml"))
+    (tmp_path / "d.yaml").write_text("base: [quickstart]\n")
+    with pytest.raises(GankdError, match="base: must name a recipe"):
+        load_recipe(str(tmp_path / "d.yaml"))
+    with pytest.raises(GankdError, match="base= cannot be overridden"):
+        load_recipe("quickstart", ["base=realesrgan_x4_sdakd_c025"])
+
+
+def test_shipped_recipes_hold_only_what_differs():
+    """A shipped recipe writes no key its base (or, without one, Recipe's defaults) already sets to that value:
+    what a recipe file shows is what makes it that recipe."""
+    import dataclasses
+
+    from gankd.distill.train.recipe import _coerce, recipe_data
+
+    defaults = dataclasses.asdict(Recipe())
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        own = yaml.safe_load(path.read_text())
+        inherited = dataclasses.asdict(recipe_from_dict(recipe_data(own["base"]))) if "base" in own else defaults
+        same = sorted(key for key, value in own.items() if key not in ("base", "name")
+                      and _coerce(key, value) == inherited[key])
+        assert not same, f"{path.name} repeats {same}"

@@ -6,7 +6,8 @@ key or a bad value is a one-line :class:`GankdError` naming it. The resolved rec
 
 A recipe may be a path or the name of a shipped recipe (``quickstart``, ``realesrgan_x4_sdakd_c025``, …), looked up
 in ``gankd/distill/recipes/``. Relative paths inside a recipe (teacher, data folders) are relative to the directory
-the command runs in.
+the command runs in. ``base: NAME`` starts a recipe from another one (:func:`recipe_data`): a shipped recipe holds
+only the keys in which it differs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .losses import ADVERSARIAL
 
 RECIPES_DIR = Path(__file__).parent.parent / "recipes"  # gankd.distill/recipes: data, next to the code that reads it
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of keys; anything larger is refused before it is parsed
+MAX_BASE_DEPTH = 8  # recipes in one base: chain; a deeper one is a mistake, not a design
 MAX_YAML_NODES = 100_000  # nodes after alias expansion: a billion-laughs bomb is refused before it is built
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,127}")
 
@@ -373,10 +375,13 @@ def recipe_from_dict(data: dict) -> Recipe:
     return Recipe(**values)
 
 
-def resolve_recipe_path(name_or_path: str) -> Path:
+def resolve_recipe_path(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """A recipe file: a path (relative to ``relative_to``, the folder of the recipe naming it as ``base``, when
+    given and the file is there), else the name of a shipped recipe."""
     path = Path(name_or_path)
-    if path.is_file():
-        return path
+    for candidate in ([relative_to / path] if relative_to is not None and not path.is_absolute() else []) + [path]:
+        if candidate.is_file():
+            return candidate
     shipped = RECIPES_DIR / f"{name_or_path}.yaml"
     if shipped.is_file() and path.suffix == "":
         return shipped
@@ -396,8 +401,7 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
-    path = resolve_recipe_path(name_or_path)
+def _read_recipe_file(path: Path) -> dict:
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise GankdError(f"{path}: {path.stat().st_size} bytes is too large for a recipe (at most "
                          f"{MAX_RECIPE_BYTES})")
@@ -408,8 +412,34 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     data = load_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise GankdError(f"{path}: a recipe is a mapping of keys to values")
-    data = dict(data)
+    return dict(data)
+
+
+def recipe_data(name_or_path: str, relative_to: Path | None = None, _chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe file's keys with its ``base:`` chain applied: the base recipe's keys (a shipped name, or a path
+    relative to this recipe's folder), then this file's on top, key by key (a mapping value replaces the base's
+    whole mapping). So a shipped recipe holds only what differs from its base and from :class:`Recipe`'s
+    defaults."""
+    path = resolve_recipe_path(name_or_path, relative_to)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(p.stem for p in (*_chain, path.resolve()))
+        raise GankdError(f"{path}: the base: chain loops ({cycle})")
+    if len(_chain) >= MAX_BASE_DEPTH:
+        raise GankdError(f"{path}: more than {MAX_BASE_DEPTH} recipes in its base: chain")
+    data = _read_recipe_file(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise GankdError(f"{path}: base: must name a recipe (a shipped name or a path), got {_show(base)}")
+    return {**recipe_data(base, path.parent, (*_chain, path.resolve())), **data}
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+    data = recipe_data(name_or_path)
     for text in overrides:
         key, value = parse_override(text)
+        if key == "base":
+            raise GankdError("base= cannot be overridden on the command line: name the recipe to start from")
         data[key] = value
     return recipe_from_dict(data)
