@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import torch
 
-from . import losses
+from .objective import Step, objective
 from .recipe import Recipe
 
-BASELINES = ("omgd", "dcd", "dcd_modified")
-TERMS = ("ssim", "style", "cd", "dcd")  # generator terms only these modes use
+BASELINES = ("omgd", "dcd", "dcd_modified")  # their generator terms (ssim, style, cd, dcd) are rows of .objective
 DESCRIPTIONS = {
     "omgd": "OMGD: teacher G trained online with D_T; the student by KD only (L1, 1 - SSIM, channel-wise "
             "distillation), no adversarial term",
@@ -44,63 +43,16 @@ DESCRIPTIONS = {
 }
 
 
-def d_features(d: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """A discriminator's intermediate maps (U-Net D: bottleneck and last map; StyleGAN2 D: its last feature)."""
-    _, feats = d.forward_with_features(images)
-    return list(feats) if isinstance(feats, (list, tuple)) else [feats]
-
-
-def _data_range(nets) -> float:
-    config = getattr(nets.teacher, "gankd_config", None)
-    return float(config.input_range[1] - config.input_range[0]) if config is not None else 1.0
-
-
-def generator_terms(stage, nets, batch, recipe: Recipe, out: torch.Tensor, feats: list[torch.Tensor],
-                    target: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The student's OMGD and DCD terms of ``stage`` (unweighted) and their weights."""
-    terms, weights = {}, {}
-    if "ssim" in stage.g_terms and recipe.ssim_weight > 0:
-        terms["ssim"], weights["ssim"] = losses.ssim_loss(out, target, _data_range(nets)), recipe.ssim_weight
-    if "style" in stage.g_terms and nets.perceptual is not None and recipe.style_weight > 0:
-        with torch.no_grad():
-            target_feats = nets.perceptual(target)
-        terms["style"], weights["style"] = losses.style_loss(nets.perceptual(out), target_feats), recipe.style_weight
-    if "cd" in stage.g_terms:
-        terms["cd"] = losses.channel_distill_loss(nets.trained("adapter")(feats[-1]), batch.teacher_feat)
-        weights["cd"] = recipe.lambda_cd
-    if "dcd" in stage.g_terms:
-        d = nets.get("teacher_d")  # a frozen use: D_T is the KD target here, trained only in the D step
-        d.requires_grad_(False)
-        with torch.no_grad():
-            teacher_maps = d_features(d, target)
-        terms["dcd"] = losses.dcd_feature_loss(d_features(d, out), teacher_maps)
-        d.requires_grad_(True)
-        weights["dcd"] = recipe.lambda_dcd
-    return terms, weights
-
-
 def teacher_loss(stage, nets, batch, recipe: Recipe, augment
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """OMGD's online teacher objective of ``stage``: its own terms against the ground truth and D_T (``augment``:
-    the DiffAugment D's inputs get). Returns (total, unweighted terms, teacher output, its last feature map)."""
+    """OMGD's online teacher objective of ``stage`` (its ``t_terms`` from :mod:`.objective`, against the ground
+    truth and D_T; ``augment``: the DiffAugment D's inputs get). Returns (total, unweighted terms, teacher output,
+    its last feature map)."""
     out, feats = nets.trained("teacher").forward_with_features(*batch.inputs)
-    terms, weights = {}, {}
-    for name in ("l1", "mse"):
-        if name in stage.t_terms:
-            terms[name] = losses.l1_loss(out, batch.hr) if name == "l1" else losses.mse_loss(out, batch.hr)
-            weights[name] = recipe.l1_weight
-    if "perceptual" in stage.t_terms and nets.perceptual is not None and recipe.perceptual_weight > 0:
-        with torch.no_grad():
-            hr_feats = nets.perceptual(batch.hr)
-        terms["perceptual"] = losses.perceptual_loss(nets.perceptual(out), hr_feats, nets.perceptual_layers)
-        weights["perceptual"] = recipe.perceptual_weight
-    if "adv" in stage.t_terms:
-        d = nets.get("teacher_d")  # a frozen use here: D_T trains in the stage's D step
-        d.requires_grad_(False)
-        terms["adv"] = losses.g_adversarial_loss(d(augment(out)), recipe.teacher_adversarial)
-        d.requires_grad_(True)
-        weights["adv"] = recipe.lambda_adv if terms.keys() - {"adv"} else 1.0  # generation: adversarial only
-    return sum(weights[name] * value for name, value in terms.items()), terms, out, feats[-1]
+    step = Step(nets, batch, recipe, out, feats, batch.hr, augment, adversary="teacher_d",
+                adversarial=stage.t_adversarial, has_target=bool(set(stage.t_terms) - {"adv"}))
+    total, terms = objective(stage.t_terms, step)
+    return total, terms, out, feats[-1]
 
 
 @torch.no_grad()

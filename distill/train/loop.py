@@ -443,8 +443,9 @@ def _run(recipe: Recipe, resume: bool, log, world: World) -> Path:
             f"epoch {progress.position.epoch} batch {progress.position.batch})")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress.position.step if resume else None) \
         if world.is_main else NoMetricsLog()
-    loop = Loop(recipe, run_dir, stages, nets, ema, modules, task, metrics_log, progress, device, log,
-                sconf, dt_conf, world)
+    loop = Loop(recipe=recipe, run_dir=run_dir, stages=stages, nets=nets, ema=ema, modules=modules, task=task,
+                metrics_log=metrics_log, progress=progress, device=device, log=log, student_config=sconf,
+                teacher_d_config=dt_conf, world=world)
     loop.run()
     if not world.is_main:
         return run_dir
@@ -458,7 +459,7 @@ def _run(recipe: Recipe, resume: bool, log, world: World) -> Path:
 class Loop:
     """The training loop over planned stages, with checkpoints, validation, budget and signal handling."""
 
-    def __init__(self, recipe, run_dir, stages, nets, ema, modules, task, metrics_log, progress, device,
+    def __init__(self, *, recipe, run_dir, stages, nets, ema, modules, task, metrics_log, progress, device,
                  log, student_config, teacher_d_config, world: World = SINGLE):
         self.world = world
         self.recipe, self.run_dir, self.stages, self.nets, self.ema = recipe, run_dir, stages, nets, ema
@@ -571,7 +572,7 @@ class Loop:
             self.log_step(stage, pos.step, logs)
             signal_name = stop.signal_name
             over_budget = self.recipe.max_minutes is not None and self.elapsed_s > 60 * self.recipe.max_minutes \
-                and stage.name != "qat"  # the budget bounds the stages before qat, which runs its n_qat epochs
+                and not stage.fake_quant  # the budget bounds the stages before qat, which runs its n_qat epochs
             if self.world.distributed:  # every rank stops after the same step
                 got_signal, over_budget = self.world.any(bool(signal_name), over_budget)
                 signal_name = (signal_name or "a signal to another process") if got_signal else None
@@ -580,7 +581,7 @@ class Loop:
                 raise RunInterrupted(f"{signal_name} at step {pos.step}: state saved to {self.state_path}; "
                                      "continue with --resume")
             if over_budget:
-                qat_next = self.stages[-1].name == "qat"
+                qat_next = self.stages[-1].fake_quant
                 self.log(f"max_minutes={self.recipe.max_minutes} reached at step {pos.step}: validating and "
                          + ("going on to the qat stage" if qat_next else "stopping"))
                 if stage.g_target:
@@ -605,13 +606,14 @@ class Loop:
 
     def begin_stage(self, stage: Stage) -> None:
         self.log(f"{stage.name}: {stage.epochs} epoch(s) x {self.steps_per_epoch} steps; trains {', '.join(stage.trains)}")
-        if stage.name == "stage2" and self.recipe.init == "teacher" and self.nets.student_d is not None \
-                and self.recipe.mode == "sdakd":
-            self.init_student_d_from_teacher_d()
-        if stage.name == "qat":
-            self.begin_qat(stage)
+        for action in stage.begin:
+            self.ACTIONS[action](self, stage)
 
-    def init_student_d_from_teacher_d(self) -> None:
+    def end_stage(self, stage: Stage) -> None:
+        for action in stage.end:
+            self.ACTIONS[action](self, stage)
+
+    def init_student_d_from_teacher_d(self, stage: Stage) -> None:
         from gankd.distill.models.students import build_student as _build
 
         d_s, _ = _build(self.nets.teacher_d, width=self.recipe.student_d_width, init="teacher")
@@ -638,14 +640,17 @@ class Loop:
                  f"ranges from {len(inputs)} train crops), from the fp32 student of step {self.progress.best_step}; "
                  f"its best goes to {self.g_dir / qat.FOLDER}")
 
-    def end_stage(self, stage: Stage) -> None:
-        if stage.name == "stage1":
-            config = replace(self.teacher_d_config, provenance={
-                **self.teacher_d_config.provenance, "stage1_steps": self.progress.position.step,
-                "teacher": str(self.g_dir if self.recipe.mode == "train" else self.recipe.teacher)})
-            if self.world.is_main:
-                save_model(self.run_dir / "teacher_d", self.nets.teacher_d, config)
-            self.log(f"stage1 done: teacher discriminator saved to {self.run_dir / 'teacher_d'}")
+    def save_teacher_d(self, stage: Stage) -> None:
+        config = replace(self.teacher_d_config, provenance={
+            **self.teacher_d_config.provenance, "stage1_steps": self.progress.position.step,
+            "teacher": str(self.g_dir if self.recipe.mode == "train" else self.recipe.teacher)})
+        if self.world.is_main:
+            save_model(self.run_dir / "teacher_d", self.nets.teacher_d, config)
+        self.log(f"{stage.name} done: teacher discriminator saved to {self.run_dir / 'teacher_d'}")
+
+    # what a Stage's ``begin`` / ``end`` names: the loop's side of a stage (stages.plan_stages sets them)
+    ACTIONS = {"init_student_d": init_student_d_from_teacher_d, "begin_qat": begin_qat,
+               "save_teacher_d": save_teacher_d}
 
     def validate(self, stage: Stage, step_no: int) -> None:
         # torchrun: rank 0 validates, every rank gets its scores, so selection is the same everywhere
@@ -661,7 +666,7 @@ class Loop:
         if not math.isfinite(score):
             self.log(f"validation at step {step_no}: {metric} is {score}; not kept")
             return
-        if stage.name == "qat":  # its own selection: fake-quantized scores are the INT8 file's, not the fp32's
+        if stage.fake_quant:  # its own selection: fake-quantized scores are the INT8 file's, not the fp32's
             if self.task.better(score, self.progress.qat_best_score):
                 self.progress.qat_best_score, self.progress.qat_best_step = score, step_no
                 if self.world.is_main:

@@ -1,7 +1,7 @@
 """Losses of SDAKD distillation, as pure functions returning a scalar.
 
 Weights (λ1 for the MLP feature term, λ2 for the adversarial term, the L1 and perceptual weights) are applied in one
-place, :func:`gankd.distill.train.stages.generator_loss`; nothing here knows about stages or modules.
+place, the term table of :mod:`gankd.distill.train.objective`; nothing here knows about stages or modules.
 
 Adversarial losses take the discriminator's raw outputs (logits; the U-Net discriminator gives one per pixel) and
 average over every element:

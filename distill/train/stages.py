@@ -1,7 +1,8 @@
 """SDAKD stages as data, and one step function that runs any of them.
 
-A :class:`Stage` names what its generator step optimises (target and loss terms) and which discriminator its
-discriminator step trains and how. :func:`plan_stages` turns a recipe into the list of stages:
+A :class:`Stage` names what its generator step optimises (target and loss terms, rows of the one term table in
+:mod:`.objective`), which discriminator its discriminator step trains and how, its adversarial loss, and the loop
+actions at its start and end. :func:`plan_stages` turns a recipe into the list of stages:
 
 - **stage1** — D_T learns, adversarially, to tell real HR crops from the frozen teacher's outputs (only when no
   trained teacher discriminator is given and a later stage needs one).
@@ -34,9 +35,11 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from . import losses
-from .baselines import BASELINES, TERMS as BASELINE_TERMS
 from gankd.distill.errors import GankdError
+
+from . import losses
+from .baselines import BASELINES
+from .objective import DStep, Step, discriminator_objective, objective
 from .recipe import Recipe
 
 
@@ -46,15 +49,24 @@ class NonFiniteLoss(GankdError):
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage: what its generator step optimises (target and the names of its terms in
+    :mod:`.objective`), which discriminator its discriminator step trains and how, the adversarial loss of both,
+    and what the loop does when the stage begins and ends (:attr:`Loop.ACTIONS <gankd.distill.train.loop.Loop>`)."""
+
     name: str
     epochs: int
     g_target: str | None = None  # "teacher" | "gt" | "none" (adversarial only); None: no generator step
-    g_terms: tuple[str, ...] = ()  # from "l1" | "mse", "perceptual", "mlp", "adv", "div" (CGKD diversity)
+    g_terms: tuple[str, ...] = ()  # names in objective.TERMS
     adv_net: str | None = None  # the discriminator the generator's adversarial term uses
     d_net: str | None = None  # the discriminator this stage trains
     d_mode: str | None = None  # "adv" (real HR vs fake) | "distill" (match D_T's outputs)
     d_fake: str = "student"  # what "fake" is in an adversarial D step: "student" | "teacher" | "both" outputs
     t_terms: tuple[str, ...] = ()  # OMGD: the online teacher G's own step, before the student's ("l1", "adv", ...)
+    adversarial: str | None = None  # the adversarial loss of its G and D steps (None: the recipe's adversarial)
+    t_adversarial: str = "vanilla"  # OMGD: the online teacher's own adversarial loss
+    begin: tuple[str, ...] = ()  # loop actions when the stage starts ("init_student_d", "begin_qat")
+    end: tuple[str, ...] = ()  # loop actions when it has run its epochs ("save_teacher_d")
+    fake_quant: bool = False  # QAT: INT8 fake quantization on; its own selection, outside max_minutes
 
     @property
     def trains(self) -> tuple[str, ...]:
@@ -80,13 +92,15 @@ def plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str = "sr") -> 
     stages = _plan_stages(recipe, have_teacher_d, task_kind)
     if recipe.n_qat > 0 and recipe.mode != "train":
         target = "gt" if recipe.mode == "scratch" else "teacher"
-        stages.append(Stage("qat", recipe.n_qat, g_target=target, g_terms=supervised_terms(recipe)))
-    return stages
+        stages.append(Stage("qat", recipe.n_qat, g_target=target, g_terms=supervised_terms(recipe),
+                            begin=("begin_qat",), fake_quant=True))
+    return [replace(s, adversarial=s.adversarial or recipe.adversarial, t_adversarial=recipe.teacher_adversarial)
+            for s in stages]
 
 
 def supervised_terms(recipe: Recipe) -> tuple[str, ...]:
     """The terms of every supervised generator step (each weighted by its recipe key; a weight of 0 skips it)."""
-    return (recipe.sup_loss, "perceptual", "fft", "gv")
+    return (recipe.sup_loss, "perceptual", "fft", "gv", "anchor")
 
 
 def _plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> list[Stage]:
@@ -95,7 +109,7 @@ def _plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> list[S
     if recipe.mode == "train":  # generation: adversarial only; restoration: supervised on the GT + adversarial
         target, terms = ("none", ()) if task_kind == "generate" else ("gt", sup)
         return [Stage("stage1", recipe.n1, g_target=target, g_terms=terms + ("adv",) + div, adv_net="teacher_d",
-                      d_net="teacher_d", d_mode="adv")]
+                      d_net="teacher_d", d_mode="adv", end=("save_teacher_d",), adversarial=recipe.teacher_adversarial)]
     if recipe.mode in BASELINES:
         return _baseline_stages(recipe, have_teacher_d, task_kind)
     if recipe.mode == "scratch":
@@ -107,12 +121,15 @@ def _plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> list[S
         if recipe.n1 == 0:
             raise GankdError("n1 is 0 but no teacher_d is given: the teacher discriminator must be trained "
                              "(set n1 > 0) or loaded (set teacher_d)")
-        stages.append(Stage("stage1", recipe.n1, d_net="teacher_d", d_mode="adv", d_fake="teacher"))
+        stages.append(Stage("stage1", recipe.n1, d_net="teacher_d", d_mode="adv", d_fake="teacher",
+                            end=("save_teacher_d",), adversarial=recipe.teacher_adversarial))
     kd = sup + (("mlp",) if recipe.feature_kd else ())
     if recipe.discriminator == "none":
         return [s for s in [Stage("stage2", recipe.n2, g_target="teacher", g_terms=kd)] if s.epochs > 0]
     adversary = "student_d" if recipe.discriminator == "student" else "teacher_d"
     stage2_d = {"d_net": "student_d", "d_mode": "distill"} if recipe.discriminator == "student" else {}
+    if recipe.discriminator == "student" and recipe.init == "teacher":  # D_S by channel selection from D_T
+        stage2_d["begin"] = ("init_student_d",)
     stages.append(Stage("stage2", recipe.n2, g_target="teacher", g_terms=kd, **stage2_d))
     stages.append(Stage("stage3", recipe.n3, g_target="teacher", g_terms=kd + ("adv",) + div, adv_net=adversary,
                         d_net=adversary, d_mode="adv"))
@@ -126,7 +143,8 @@ def _baseline_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> li
         if recipe.n1 == 0:
             raise GankdError(f"n1 is 0 but no teacher_d is given: mode {recipe.mode} needs the teacher "
                              "discriminator trained (set n1 > 0) or loaded (set teacher_d)")
-        stages.append(Stage("stage1", recipe.n1, d_net="teacher_d", d_mode="adv", d_fake="teacher"))
+        stages.append(Stage("stage1", recipe.n1, d_net="teacher_d", d_mode="adv", d_fake="teacher",
+                            end=("save_teacher_d",), adversarial=recipe.teacher_adversarial))
     sup = supervised_terms(recipe)
     if recipe.mode == "omgd":  # one online stage: teacher G, then the student by KD only, then D_T vs the teacher
         kd = sup + ("ssim", "style") + (("cd",) if recipe.feature_kd else ())
@@ -253,84 +271,33 @@ def generator_loss(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe
     """The weighted generator objective of ``stage``; returns (total, unweighted terms, student output)."""
     out, feats = nets.trained("student").forward_with_features(*batch.inputs)
     target = batch.teacher_out if stage.g_target == "teacher" else batch.hr
-    terms, weights = {}, {}
-    for name in ("l1", "mse"):
-        if name in stage.g_terms:
-            terms[name] = losses.l1_loss(out, target) if name == "l1" else losses.mse_loss(out, target)
-            weights[name] = recipe.l1_weight
-    if "fft" in stage.g_terms and recipe.fft_weight > 0:
-        terms["fft"] = losses.fft_loss(out, target)
-        weights["fft"] = recipe.fft_weight
-    if "gv" in stage.g_terms and recipe.gv_weight > 0:
-        terms["gv"] = losses.gradient_variance_loss(out, target)
-        weights["gv"] = recipe.gv_weight
-    if "perceptual" in stage.g_terms and nets.perceptual is not None and recipe.perceptual_weight > 0:
-        with torch.no_grad():
-            target_feats = nets.perceptual(target)
-        terms["perceptual"] = losses.perceptual_loss(nets.perceptual(out), target_feats, nets.perceptual_layers)
-        weights["perceptual"] = recipe.perceptual_weight
-    if recipe.anchor_weight > 0 and nets.anchor is not None and stage.g_target != "none":
-        terms["anchor"] = losses.anchor_loss(list(nets.student.parameters()), nets.anchor)
-        weights["anchor"] = recipe.anchor_weight
-    if "mlp" in stage.g_terms:
-        terms["mlp"] = losses.mlp_feature_loss(nets.trained("adapter")(feats[-1]), batch.teacher_feat)
-        weights["mlp"] = recipe.lambda_mlp
-    if "adv" in stage.g_terms:
-        adversary = nets.get(stage.adv_net)
-        adversary.requires_grad_(False)
-        kind = recipe.teacher_adversarial if stage.name == "stage1" else recipe.adversarial  # stage 1: the teacher's
-        terms["adv"] = losses.g_adversarial_loss(adversary(_augment(out, recipe, batch.seed, batch.shard)), kind)
-        adversary.requires_grad_(True)
-        weights["adv"] = 1.0 if stage.g_target == "none" else recipe.lambda_adv
-    if "div" in stage.g_terms:
-        from . import kddlgan
-
-        terms["div"] = kddlgan.kddlgan_g_term(_whole_batch(nets.get("clip")(out), batch.shard), nets.text_features)
-        weights["div"] = recipe.lambda_div
-    if any(name in stage.g_terms for name in BASELINE_TERMS):
-        from .baselines import generator_terms
-
-        extra, extra_weights = generator_terms(stage, nets, batch, recipe, out, feats, target)
-        terms.update(extra)
-        weights.update(extra_weights)
-    total = sum(weights[name] * value for name, value in terms.items())
+    step_data = Step(nets, batch, recipe, out, feats, target, _augmenter(recipe, batch), adversary=stage.adv_net,
+                     adversarial=stage.adversarial, has_target=stage.g_target != "none",
+                     whole_batch=lambda rows: _whole_batch(rows, batch.shard))
+    total, terms = objective(stage.g_terms, step_data)
     return total, terms, out
+
+
+def _augmenter(recipe: Recipe, batch: Batch, offset: int = 0):
+    return lambda images: _augment(images, recipe, batch.seed + offset, batch.shard)
 
 
 def discriminator_loss(stage: Stage, nets: Nets, batch: Batch, fake: torch.Tensor, recipe: Recipe
                        ) -> dict[str, torch.Tensor]:
     d = nets.trained(stage.d_net)
-    if stage.d_mode == "distill":
+    if stage.d_mode == "distill":  # SDAKD stage 2: D_S matches D_T's outputs on real, teacher and student images
         inputs = torch.cat([batch.hr, batch.teacher_out, fake])
         with torch.no_grad():
             target = nets.get("teacher_d")(inputs)
         return {"d_distill": losses.d_distill_loss(d(inputs), target)}
-    kind = recipe.teacher_adversarial if stage.name == "stage1" else recipe.adversarial
-    lazy_r1 = kind == "logistic" and recipe.r1_gamma > 0 and batch.step % recipe.r1_every == 0
+    lazy_r1 = stage.adversarial == "logistic" and recipe.r1_gamma > 0 and batch.step % recipe.r1_every == 0
     real = _augment(batch.hr, recipe, batch.seed + 1, batch.shard).detach().requires_grad_(lazy_r1)
     fake = _augment(fake, recipe, batch.seed + 2, batch.shard)
     kd = nets.clip is not None  # KD-DLGAN reads D's last-layer features as well as its logits
     real_logits, real_feat = d.forward_with_features(real) if kd else (d(real), None)
     fake_logits, fake_feat = d.forward_with_features(fake) if kd else (d(fake), None)
-    terms = {"d_adv": losses.d_adversarial_loss(real_logits, fake_logits, kind)}
-    if real.requires_grad:
-        terms["d_r1"] = 0.5 * recipe.r1_gamma * recipe.r1_every * losses.r1_penalty(real_logits, real)
-    if kd:
-        terms.update(_kddlgan_d_terms(nets, real.detach(), fake, real_feat, fake_feat, recipe, batch.seed))
-    return terms
-
-
-def _kddlgan_d_terms(nets: Nets, real: torch.Tensor, fake: torch.Tensor, real_feat: torch.Tensor,
-                     fake_feat: torch.Tensor, recipe: Recipe, seed: int) -> dict[str, torch.Tensor]:
-    """λ·L_AGKD + λ·L_CGKD-match, D^f = the projection head on D's last-layer feature."""
-    from . import kddlgan
-
-    aggregate = kddlgan.agkd_gate(torch.Generator().manual_seed(seed + 3), recipe.agkd_p)
-    with torch.no_grad():  # CLIP is the teacher here: D learns towards it
-        i_real, i_fake = nets.clip(real), nets.clip(fake)
-    head = nets.trained("d_head")
-    kd = kddlgan.kddlgan_d_terms(i_real, i_fake, head(real_feat), head(fake_feat), nets.text_features, aggregate)
-    return {"d_agkd": recipe.lambda_agkd * kd["agkd"], "d_cgkd": recipe.lambda_cgkd * kd["cgkd_match"]}
+    return discriminator_objective(DStep(nets, recipe, batch.seed, stage.adversarial, real, fake, real_logits,
+                                         fake_logits, real_feat, fake_feat))
 
 
 def _online_teacher_step(stage: Stage, nets: Nets, batch: Batch, recipe: Recipe, where: str, world
