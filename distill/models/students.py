@@ -13,6 +13,7 @@ works for RRDBNet generators (rrdb family) and the U-Net discriminator.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from fractions import Fraction
 
 from torch import Tensor, nn
@@ -45,6 +46,98 @@ def width_label(width: float) -> str:
     return f"1/{frac.denominator}" if exact and frac.numerator == 1 and frac.denominator > 1 else f"{width:g}"
 
 
+@dataclasses.dataclass(frozen=True)
+class StudentRequest:
+    """What ``student_config`` was asked for, as every family's rule reads it (``teacher_kw``: the teacher's options
+    with its config's defaults filled in)."""
+
+    teacher: ModelConfig
+    model: nn.Module | None  # the loaded teacher (init="teacher" needs its weights)
+    teacher_kw: dict
+    width: float
+    depth: int | None
+    num_feat: int | None
+    init: str
+    up_feat: int | None
+    blocks: str | list[int]
+    calib_lr: Tensor | None
+
+
+# student family -> its rule: the arch, options and kept teacher blocks of a student of that family. One small
+# function per family, registered next to the others with @student_rule; a family without a rule has no students.
+StudentRule = Callable[[StudentRequest], tuple[str, dict, list[int] | None]]
+STUDENT_RULES: dict[str, StudentRule] = {}
+
+
+def student_rule(family: str):
+    def decorator(rule: StudentRule) -> StudentRule:
+        if family in STUDENT_RULES:
+            raise ValueError(f"student family {family!r} already has a rule")
+        STUDENT_RULES[family] = rule
+        return rule
+
+    return decorator
+
+
+@student_rule("unet_d")
+def _unet_d_student(ask: StudentRequest):
+    kw = dict(ask.teacher_kw)
+    kw["num_feat"] = ask.num_feat or _scaled(kw["num_feat"], ask.width)
+    return ask.teacher.arch, kw, None
+
+
+@student_rule("stylegan2_d")
+def _stylegan2_d_student(ask: StudentRequest):
+    return ask.teacher.arch, stylegan2_discriminator_student_kwargs(ask.teacher_kw, ask.width), None
+
+
+def _narrowed(family: str, kwargs_of):
+    """A StyleGAN2-style family: width via the arch's own ``narrow`` (every channel count x C)."""
+    def rule(ask: StudentRequest):
+        if get_arch(ask.teacher.arch).family != family:
+            raise GankdError(f"family {family!r} needs a {family} teacher, not {ask.teacher.arch!r}")
+        if ask.num_feat is not None:
+            raise GankdError(f"num_feat applies to rrdb/srvgg students; {family} students take width only")
+        return ask.teacher.arch, kwargs_of(ask.teacher_kw, ask.width, ask.depth), None
+
+    return rule
+
+
+@student_rule("rrdb")
+def _rrdb_student(ask: StudentRequest):
+    if ask.teacher.arch != "rrdbnet":
+        raise GankdError(f"family 'rrdb' needs an RRDBNet teacher, not {ask.teacher.arch!r}")
+    depth, kept = ask.depth, None
+    if ask.init == "teacher":
+        kept = _kept_blocks(ask.model, ask.teacher_kw["num_block"], depth, ask.blocks, ask.calib_lr)
+        depth = len(kept)
+    return "rrdbnet", _rrdb_kwargs(ask.teacher_kw, ask.width, depth, ask.num_feat, ask.up_feat), kept
+
+
+@student_rule("span")
+def _span_student(ask: StudentRequest):
+    teacher = ask.teacher
+    if teacher.task != "sr" or teacher.scale is None:
+        raise GankdError(f"a SPAN student needs an SR teacher with a scale, not {teacher.arch!r}")
+    if ask.depth is not None:
+        raise GankdError("a SPAN student has the official 6 blocks; depth applies to rrdb/srvgg students")
+    base = ask.teacher_kw["feature_channels"] if teacher.arch == "span" else 48
+    return "span", {"num_in_ch": 3, "num_out_ch": 3, "feature_channels": ask.num_feat or _scaled(base, ask.width),
+                    "upscale": teacher.scale, "norm": True}, None
+
+
+@student_rule("srvgg")
+def _srvgg_student(ask: StudentRequest):
+    teacher = ask.teacher
+    if teacher.task != "sr" or teacher.scale is None:
+        raise GankdError(f"an SRVGG student needs an SR teacher with a scale, not {teacher.arch!r}")
+    base = ask.teacher_kw if teacher.arch == "srvgg_compact" else {"num_feat": 64, "num_conv": 16}
+    return "srvgg_compact", {"num_in_ch": 3, "num_out_ch": 3,
+                             "num_feat": ask.num_feat or _scaled(base["num_feat"], ask.width),
+                             "num_conv": base["num_conv"] if ask.depth is None else ask.depth,
+                             "upscale": teacher.scale, "act_type": "prelu"}, None
+
+
 def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: int | None = None,
                    family: str | None = None, num_feat: int | None = None, *, init: str = "random",
                    up_feat: int | None = None, blocks: str | list[int] = "even",
@@ -54,7 +147,8 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
     ``teacher`` is a ModelConfig or a model from ``load_model`` (needed for ``init="teacher"``). ``up_feat`` is the
     rrdb upsampler width (conv_up1/conv_up2/conv_hr); by default it is scaled like the trunk. ``blocks`` picks the
     teacher blocks a teacher-initialised rrdb student keeps: "even", "greedy" (needs ``calib_lr``, a few LR crops)
-    or explicit indices. Provenance records ``init``, the kept ``blocks`` and ``up_feat``.
+    or explicit indices. Provenance records ``init``, the kept ``blocks`` and ``up_feat``. The family's own rule
+    (:data:`STUDENT_RULES`) decides the arch and its options.
     """
     model, teacher = _split_teacher(teacher)
     if init == "pretrained" or pretrained is not None:
@@ -69,55 +163,16 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
     entry = get_arch(teacher.arch)
     family = family or DEFAULT_STUDENT_FAMILY.get(entry.family, entry.family)
     _check_init(init, model, entry.kind, family, blocks, up_feat)
-    teacher_kw = dataclasses.asdict(make_config(teacher.arch, teacher.kwargs))  # every option, defaults filled in
-    kw = dict(teacher_kw)
-    kept = None
-    if entry.kind == "discriminator":
-        if family != entry.family:
-            raise GankdError(f"a {teacher.arch} discriminator has {entry.family} students only, not {family!r}")
-        if entry.family == "stylegan2_d":
-            kw = stylegan2_discriminator_student_kwargs(teacher_kw, width)
-        else:
-            kw["num_feat"] = num_feat or _scaled(kw["num_feat"], width)
-        arch = teacher.arch
-    elif family in ("stylegan2", "gcfsr"):
-        # width via the arch's own `narrow` (every channel count x C); depth: StyleGAN2 mapping layers
-        if entry.family != family:
-            raise GankdError(f"family {family!r} needs a {family} teacher, not {teacher.arch!r}")
-        if num_feat is not None:
-            raise GankdError(f"num_feat applies to rrdb/srvgg students; {family} students take width only")
-        kw = (stylegan2_student_kwargs if family == "stylegan2" else gcfsr_student_kwargs)(teacher_kw, width, depth)
-        arch = teacher.arch
-    elif family == "rrdb":
-        if teacher.arch != "rrdbnet":
-            raise GankdError(f"family 'rrdb' needs an RRDBNet teacher, not {teacher.arch!r}")
-        if init == "teacher":
-            kept = _kept_blocks(model, kw["num_block"], depth, blocks, calib_lr)
-            depth = len(kept)
-        kw = _rrdb_kwargs(teacher_kw, width, depth, num_feat, up_feat)
-        arch = "rrdbnet"
-    elif family == "span":
-        if teacher.task != "sr" or teacher.scale is None:
-            raise GankdError(f"a SPAN student needs an SR teacher with a scale, not {teacher.arch!r}")
-        if depth is not None:
-            raise GankdError("a SPAN student has the official 6 blocks; depth applies to rrdb/srvgg students")
-        base = kw["feature_channels"] if teacher.arch == "span" else 48
-        kw = {"num_in_ch": 3, "num_out_ch": 3, "feature_channels": num_feat or _scaled(base, width),
-              "upscale": teacher.scale, "norm": True}
-        arch = "span"
-    elif family == "srvgg":
-        if teacher.task != "sr" or teacher.scale is None:
-            raise GankdError(f"an SRVGG student needs an SR teacher with a scale, not {teacher.arch!r}")
-        base = kw if teacher.arch == "srvgg_compact" else {"num_feat": 64, "num_conv": 16}
-        kw = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": num_feat or _scaled(base["num_feat"], width),
-              "num_conv": base["num_conv"] if depth is None else depth, "upscale": teacher.scale,
-              "act_type": "prelu"}
-        arch = "srvgg_compact"
-    else:
+    if entry.kind == "discriminator" and family != entry.family:
+        raise GankdError(f"a {teacher.arch} discriminator has {entry.family} students only, not {family!r}")
+    if entry.kind != "discriminator" and family not in FAMILIES:
         raise GankdError(f"unknown student family {family!r}; families: {', '.join(FAMILIES)}")
+    teacher_kw = dataclasses.asdict(make_config(teacher.arch, teacher.kwargs))  # every option, defaults filled in
+    arch, kw, kept = STUDENT_RULES[family](StudentRequest(teacher, model, teacher_kw, width, depth, num_feat, init,
+                                                          up_feat, blocks, calib_lr))
     provenance = {"student_of": teacher.provenance.get("source", teacher.arch), "teacher_arch": teacher.arch,
-                  "teacher_kwargs": teacher.kwargs, "width": width, "depth": depth, "family": family,
-                  "init": init, "blocks": kept,
+                  "teacher_kwargs": teacher.kwargs, "width": width, "depth": len(kept) if kept else depth,
+                  "family": family, "init": init, "blocks": kept,
                   "up_feat": (kw.get("num_up_feat") or kw["num_feat"]) if arch == "rrdbnet" else None}
     actual_width = float(width) if num_feat is None or "num_feat" not in teacher_kw else \
         num_feat / teacher_kw["num_feat"]
@@ -310,3 +365,7 @@ def load_pretrained(init_from: str | None = None) -> nn.Module:
     model, config = import_ncnn_package(DEFAULT_PRETRAINED)
     model.gankd_config = config
     return model
+
+
+student_rule("stylegan2")(_narrowed("stylegan2", stylegan2_student_kwargs))
+student_rule("gcfsr")(_narrowed("gcfsr", gcfsr_student_kwargs))
