@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from gankd.export import bench
     from gankd.serve import Session
     from gankd.serve.cli import backend_line
+    from gankd.serve.timing import measure_interleaved
 
     artifact = bench.load_artifacts([args.artifact])[0]
     backends = [b for b in ("ort", "ncnn") if {"ort": "onnx", "ncnn": "ncnn"}[b] in artifact.manifest["files"]]
@@ -60,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             calls[f"bench {b}"] = lambda run=run, x=x: run(x)
             calls[f"session {b}"] = lambda s=sessions[b], x=x: s.forward(x)
         calls[f"session auto ({auto.backend})"] = lambda x=x: auto.forward(x)
-        times = bench.measure_interleaved(list(calls.values()), warmup_ms=0, duration_s=None,
-                                          iterations=args.iterations)
+        times = measure_interleaved(list(calls.values()), warmup_ms=0, duration_s=None, iterations=args.iterations)
         median = {name: statistics.median(t) for name, t in zip(calls, times)}
         print(f"\n1x3x{size}x{size}, {args.iterations} rounds, {threads} threads:")
         for name, value in median.items():

@@ -4,13 +4,13 @@ batching on and off) against calling ``Session.forward`` directly, at several cl
     .venv/bin/python demos/bench_triton.py exports/student --shape 1x3x64x64 --concurrency 1,4,16
 
 Each row: ``concurrency`` client threads send the same real LR crop (scikit-image's astronaut, bicubic-downscaled)
-back to back for ``--duration-s`` after one warm-up request each; latency is per request as the client sees it,
-throughput is images per second over the row's wall time. Both servers (batching on and off) run at once and the
-rows are measured in ``--rounds`` interleaved rounds (as gankd-bench interleaves), so load from other jobs that
-drifts during the run falls on every row alike. "Session" threads share one Session (ONNX Runtime), as
-the Triton model instance shares its one Session between the requests of a batch. Batching off is
-``--max-batch 1``. Both use ``--threads`` intra-op threads. The table ends with the CPU model (/proc/cpuinfo) and
-the load average before and after, to show whether other jobs shared the machine.
+back to back for ``--duration-s`` after one warm-up request each; latency is per request as the client sees it
+(p50 / p99: nearest rank, as gankd-bench's), throughput is images per second over the row's wall time. Both
+servers (batching on and off) run at once and the rows are measured in ``--rounds`` interleaved rounds (as
+gankd-bench interleaves), so load from other jobs that drifts during the run falls on every row alike. "Session"
+threads share one Session (ONNX Runtime), as the Triton model instance shares its one Session between the requests
+of a batch. Batching off is ``--max-batch 1``. Both use ``--threads`` intra-op threads. The table ends with the CPU
+model (/proc/cpuinfo) and the load average before and after, to show whether other jobs shared the machine.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from gankd.serve.cpu import cpu_description
+from gankd.serve.timing import measure_interleaved, percentile
 
 
 def _free_port() -> int:
@@ -49,11 +50,11 @@ def _lr_crop(shape: tuple[int, int, int, int], scale: int) -> np.ndarray:
 
 
 def _run(make_call, concurrency: int, duration_s: float) -> dict:
-    """``concurrency`` threads, each with its own ``make_call()`` (a client), calling it until the deadline."""
+    """``concurrency`` threads, each with its own ``make_call()`` (a client), calling it back to back for
+    ``duration_s`` from the moment all are ready (the one timing loop, ``gankd.serve.timing``)."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     barrier = threading.Barrier(concurrency + 1)
     errors: list[BaseException] = []
-    stop_at = [0.0]
 
     def worker(k: int) -> None:
         try:
@@ -64,25 +65,20 @@ def _run(make_call, concurrency: int, duration_s: float) -> dict:
             barrier.wait()
             return
         barrier.wait()
-        while time.perf_counter() < stop_at[0]:
-            start = time.perf_counter()
-            call()
-            latencies[k].append(time.perf_counter() - start)
+        latencies[k] = measure_interleaved([call], warmup_ms=None, duration_s=duration_s, iterations=None)[0]
         getattr(call, "close", lambda: None)()
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
     for thread in threads:
         thread.start()
-    stop_at[0] = time.perf_counter() + 1e9
     barrier.wait()
     began = time.perf_counter()
-    stop_at[0] = began + duration_s
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - began
     if errors:
         raise RuntimeError(f"a client failed: {errors[0]}")
-    return {"latencies_ms": [v * 1000 for per in latencies for v in per], "wall_s": wall}
+    return {"latencies_ms": [v for per in latencies for v in per], "wall_s": wall}
 
 
 def _triton_call(protocol: str, url: str, model: str, x: np.ndarray):
@@ -171,11 +167,11 @@ def main() -> None:
     throughput = {}
     for key, results in runs.items():
         path, batching, level = key
-        latencies = np.array([v for r in results for v in r["latencies_ms"]])
+        latencies = sorted(v for r in results for v in r["latencies_ms"])
         per_s = len(latencies) * images / sum(r["wall_s"] for r in results)
         throughput[key] = per_s
-        print(f"| {path} | {batching} | {level} | {len(latencies)} | {np.percentile(latencies, 50):.1f} | "
-              f"{np.percentile(latencies, 99):.1f} | {per_s:.1f} |")
+        print(f"| {path} | {batching} | {level} | {len(latencies)} | {percentile(latencies, 50):.1f} | "
+              f"{percentile(latencies, 99):.1f} | {per_s:.1f} |")
     print("\ngain from dynamic batching (images/s on / off):")
     for protocol in ("http", "grpc"):
         on_off = [(throughput[(f"Triton {protocol}", "on", lv)], throughput[(f"Triton {protocol}", "off", lv)])

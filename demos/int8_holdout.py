@@ -25,7 +25,7 @@ from gankd.distill.data.images import sample_images
 from gankd.distill.data.crops import validation_pool
 from gankd.distill.metrics import mean_psnr
 from gankd.export import exporter, formats, int8
-from gankd.export.bench import measure_interleaved
+from gankd.serve.timing import measure_interleaved
 
 LEGACY = int8.Int8Recipe(reduce_range=False, keep_first_convs=0, keep_last_convs=0)  # the 2026-11 settings
 

@@ -1,14 +1,13 @@
-"""The one exception type gankd raises for bad input: its message is a single line that names the problem."""
+"""The exception types gankd raises for bad input: their message is a single line that names the problem.
 
+:class:`GankdError` is gankd's one root error. It is defined in the bottom layer (``gankd.serve.errors``) so that
+gankd.serve's ``ServeError`` derives from it although serve never imports gankd.distill, and re-exported here, its
+home for users (``from gankd.distill import GankdError``).
+"""
 
-class GankdError(Exception):
-    """A user-facing error: missing file, wrong architecture, corrupted weights, bad value.
+from gankd.serve.errors import GankdError
 
-    The CLI prints ``str(error)`` as one line and exits non-zero; nothing that was saved is touched.
-    """
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+__all__ = ["GankdError", "RunInterrupted"]
 
 
 class RunInterrupted(GankdError):

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gankd.serve.errors import first_line
+from gankd.serve.psnr import PSNR_CAP_DB, psnr_db
 
 from .errors import GankdError
 
-PSNR_CAP_DB = 100.0
 
 
 def quantize_8bit(x: Tensor, max_val: float = 1.0) -> Tensor:
@@ -52,8 +52,7 @@ def psnr(a: Tensor, b: Tensor, crop_border: int = 0, max_val: float = 1.0) -> Te
     average with :func:`mean_psnr`, which caps them.
     """
     a, b = _pair(a, b, crop_border, max_val)
-    mse = (a - b).pow(2).mean(dim=(1, 2, 3))
-    return 10.0 * torch.log10(255.0**2 / mse)
+    return psnr_db((a - b).pow(2).mean(dim=(1, 2, 3)), peak=255.0)
 
 
 def mean_psnr(a: Tensor, b: Tensor, crop_border: int = 0, cap_db: float = PSNR_CAP_DB) -> float:
@@ -207,7 +206,7 @@ class FidScorer:
 
         With at least as many samples as feature dimensions this is clean-fid's ``frechet_distance``. With fewer
         (< 2048 for Inception: every validation set here) the covariances are rank-deficient; there ``sqrtm`` of the
-        2048×2048 product takes 30-55 s on 2 CPU cores and is flagged inaccurate, so the same quantity is computed
+        2048×2048 product is slow on a CPU and flagged inaccurate, so the same quantity is computed
         exactly from the N×N cross-Gram matrix instead (:func:`_low_rank_trace_sqrt`). Either way, few samples bias
         FID upward: compare FIDs only across runs with the same sample count.
         """

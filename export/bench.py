@@ -40,21 +40,20 @@ ort backends (not ort-cuda / trt).
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from gankd.distill.errors import GankdError
-from gankd.distill.models.cost import measure_interleaved  # its one home; demos and tests import it from here too
-from gankd.distill.models.cost import cpuinfo_blocks, read_cpuinfo  # their one home; int8 imports them from here
+from gankd.serve.cpu import cpuinfo_blocks, read_cpuinfo
 from gankd.serve.manifest import task_of
+# the one timing loop and summary (serve.timing); tests and demos import percentile and measure_interleaved here too
+from gankd.serve.timing import PERCENTILE_DEFINITION, latency_stats, measure_interleaved, percentile  # noqa: F401
 
 from . import formats, ncnn, trt
 from .manifest import artifact_file, read_manifest, write_manifest
@@ -62,39 +61,8 @@ from .tasks import TASKS, Task
 
 BACKENDS = ("torch", "ort", "ort-cuda", "trt", "ncnn")
 VARIANTS = ("fp32", "int8", "fp16")
-PERCENTILES = (90, 95, 99)
-PERCENTILE_DEFINITION = ("nearest rank: the p-th percentile of n sorted latencies is the ceil(p*n/100)-th smallest "
-                         "(trtexec's findPercentile in exact arithmetic; trtexec's floats can pick one rank higher)")
 _ONNX_FILES = {"fp32": "onnx", "int8": "onnx-int8", "fp16": "onnx-fp16"}
 DEFAULT_SHAPES = ((1, 3, 64, 64),)
-
-
-# ----------------------------------------------------------------------------------------------- statistics
-
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of ascending ``sorted_values``: the smallest value with at least p% of the values
-    at or below it. Exact (p is read as a decimal fraction), so p90 of 10 values is the 9th, not the 10th."""
-    if not sorted_values:
-        raise ValueError("percentile of no values")
-    if not 0 <= p <= 100:
-        raise ValueError(f"percentile must be in [0, 100], got {p}")
-    rank = math.ceil(Fraction(str(p)) * len(sorted_values) / 100)
-    return sorted_values[max(rank, 1) - 1]
-
-
-def latency_stats(latencies_ms: Sequence[float]) -> dict:
-    """trtexec's latency summary of one row's timed runs (ms), and throughput in queries per second: runs divided
-    by the time they took (a query is one batch; runs are serial, so this is 1000 / mean)."""
-    if not latencies_ms:
-        raise ValueError("no timed runs")
-    ordered = sorted(latencies_ms)
-    stats = {"runs": len(ordered), "min_ms": ordered[0], "mean_ms": statistics.fmean(ordered),
-             "median_ms": statistics.median(ordered)}
-    stats.update({f"p{p}_ms": percentile(ordered, p) for p in PERCENTILES})
-    stats["max_ms"] = ordered[-1]
-    stats["qps"] = 1000.0 * len(ordered) / math.fsum(ordered)
-    return stats
 
 
 # ----------------------------------------------------------------------------------------------- timing

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from gankd.distill.errors import GankdError
-from gankd.serve.errors import ServeError, first_line
+from gankd.serve.errors import first_line
 
 from .manifest import INPUT_NAME, OUTPUT_NAME
 from .tasks import Port, Signature
@@ -126,10 +126,7 @@ def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ..
     run what a Session serves."""
     from gankd.serve.backends import ort_session as serve_ort_session
 
-    try:
-        return serve_ort_session(path, threads, providers, provider_options)
-    except ServeError as exc:
-        raise GankdError(str(exc)) from None
+    return serve_ort_session(path, threads, providers, provider_options)
 
 
 @contextlib.contextmanager

@@ -150,7 +150,7 @@ def check_mirrors(quantized: Path, overrides: dict) -> None:
 
 def cpu_features(cpuinfo: str | None = None) -> dict:
     """The CPU model and the flags that decide how ORT runs int8 (VNNI or not), from /proc/cpuinfo."""
-    from .bench import cpuinfo_blocks, read_cpuinfo
+    from gankd.serve.cpu import cpuinfo_blocks, read_cpuinfo
 
     blocks = cpuinfo_blocks(cpuinfo if cpuinfo is not None else read_cpuinfo() or "")
     if not blocks:
@@ -223,7 +223,7 @@ def judge(psnrs: list[float | None], run_fp32: Callable[[], object], run_int8: C
     """The gate: quality, by the teacher when ``teacher`` holds :func:`teacher_psnrs`'s figures (INT8 may lose at
     most ``max_loss_db`` of fp32's PSNR to it), else by the worst parity PSNR to fp32 (None, as parity records a
     NaN/inf output, counts as -inf); and the speed-up, measured interleaved (about 2 s, at least 5 rounds)."""
-    from gankd.distill.models.cost import measure_interleaved
+    from gankd.serve.timing import measure_interleaved
 
     if not psnrs:
         raise GankdError("the INT8 gate got no parity results to judge")
@@ -240,7 +240,7 @@ def judge(psnrs: list[float | None], run_fp32: Callable[[], object], run_int8: C
                    inputs_text=inputs_text, teacher=teacher, max_loss_db=float(max_loss_db))
 
 
-TEACHER_GATE_LR = 48  # LR side of the held-out crops the teacher gate scores (x4plus costs ~0.3 s each on 2 cores)
+TEACHER_GATE_LR = 48  # LR side of the held-out crops the teacher gate scores (small: the teacher runs on every one)
 TEACHER_GATE_CROPS_PER_IMAGE = 2
 
 

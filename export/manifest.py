@@ -4,21 +4,20 @@ files without our architecture code.
 The schema (keys per task, ``format_version``), its checks and the one reader live in ``gankd.serve.manifest``,
 which serve reads without importing export; this module writes what that one describes.
 
-Files are written atomically (tmp + rename), so a reader never sees half a manifest.
+Files are written atomically (``gankd.serve.files.atomic_write``: tmp + fsync + rename), so a reader never sees
+half a manifest.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from gankd.distill.errors import GankdError
 from gankd.serve import manifest as schema
-from gankd.serve.errors import ServeError
+from gankd.serve.files import atomic_write
 from gankd.serve.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, REQUIRED_KEYS  # noqa: F401  (the writer's)
+# the one reader; its one-line ServeError is a GankdError, which gankd-export and gankd-bench print
+from gankd.serve.manifest import read_manifest  # noqa: F401
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -42,37 +41,8 @@ def io_specs(config, spatial_multiple: int) -> tuple[list[dict], list[dict]]:
 def write_manifest(artifact_dir: str | Path, manifest: dict) -> Path:
     """Write ``manifest`` atomically, after the reader's checks: gankd never writes a manifest it would refuse."""
     target = Path(artifact_dir) / MANIFEST_FILE
-    with _as_gankd_error():
-        schema.check_manifest(manifest, target)
-    text = json.dumps(manifest, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; a manifest is as readable as the model files
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
-def read_manifest(artifact_dir: str | Path) -> dict:
-    """The manifest of an artifact dir, read and checked by ``gankd.serve.manifest.read_manifest``; its one-line
-    refusal comes as the GankdError that gankd-export and gankd-bench print."""
-    with _as_gankd_error():
-        return schema.read_manifest(artifact_dir)
-
-
-@contextlib.contextmanager
-def _as_gankd_error():
-    """The schema's ServeError as the GankdError of gankd.export, with the same one-line message."""
-    try:
-        yield
-    except ServeError as exc:
-        raise GankdError(str(exc)) from None
+    schema.check_manifest(manifest, target)
+    return atomic_write(target, json.dumps(manifest, indent=2) + "\n")
 
 
 def artifact_file(artifact_dir: str | Path, manifest: dict, kind: str) -> Path | None:

@@ -10,7 +10,7 @@ Real-ESRGAN saves its models: ``{"params_ema": state_dict}`` with ``torch.save``
 
 The export proves the second on the spot: spandrel (its restricted unpickler) reloads the file, must detect the
 expected architecture, and must hold the student's tensors bit for bit; its output is then a parity artifact like
-any other (``pth``: max_abs ≤ 1e-4, measured 0).
+any other (``pth``: max_abs ≤ 1e-4).
 """
 
 from __future__ import annotations

@@ -15,16 +15,16 @@ Tolerances (:data:`TOLERANCES`, the one place they are stated; each holds on any
 without VNNI):
 
 - fp32 artifacts (ONNX, pt2): max_abs ≤ 1e-4. Kernels of different ISAs sum in different orders; that moves
-  outputs by ~1e-6, two orders of magnitude inside the bound. A wrong weight, op or padding moves them by > 1e-2.
+  outputs by float rounding, far inside the bound. A wrong weight, op or padding moves them far beyond it (the
+  negative controls in the tests).
 - fp32 TensorRT engine: max_abs ≤ 1e-3 (GPU kernels sum in another order, TF32 off).
-- fp16 (ONNX, TensorRT): PSNR ≥ 40 dB to the fp32 output. Measured: x4plus 72–74 dB; an fp16 overflow or a wrong
-  cast gives < 20 dB.
+- fp16 (ONNX, TensorRT): PSNR ≥ 40 dB to the fp32 output. A correct fp16 file is far above it; an fp16 overflow
+  or a wrong cast falls far below.
 - ncnn (``.param``/``.bin`` in the ncnn runtime, fp16 weight storage): max_abs ≤ 2/255, one 8-bit level either way
-  after rounding. Measured (2026-12-03, AMD EPYC Zen 3, AVX2; fp16 weights round the same on any CPU): the
-  quickstart SRVGG 64×16 student 0.0011 / 0.0015 at the two parity sizes; zeroing a run of its .bin weights breaks
-  the bound (tests/test_ncnn_export.py).
-- pth (the official checkpoint reloaded by spandrel): max_abs ≤ 1e-4, as fp32 artifacts (measured 0: the same
-  tensors in the same ops).
+  after rounding (fp16 weights round the same on any CPU; each export records its figures in the manifest); zeroing
+  a run of its .bin weights breaks the bound (tests/export/test_ncnn_export.py).
+- pth (the official checkpoint reloaded by spandrel): max_abs ≤ 1e-4, as fp32 artifacts (the same tensors in the
+  same ops).
 - INT8: PSNR ≥ 40 dB, the bar for an INT8 file worth shipping (about 0.2 dB off a student 28 dB from its teacher).
   The INT8 recipe (:mod:`gankd.export.int8`) computes exact integer products on every x86 CPU, so the figure does
   not depend on the ISA; a file below the bar is not written at all (``gankd-export --int8`` says why). When the
@@ -39,7 +39,7 @@ without VNNI):
   ``quantization.qat.layers``; docs/results/issue28_int8.json holds the measured ones). End to
   end those ties compound through a deep network, so the end-to-end PSNR (``onnx-int8-qat``) only has to clear
   30 dB, the level of a graph that is wrong; the same weights calibrated afresh instead of given their learned
-  ranges fail the layer check (the negative control in tests/test_qat.py).
+  ranges fail the layer check (the negative control in tests/distill/train/test_qat.py).
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ import torch
 import torch.nn.functional as F
 
 from gankd.distill.errors import GankdError
+from gankd.serve.backends import compare_outputs
+from gankd.serve.psnr import PSNR_CAP_DB  # noqa: F401 - the cap of compare's PSNR; tests read it here
 
 PARITY_SIZES: tuple[tuple[int, int], ...] = ((32, 32), (48, 40))
-PSNR_CAP_DB = 100.0
 
 
 @dataclass(frozen=True)
@@ -128,19 +129,12 @@ def parity_inputs(scale: int) -> list[torch.Tensor]:
 def compare(reference: np.ndarray, candidate: np.ndarray,
             value_range: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
     """(max_abs, psnr_db) between two outputs mapped from ``value_range`` to [0, 1] and clamped there, so the
-    tolerances mean the same for a [-1, 1] generator as for a [0, 1] SR model."""
+    tolerances mean the same for a [-1, 1] generator as for a [0, 1] SR model: the Session's own comparison
+    (``gankd.serve.backends.compare_outputs``), refusing outputs of another shape."""
     if reference.shape != candidate.shape:
         raise GankdError(f"output shape {list(candidate.shape)} differs from the PyTorch model's "
                          f"{list(reference.shape)}")
-    if not np.isfinite(candidate).all():
-        return math.inf, -math.inf
-    lo, hi = value_range
-    ref = np.clip((reference.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
-    out = np.clip((candidate.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
-    diff = ref - out
-    mse = float(np.mean(diff * diff))
-    psnr = PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10.0 * math.log10(1.0 / mse))
-    return float(np.abs(diff).max()), psnr
+    return compare_outputs(reference, candidate, value_range)
 
 
 def check_artifact(kind: str, run: Callable[[np.ndarray], np.ndarray], inputs: list[torch.Tensor],

@@ -25,14 +25,13 @@ import datetime as _dt
 import gc
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from gankd.distill.errors import GankdError
-from gankd.distill.models.cost import measure_interleaved
+from gankd.serve.timing import latency_stats, measure_interleaved, timed_ms
 
 SIZES: tuple[str, ...] = ("64", "128", "256", "512", "720x1280")  # LR inputs; "720x1280" is a 720p frame
 PHOTO = ("holdout", "motorcycle_left")  # "photo": a held-out photo (500 x 741) at its full size
@@ -111,8 +110,8 @@ def sweep(artifact_dirs: Sequence[str | Path], backends: Sequence[str] = ("ort",
     """Every fp32 artifact on every backend at every size, whole and tiled (module docstring); JSON-ready."""
     from gankd.serve.tiling import upscale
 
-    from .bench import (BenchSettings, _common_task, _machine, _Runners, latency_stats, load_artifacts,
-                        physical_cores, plan_rows, read_cpu_peak)
+    from .bench import (BenchSettings, _common_task, _machine, _Runners, load_artifacts, physical_cores, plan_rows,
+                        read_cpu_peak)
 
     if tile < 16 or pad < 0:
         raise GankdError(f"--tile must be >= 16 and --pad >= 0, got {tile} and {pad}")
@@ -156,9 +155,7 @@ def sweep(artifact_dirs: Sequence[str | Path], backends: Sequence[str] = ("ort",
                     call = (lambda run=run, m=multiple, t=(tile if mode == "tiled" else 0):
                             upscale(run, x, scale, tile=t, pad=pad, multiple=m))
                     with PeakRss() as rss:
-                        start = time.perf_counter()
-                        call()
-                        first_ms = (time.perf_counter() - start) * 1e3
+                        _, first_ms = timed_ms(call)
                     record.update(projected=False, peak_rss_mb=rss.peak / 2**20,
                                   extra_rss_mb=(rss.peak - rss.before) / 2**20, first_ms=first_ms)
                     if first_ms / 1e3 > max_run_s:  # no second run of one that slow: its first run is the figure

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from gankd.distill.errors import GankdError
+from gankd.serve.session import seed_z  # the one home (Z_SEEDING): what a Session draws
 
 from . import trt
 from .manifest import INPUT_NAME, OUTPUT_NAME, io_specs
@@ -269,11 +270,6 @@ def _sample_compute(model: nn.Module, module: nn.Module, examples: tuple[torch.T
 
 
 # ----------------------------------------------------------------------------------------------- generate
-
-
-def seed_z(seeds, style_dim: int) -> np.ndarray:
-    """N×style_dim float32: one standard-normal z per seed (:data:`Z_SEEDING`)."""
-    return np.stack([np.random.default_rng(int(s)).standard_normal(style_dim, dtype=np.float32) for s in seeds])
 
 
 def _generate_graph(model: nn.Module, model_dir: Path, settings, log) -> Graph:

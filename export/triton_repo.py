@@ -22,7 +22,6 @@ import shutil
 from pathlib import Path
 
 from gankd.distill.errors import GankdError
-from gankd.serve.errors import ServeError
 from gankd.serve.triton import config_pbtxt, model_name
 
 from .manifest import artifact_file, read_manifest
@@ -37,7 +36,7 @@ def check_target(artifact_dir: Path, repo_dir: Path, formats, force: bool) -> No
     takes, and no existing model folder of that name unless ``force``."""
     if not {"onnx", "trt"} & set(formats):
         raise GankdError("--triton-repo serves model.onnx (or a TensorRT engine): add onnx to --formats")
-    _check_replaceable(Path(repo_dir) / _name(artifact_dir), force)
+    _check_replaceable(Path(repo_dir) / model_name(artifact_dir), force)
 
 
 def _check_replaceable(target: Path, force: bool) -> None:
@@ -51,13 +50,6 @@ def _check_replaceable(target: Path, force: bool) -> None:
                              "other files: choose another --triton-repo")
 
 
-def _name(artifact_dir: Path) -> str:
-    try:
-        return model_name(artifact_dir)
-    except ServeError as exc:
-        raise GankdError(str(exc)) from None
-
-
 def write_triton_model(artifact_dir: str | Path, repo_dir: str | Path, force: bool = False, *,
                        max_batch: int = MAX_BATCH, max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
                        instances: int = 1) -> Path:
@@ -65,7 +57,7 @@ def write_triton_model(artifact_dir: str | Path, repo_dir: str | Path, force: bo
     non-empty model folder is replaced only with ``force`` (other models in the repository are left alone)."""
     artifact_dir, repo_dir = Path(artifact_dir), Path(repo_dir)
     manifest = read_manifest(artifact_dir)
-    name = _name(artifact_dir)
+    name = model_name(artifact_dir)
     onnx = artifact_file(artifact_dir, manifest, "onnx")
     if onnx is None:
         raise GankdError(f"--triton-repo needs model.onnx: export {str(artifact_dir)!r} with onnx in --formats")
@@ -76,11 +68,8 @@ def write_triton_model(artifact_dir: str | Path, repo_dir: str | Path, force: bo
         max_batch = max(1, min(max_batch, profile_max_n))
     target = repo_dir / name
     _check_replaceable(target, force)
-    try:
-        text = config_pbtxt(name, manifest, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-                            instances=instances, platform=platform)
-    except ServeError as exc:
-        raise GankdError(str(exc)) from None
+    text = config_pbtxt(name, manifest, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                        instances=instances, platform=platform)
     if target.exists():
         shutil.rmtree(target)
     (target / "1").mkdir(parents=True)

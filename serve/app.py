@@ -26,13 +26,11 @@ gradio, PIL and scikit-image import inside the functions: ``import gankd.serve``
 """
 
 
-import errno
 import functools
 import io
 import logging
 import math
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -45,12 +43,17 @@ import numpy as np
 
 from . import guard
 from .errors import OverBudget, ServeError, first_line
+from .files import atomic_write
 from .images import MAX_PIXELS, Picture, read_image, to_uint8, to_unit
 from .manifest import MANIFEST_FILE, input_names, read_manifest, task_of
+from .ports import check_port_free, port_message
+from .psnr import psnr
 from .session import SESSIONS, Session
+from .timing import timed_ms
 
 DEFAULT_MAX_PIXELS = MAX_PIXELS  # the one limit of gankd.serve (images.MAX_PIXELS), kept under its old name
 QUICKSTART_DIRS = (Path("exports/teacher"), Path("exports/student"))
+PORT_HINT = "another gankd-demo?"  # who holds a busy port, most likely
 QUICKSTART_HINT = "No model artifacts found. Make them with `make quickstart`, then run `gankd-demo`."
 UI_BACKENDS = ("auto", "ort", "ncnn", "torch")  # auto also picks trt / ort-cuda where they run (serve.auto)
 CONCURRENCY = 4  # requests one event runs at once; a Session is thread-safe
@@ -59,10 +62,9 @@ TILE_MIN_PX = 16  # a 1 px tile runs the network on 21x21 px windows to keep 1 p
 TILE_MAX_PX = 1024
 REQUEST_BUDGET_S = 120.0  # per request (teacher and student together), checked between tiles
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
-# Gradio keeps the configs of all blocks per session (30 KB for this app before any value is stored, measured with
-# tracemalloc; each API call is a session of its own) for 10,000 sessions by default: demos/soak.py saw the demo's
-# memory grow steadily under load. No event here reads earlier state; a few hundred cover the running and waiting
-# requests.
+# Gradio keeps the configs of all blocks per session (each API call is a session of its own) for 10,000 sessions by
+# default: demos/soak.py saw the demo's memory grow steadily under load. No event here reads earlier state; a few
+# hundred cover the running and waiting requests.
 STATE_SESSIONS = 256
 LOG = logging.getLogger("gankd.serve")
 MAX_GENERATE = 8
@@ -193,7 +195,7 @@ def _guarded_blocks_class():
                 return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
             except OSError as exc:
                 host, port = kwargs.get("server_name") or "127.0.0.1", kwargs.get("server_port")
-                raise ServeError(_port_message(host, port, exc)) from None
+                raise ServeError(port_message(host, port, exc, hint=PORT_HINT)) from None
 
     return GuardedBlocks
 
@@ -222,30 +224,6 @@ def _ensure_log_handler() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s gankd-demo %(message)s"))
         LOG.addHandler(handler)
         LOG.setLevel(logging.INFO)
-
-
-def _port_message(host: str, port: int | None, exc: BaseException) -> str:
-    text = first_line(exc)
-    busy = getattr(exc, "errno", None) == errno.EADDRINUSE or "empty port" in text  # gradio: "Cannot find empty port"
-    if busy:
-        return f"port {port} on {host} is in use (another gankd-demo?); pass --port with a free one"
-    return f"cannot listen on {host}:{port}: {text}"
-
-
-def check_port_free(host: str, port: int) -> None:
-    """ServeError (one line) when ``host:port`` cannot be bound: before gradio loads, so a busy port fails fast.
-    SO_REUSEADDR as uvicorn sets it: a port left in TIME_WAIT by a stopped demo counts as free."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ServeError(_port_message(host, port, exc)) from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            raise ServeError(_port_message(host, port, exc)) from None
 
 
 def _named(paths: list[Path]) -> dict[str, Path]:
@@ -299,13 +277,6 @@ class TaskTab:
         return runs
 
 
-def _timed(call: Callable, *args, **kwargs) -> tuple[object, float]:
-    """``call``'s result and its wall time in ms."""
-    start = time.perf_counter()
-    result = call(*args, **kwargs)
-    return result, (time.perf_counter() - start) * 1000
-
-
 def _model_choice(names: list[str], teacher_id: str | None = None, student_id: str | None = None):
     """The teacher and student dropdowns and the backend radio of a tab."""
     import gradio as gr
@@ -350,12 +321,7 @@ def _cached_png(array: np.ndarray, cache_dir: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "image.png"
     if not path.exists():  # the same hash: the same bytes, complete (only a rename puts a file there)
-        partial = folder / f".image.png.{uuid.uuid4().hex}"
-        try:
-            partial.write_bytes(data)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        atomic_write(path, data, fsync=False)  # a cache: a lost file is made again
     return str(path.resolve())
 
 
@@ -406,7 +372,7 @@ def _super_resolution_tab(tab: TaskTab) -> None:
         picture = requests.picture(request_id, path, request)
 
         def work(session):
-            return _timed(session.run, picture.array, tile=tile_value, budget_s=max(deadline - time.monotonic(), 0.0))
+            return timed_ms(session.run, picture.array, tile=tile_value, budget_s=max(deadline - time.monotonic(), 0.0))
 
         runs = tab.compare(request_id, (teacher_name, student_name), backend_name, work)
         lines = [f"- **{r.role}** `{r.name}` ({r.session.backend}): {r.latency_ms:.1f} ms, "
@@ -456,7 +422,7 @@ def _generation_tab(tab: TaskTab) -> None:
             except (TypeError, ValueError) as exc:  # a psi that is not a number
                 raise ServeError(first_line(exc)) from None
             used_psi.append(psi_number)
-            images, latency_ms = _timed(session.generate, seeds, psi=psi_number)
+            images, latency_ms = timed_ms(session.generate, seeds, psi=psi_number)
             return _grid(images), latency_ms
 
         runs = tab.compare(request_id, (teacher_name, student_name), backend_name, work)
@@ -562,7 +528,7 @@ def _face_tab(tab: TaskTab) -> None:
 
         def work(session):
             lqs.append(session.face_lq(picture.array, float(factor)))
-            return _timed(session.restore_face_lq, lqs[-1], float(factor))
+            return timed_ms(session.restore_face_lq, lqs[-1], float(factor))
 
         runs = tab.compare(request_id, (teacher_name, student_name), backend_name, work)
         lines = [f"- **{r.role}** `{r.name}` ({r.session.backend}): {r.latency_ms:.1f} ms at "
@@ -587,9 +553,8 @@ def _psnr_text(reference: np.ndarray, other: np.ndarray) -> str:
     outputs are compared as they are, not as their 8-bit display)."""
     if reference.shape != other.shape:
         return f"n/a (output sizes differ: {reference.shape[:2]} vs {other.shape[:2]})"
-    peak = 255.0 if reference.dtype == np.uint8 else 1.0
-    mse = np.mean((reference.astype(np.float64) - other.astype(np.float64)) ** 2)
-    return "inf dB (identical)" if mse == 0 else f"{10 * np.log10(peak ** 2 / mse):.2f} dB"
+    db = psnr(reference, other, peak=255.0 if reference.dtype == np.uint8 else 1.0)
+    return "inf dB (identical)" if db == math.inf else f"{db:.2f} dB"
 
 
 def _upload_image(**kwargs):
@@ -651,7 +616,7 @@ def _face_example_files() -> list[str]:
 def launch(artifact_dirs: list[Path] | None, host: str, port: int, max_pixels: int = DEFAULT_MAX_PIXELS,
            default_tile: int = 256, *, verify: bool = True, request_budget_s: float = REQUEST_BUDGET_S,
            queue_size: int = QUEUE_SIZE) -> None:
-    check_port_free(host, port)
+    check_port_free(host, port, hint=PORT_HINT)
     demo = build_app(artifact_dirs, max_pixels=max_pixels, default_tile=default_tile, verify=verify,
                      request_budget_s=request_budget_s, queue_size=queue_size)
     demo.launch(server_name=host, server_port=port)

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from .cpu import cpu_description
+from .files import atomic_write
 from .manifest import task_of
+from .timing import measure_interleaved
 
 RACE = ("trt", "ort-cuda", "ncnn", "ort")  # what auto measures, in the order ties (and the loaded-order) break
 GPU_BACKENDS = ("trt", "ort-cuda")
@@ -154,20 +155,11 @@ def shape_text(shape) -> str:
 def time_interleaved(forwards: dict[str, Callable[[np.ndarray], np.ndarray]], x: np.ndarray,
                      clock: Callable[[], float], budget_s: float) -> tuple[dict[str, float], int]:
     """({name: median ms}, rounds): one warm-up run each, then rounds A B A B ... (a slow spell of a shared machine
-    hits all alike), at least :data:`MIN_ROUNDS`, more while under ``budget_s``."""
-    for forward in forwards.values():
-        forward(x)
-    times: dict[str, list[float]] = {name: [] for name in forwards}
-    start = clock()
-    for round_index in range(MAX_ROUNDS):
-        for name, forward in forwards.items():
-            began = clock()
-            forward(x)
-            times[name].append(clock() - began)
-        if round_index + 1 >= MIN_ROUNDS and clock() - start >= budget_s:
-            break
-    return ({name: round(statistics.median(values) * 1e3, 3) for name, values in times.items()},
-            len(next(iter(times.values()))))
+    hits all alike), at least :data:`MIN_ROUNDS`, more while under ``budget_s`` (at most :data:`MAX_ROUNDS`)."""
+    calls = [lambda forward=forward: forward(x) for forward in forwards.values()]
+    times = measure_interleaved(calls, warmup_ms=0, duration_s=budget_s / len(calls), iterations=None,
+                                min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS, clock=clock)
+    return {name: round(statistics.median(values), 3) for name, values in zip(forwards, times)}, len(times[0])
 
 
 def valid_entry(entry) -> bool:
@@ -213,22 +205,15 @@ def remember(manifest: dict, key: str, entry: dict) -> Path | None:
             known = {}
         known[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(known, handle, indent=2)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, json.dumps(known, indent=2), fsync=False)  # a cache: a lost one is measured again
     except OSError:
         return None
     return path
 
 
 def describe(entry: dict, chosen: str, where: str) -> str:
-    """``auto: ort, the fastest verified runtime here (ort 650.1 ms < ncnn 801.3 ms at 1x3x256x256; at 1x3x64x64:
-    ncnn 22.6 ms < ort 25.7 ms; measured now, cached in ...)``."""
+    """``auto: ort, the fastest verified runtime here (ort A ms < ncnn B ms at 1x3x256x256; at 1x3x64x64:
+    ncnn C ms < ort D ms; measured now, cached in ...)``, with the medians just measured."""
     shape = shape_text(entry.get("shape") or MEASURE_SHAPES[0])
     parts = [f"{_ranking(entry.get('ms') or {}, entry['order'])} at {shape}"]
     for other, ms in (entry.get("by_shape") or {}).items():

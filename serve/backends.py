@@ -6,7 +6,7 @@ Each ``*_runner`` returns a forward: float32 arrays in (the manifest's inputs, i
 :class:`gankd.serve.Session` serves them, and gankd-export (parity) and gankd-bench open their files through the
 same functions (``gankd.export.formats.ort_session``, ``gankd.export.ncnn.ncnn_runner``), so a benchmark times what
 serve runs, with the same session options. gankd.export may import this module; it imports nothing of gankd but
-``serve.errors``.
+the bottom layer (``serve.errors``, ``serve.psnr``).
 
 Heavy packages (onnxruntime, torch, ncnn, tensorrt) import inside the functions that need them. Errors are
 :class:`ServeError` in one line.
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ServeError, first_line
+from .psnr import PSNR_CAP_DB, psnr
 
 Forward = Callable[..., np.ndarray]
 NCNN_INPUT_BLOB, NCNN_OUTPUT_BLOB = "data", "output"  # realesrgan-ncnn-vulkan's names, what gankd-export writes
@@ -486,7 +487,8 @@ class Tolerance:
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray,
                     value_range: tuple[float, float]) -> tuple[float, float]:
-    """(max_abs, PSNR dB) of two outputs mapped from ``value_range`` to [0, 1] and clamped, as parity compares."""
+    """(max_abs, PSNR dB) of two outputs mapped from ``value_range`` to [0, 1] and clamped (the PSNR capped at
+    :data:`PSNR_CAP_DB`); the one comparison of parity (``gankd.export.parity.compare``) and the open check."""
     if reference.shape != candidate.shape:
         return float("inf"), float("-inf")
     if not np.isfinite(candidate).all():
@@ -494,6 +496,4 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray,
     lo, hi = value_range
     ref = np.clip((reference.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
     out = np.clip((candidate.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
-    mse = float(np.mean((ref - out) ** 2))
-    psnr = 100.0 if mse == 0 else min(100.0, 10.0 * float(np.log10(1.0 / mse)))
-    return float(np.abs(ref - out).max()), psnr
+    return float(np.abs(ref - out).max()), min(PSNR_CAP_DB, psnr(ref, out))

@@ -39,8 +39,9 @@ def cli():
 def serve(artifact_dirs, host, port, max_pixels, tile, request_budget_s, queue_size, no_verify):
     """The Gradio demo over ARTIFACT_DIRs (teacher first, then students); none: exports/teacher and
     exports/student from `make quickstart`."""
-    from .app import TILE_MAX_PX, TILE_MIN_PX, check_port_free, default_artifact_dirs, launch
+    from .app import PORT_HINT, TILE_MAX_PX, TILE_MIN_PX, default_artifact_dirs, launch
     from .manifest import read_manifest
+    from .ports import check_port_free
     from .session import verify_artifact
 
     if tile != 0 and not TILE_MIN_PX <= tile <= TILE_MAX_PX:
@@ -51,7 +52,7 @@ def serve(artifact_dirs, host, port, max_pixels, tile, request_budget_s, queue_s
         read_manifest(artifact_dir)
         if not no_verify:
             verify_artifact(artifact_dir)
-    check_port_free(host, port)
+    check_port_free(host, port, hint=PORT_HINT)
     launch(list(artifact_dirs) or None, host=host, port=port, max_pixels=max_pixels, default_tile=tile,
            verify=not no_verify, request_budget_s=request_budget_s, queue_size=queue_size)
 

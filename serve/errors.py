@@ -1,13 +1,28 @@
-"""The error type of gankd.serve: a one-line message a user can act on (the CLI prints it as ``error: ...``);
-``OverBudget`` is the ServeError of a run stopped at its time budget; :func:`first_line` turns any exception into
-such a line.
+"""gankd's one error hierarchy: :class:`GankdError`, a one-line message a user can act on (every CLI prints it as
+``error: ...``), and its kinds: :class:`ServeError` (gankd.serve's), ``OverBudget`` (a run stopped at its time
+budget) and gankd.distill's ``RunInterrupted``; :func:`first_line` turns any exception into such a line.
 
-Defined here rather than imported from gankd.distill, which serve never imports. A bottom-layer module: it imports
-nothing of gankd, so gankd.distill and gankd.export may import it (``first_line``)."""
+The root lives here, in the bottom layer, because serve never imports gankd.distill: ServeError can then be a
+GankdError, so gankd.export and gankd.distill let serve's errors pass through their own ``except GankdError`` and
+CLIs without converting them. ``gankd.distill.errors`` re-exports GankdError (its public home for users). A
+bottom-layer module: it imports nothing of gankd, so gankd.distill and gankd.export import it."""
 
 
-class ServeError(Exception):
-    """Bad artifact folder, missing file, unavailable backend or an input the runtime cannot take."""
+class GankdError(Exception):
+    """A user-facing error: missing file, wrong architecture, corrupted weights, bad value, unavailable backend.
+
+    The message is one line (whitespace, newlines included, collapsed to single spaces); the CLI prints
+    ``str(error)`` and exits non-zero; nothing that was saved is touched.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class ServeError(GankdError):
+    """Bad artifact folder, missing file, unavailable backend or an input the runtime cannot take: the errors of
+    gankd.serve, a class of their own so a caller can tell a runtime's refusal from other errors (a Session's
+    backend fallback catches only these)."""
 
 
 class OverBudget(ServeError):

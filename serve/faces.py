@@ -1,9 +1,14 @@
-"""GCFSR's low-quality input in numpy, for ``Session.restore_face`` (serve imports no distill code).
+"""GCFSR's low-quality input, the one home of its recipe: ``Session.restore_face`` degrades a face here, and
+gankd.distill's ``data.faces.gcfsr_lq`` (training pairs, validation, export parity) is a torch wrapper of
+:func:`lq_planes`, so what a student is trained and checked on is what the demo feeds it.
 
-The same recipe as ``gankd.distill.data.faces.gcfsr_lq`` and GCFSR's inference script: MATLAB-style bicubic ``imresize``
-(cubic a = -0.5, kernel widened by the factor when shrinking, symmetric border) down by the factor and back up to
-the face size, rounded to 8 bits. The resize is a pair of matrices per axis (float64), applied as H×W matrix
-products.
+The recipe of GCFSR's ``FFHQ_control_Dataset`` and inference script: MATLAB-style bicubic ``imresize`` (basicsr's
+``matlab_functions.imresize``: cubic a = -0.5, kernel widened by the factor when shrinking, symmetric border) down by
+the factor and back up to the face size, rounded to 8 bits. The resize is a pair of matrices per axis (float64),
+applied as matrix products over the last two axes.
+
+A bottom-layer module: it imports only numpy and nothing of gankd, so gankd.distill imports it (serve imports no
+distill code).
 """
 
 from __future__ import annotations
@@ -40,17 +45,27 @@ def resize_matrix(in_len: int, scale: float) -> np.ndarray:
     return matrix
 
 
+def imresize_planes(planes: np.ndarray, scale: float) -> np.ndarray:
+    """``…×H×W`` (C×H×W, N×C×H×W) float by ``scale`` (both axes), float64, not clipped."""
+    rows = resize_matrix(planes.shape[-2], float(scale))
+    cols = resize_matrix(planes.shape[-1], float(scale))
+    return rows @ planes.astype(np.float64) @ cols.T
+
+
 def imresize(rgb: np.ndarray, scale: float) -> np.ndarray:
-    """H×W×C float by ``scale`` (both axes), not clipped."""
-    rows = resize_matrix(rgb.shape[0], float(scale))
-    cols = resize_matrix(rgb.shape[1], float(scale))
-    return np.einsum("oh,hwc,pw->opc", rows, rgb.astype(np.float64), cols)
+    """H×W×C float by ``scale`` (both axes), float64, not clipped."""
+    return imresize_planes(np.moveaxis(rgb, -1, 0), scale).transpose(1, 2, 0)
+
+
+def lq_planes(planes: np.ndarray, factor: float) -> np.ndarray:
+    """``…×S×S`` float in [0, 1] -> the low-quality faces, the same shape, float64 in [0, 1] on the 8-bit grid."""
+    size = planes.shape[-1]
+    small = imresize_planes(planes, 1 / factor)
+    # back up to exactly S: by the factor when S divides evenly (GCFSR's case), else by S / small side
+    up = imresize_planes(small, factor if small.shape[-1] * factor == size else size / small.shape[-1])
+    return np.clip(np.rint(up * 255), 0, 255) / 255
 
 
 def gcfsr_lq(rgb: np.ndarray, factor: float) -> np.ndarray:
     """S×S×3 float in [0, 1] -> the low-quality face, S×S×3 float32 in [0, 1] on the 8-bit grid."""
-    size = rgb.shape[0]
-    small = imresize(rgb, 1 / factor)
-    # back up to exactly S: by the factor when S divides evenly (GCFSR's case), else by S / small side
-    up = imresize(small, factor if small.shape[0] * factor == size else size / small.shape[0])
-    return (np.clip(np.rint(up * 255), 0, 255) / 255).astype(np.float32)
+    return lq_planes(np.moveaxis(rgb, -1, 0), factor).transpose(1, 2, 0).astype(np.float32)

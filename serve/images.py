@@ -21,8 +21,6 @@ Errors are :class:`ServeError` with one line; the caller adds the file name.
 
 from __future__ import annotations
 
-import os
-import secrets
 import struct
 import warnings
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ServeError, first_line
+from .files import atomic_write
 
 MIN_SIDE_PX = 8  # a 1x1 "photo" is not one; reflect padding wants a few pixels anyway
 MAX_PIXELS = 1024 * 1024  # per image: a request's output (x4: 16.8 Mpx) and activations stay in memory on a server
@@ -162,11 +161,4 @@ def save_image(array: np.ndarray, path: Path) -> None:
         array = np.clip(np.rint(array * 65535.0), 0, 65535).astype(np.uint16)
     if array.dtype == np.uint16 and array.ndim != 2:
         array = to_uint8(array)
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    try:
-        with open(partial, "xb") as handle:  # x: never an existing file
-            Image.fromarray(np.ascontiguousarray(array)).save(handle, format="PNG")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG"))

@@ -36,12 +36,10 @@ pytriton and tritonclient import inside functions, so ``import gankd.serve`` sta
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
 import shutil
-import socket
 import sys
 import sysconfig
 import tempfile
@@ -54,6 +52,7 @@ import numpy as np
 from .errors import ServeError, first_line
 from .images import MAX_PIXELS, check_size
 from .manifest import read_manifest, task_of
+from .ports import check_port_free  # before tritonserver starts; tests call it here too
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # what Triton (and PyTriton) accept as a model name
 DEFAULT_MAX_PIXELS = MAX_PIXELS  # per image: the one limit of gankd.serve (images.MAX_PIXELS)
@@ -340,19 +339,6 @@ def write_repository(artifact_dirs, root: Path, settings: TritonSettings,
         (root / name / "1" / "model.py").write_text(MODEL_PY, encoding="utf-8")
         names.append(name)
     return names
-
-
-def check_port_free(host: str, port: int, option: str) -> None:
-    """ServeError (one line) when ``host:port`` cannot be bound, before tritonserver starts."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-    except OSError as exc:
-        if getattr(exc, "errno", None) == errno.EADDRINUSE:
-            raise ServeError(f"port {port} on {host} is in use; pass {option} with a free one") from None
-        raise ServeError(f"cannot listen on {host}:{port}: {first_line(exc)}") from None
 
 
 class TritonServer:

@@ -16,18 +16,18 @@ Frames are decoded and encoded with PyAV (PyPI ``av``, FFmpeg's libraries in the
   written. A video that breaks off (truncated, damaged) stops at the first frame that cannot be decoded: the frames
   written so far are kept in a playable file and :class:`VideoResult` says why it stopped.
 
-The output is written to a hidden file beside the destination and renamed into place at the end, as images are.
+The output is written to a hidden file beside the destination and renamed into place at the end, as images are
+(``serve.files.atomic_write``).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ServeError, first_line
+from .files import atomic_write
 from .images import check_size
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
@@ -71,22 +71,25 @@ def upscale_video(session, src: str | Path, dst: str | Path, tile: int | None = 
         source = av.open(str(src))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise ServeError(f"cannot open it as a video ({_reason(exc)})") from None
-    partial = dst.with_name(f".{dst.stem}.{secrets.token_hex(4)}.partial{dst.suffix}")
-    try:
-        with source:
-            if not source.streams.video:
-                raise ServeError("the file has no video stream")
-            video_in = source.streams.video[0]
-            width, height = video_in.codec_context.width, video_in.codec_context.height
-            check_size(width, height, session.max_pixels)
-            result = _transcode(av, session, source, video_in, partial, dst.suffix.lower(), tile, pad,
-                                progress, src.name)
-        if result.frames == 0:
-            raise ServeError(f"no frame could be decoded ({result.stopped or 'the video stream is empty'})")
-        os.replace(partial, dst)
-        return result
-    finally:
-        partial.unlink(missing_ok=True)
+    with source:
+        if not source.streams.video:
+            raise ServeError("the file has no video stream")
+        video_in = source.streams.video[0]
+        width, height = video_in.codec_context.width, video_in.codec_context.height
+        check_size(width, height, session.max_pixels)
+        results: list[VideoResult] = []
+
+        def write(partial: Path) -> None:
+            results.append(_transcode(av, session, source, video_in, partial, dst.suffix.lower(), tile, pad,
+                                      progress, src.name))
+            if results[0].frames == 0:  # refused: atomic_write removes the partial file, dst stays as it was
+                raise ServeError(f"no frame could be decoded ({results[0].stopped or 'the video stream is empty'})")
+
+        try:
+            atomic_write(dst, write)
+        except OSError as exc:  # the destination folder takes no new file
+            raise ServeError(f"cannot write {dst.suffix} video here ({first_line(exc)})") from None
+    return results[0]
 
 
 def _transcode(av, session, source, video_in, partial: Path, suffix: str, tile, pad, progress: bool,

@@ -10,8 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"distill": "gankd.distill", "export": "gankd.export", "serve": "gankd.serve"}  # pyproject package-dir
+# serve's bottom layer (DESIGN.md): the modules every package may import; they import nothing of gankd but each other
+BOTTOM_LAYER = {f"gankd.serve.{name}" for name in ("errors", "manifest", "cpu", "timing", "files", "psnr", "faces")}
 
 
 def _modules_after(statement: str) -> set[str]:
@@ -85,6 +89,67 @@ def test_archs_import_only_the_registry_errors_and_each_other():
     allowed = {"gankd.distill.models.registry", "gankd.distill.errors"}
     wrong = {name: sorted(m for m in imports if m not in allowed and not m.startswith("gankd.distill.models.archs"))
              for name, imports in _import_graph().items() if name.startswith("gankd.distill.models.archs")}
+    assert not {name: imports for name, imports in wrong.items() if imports}
+
+
+# gankd.distill by role, bottom first (README "Layout"): a module imports its own part and the parts on lower rows.
+# models/ and data/ share a row and do not import each other; errors and metrics sit under everything.
+DISTILL_ROWS = (("errors",), ("metrics",), ("models", "data"), ("train",), ("report",), ("tools",), ("cli",),
+                ("__main__",))
+# the one upward import: a run ends by writing its report
+DISTILL_UPWARD = {("gankd.distill.train.loop", "gankd.distill.report.run_report")}
+
+
+def _distill_part(module: str) -> str:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 else "__init__"
+
+
+def test_distill_parts_import_downwards():
+    row = {part: i for i, parts in enumerate(DISTILL_ROWS) for part in parts}
+    wrong = []
+    for name, imports in _import_graph().items():
+        if not name.startswith("gankd.distill.") or _distill_part(name) not in row:
+            continue
+        mine = _distill_part(name)
+        for other in imports:
+            theirs = _distill_part(other) if other.startswith("gankd.distill.") else None
+            if theirs is None or theirs == mine or theirs == "__init__" or (name, other) in DISTILL_UPWARD:
+                continue
+            if row[theirs] >= row[mine]:
+                wrong.append(f"{name} -> {other}")
+    assert not wrong, "imports up or sideways inside gankd.distill: " + "; ".join(sorted(wrong))
+
+
+def test_every_distill_module_has_a_row():
+    """A new top-level module or folder of gankd.distill is placed in DISTILL_ROWS (and README's layout) on
+    purpose, not by accident."""
+    parts = {_distill_part(name) for name in _gankd_modules() if name.startswith("gankd.distill.")}
+    known = {part for row in DISTILL_ROWS for part in row}
+    assert parts <= known, f"not placed in DISTILL_ROWS: {sorted(parts - known)}"
+
+
+def test_the_row_check_can_fail(monkeypatch):
+    """Negative control: an import from models/ up into train/ is reported."""
+    graph = _import_graph()
+    graph["gankd.distill.models.folder"] = graph["gankd.distill.models.folder"] | {"gankd.distill.train.loop"}
+    monkeypatch.setattr(sys.modules[__name__], "_import_graph", lambda: graph)
+    with pytest.raises(AssertionError, match="models.folder -> gankd.distill.train.loop"):
+        test_distill_parts_import_downwards()
+
+
+def test_distill_imports_only_the_bottom_layer_of_serve():
+    """gankd.distill may use serve's bottom layer (the error root, the manifest schema, the CPU line, the timing
+    loop, the atomic write, PSNR, GCFSR's low-quality recipe), nothing above it (sessions, runtimes, the demo)."""
+    wrong = {name: sorted(m for m in imports if m.startswith("gankd.serve") and m not in BOTTOM_LAYER)
+             for name, imports in _import_graph().items() if name.startswith("gankd.distill")}
+    assert not {name: imports for name, imports in wrong.items() if imports}
+
+
+def test_the_bottom_layer_imports_only_itself():
+    graph = _import_graph()
+    assert BOTTOM_LAYER <= set(graph)
+    wrong = {name: sorted(graph[name] - BOTTOM_LAYER) for name in BOTTOM_LAYER}
     assert not {name: imports for name, imports in wrong.items() if imports}
 
 

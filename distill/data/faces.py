@@ -9,7 +9,8 @@
 - ``gcfsr_lq(hr, factor)``: GCFSR's input, made the way its ``FFHQ_control_Dataset`` makes it: MATLAB-style bicubic
   ``imresize`` down by ``factor`` then back up by ``factor`` (basicsr's ``matlab_functions.imresize``: cubic
   a = -0.5, kernel widened by the factor when shrinking, symmetric border), then rounded to 8 bits and clipped.
-  Our resize is a batched matrix form of that function (same weights, float32 rounding differences only).
+  Our resize is a batched matrix form of that function, in float64. Its one home is ``gankd.serve.faces`` (numpy;
+  the demo degrades faces with it), of which ``gcfsr_lq`` and ``imresize`` here are torch wrappers.
 
 ``DEFAULT_FACTORS`` is the official ``downsample_list`` of ``train_gcfsr_gan.yml`` (512 model, cond_norm 32);
 ``FACTORS_1024`` is the one of ``train_gcfsr.yml`` (the 1024 model, cond_norm 64). A factor is drawn uniformly from the
@@ -19,7 +20,6 @@ list per image, so repeats weight the large factors.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gankd.distill.errors import GankdError
+from gankd.serve import faces as serve_faces
 
 DEFAULT_FACTORS = (32, 32, 32, 32, 16, 16, 8, 8, 4)
 FACTORS_1024 = (64, 64, 64, 64, 32, 32, 16, 16, 8, 4)
@@ -87,44 +88,17 @@ def face_images(split: str, size: int) -> list[Tensor]:
 # ----------------------------------------------------------------------------------------------- GCFSR inputs
 
 
-def _cubic(x: Tensor) -> Tensor:
-    """MATLAB's bicubic kernel (a = -0.5)."""
-    ax = x.abs()
-    ax2, ax3 = ax * ax, ax * ax * ax
-    near = (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1)
-    far = (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
-    return near + far
-
-
-@functools.lru_cache(maxsize=64)
-def _imresize_matrix(in_len: int, scale: float) -> Tensor:
-    """The out x in matrix of MATLAB ``imresize(..., scale, 'bicubic')`` along one axis (antialiased when shrinking,
-    symmetric border), float64."""
-    out_len = math.ceil(in_len * scale)
-    shrink = scale < 1
-    width = 4.0 / scale if shrink else 4.0
-    x = torch.arange(1, out_len + 1, dtype=torch.float64)
-    centre = x / scale + 0.5 * (1 - 1 / scale)  # 1-based input coordinate of each output pixel
-    taps = torch.floor(centre - width / 2)[:, None] + torch.arange(math.ceil(width) + 2, dtype=torch.float64)
-    dist = centre[:, None] - taps
-    weights = scale * _cubic(dist * scale) if shrink else _cubic(dist)
-    weights = weights / weights.sum(1, keepdim=True)
-    # symmetric padding (edge pixel repeated), any number of reflections
-    index = (taps.long() - 1) % (2 * in_len)
-    index = torch.where(index >= in_len, 2 * in_len - 1 - index, index)
-    return torch.zeros(out_len, in_len, dtype=torch.float64).scatter_add_(1, index, weights)
-
-
 def imresize(images: Tensor, scale: float) -> Tensor:
-    """MATLAB/basicsr bicubic ``imresize`` of N x C x H x W by ``scale`` (same for both axes), not clipped."""
-    rows = _imresize_matrix(images.shape[-2], float(scale)).to(images)
-    cols = _imresize_matrix(images.shape[-1], float(scale)).to(images)
-    return torch.einsum("oh,nchw,pw->ncop", rows, images, cols)
+    """MATLAB/basicsr bicubic ``imresize`` of N x C x H x W by ``scale`` (same for both axes), not clipped: the
+    matrices of ``gankd.serve.faces`` (the one home), computed in float64, returned in ``images``' dtype."""
+    planes = images.detach().to("cpu", torch.float64).numpy()
+    return torch.from_numpy(serve_faces.imresize_planes(planes, scale)).to(images)
 
 
 def gcfsr_lq(hr: Tensor, factor: int) -> Tensor:
     """GCFSR's low-quality input: ``hr`` N x 3 x S x S in [-1, 1] -> bicubic down by ``factor`` and back up to S,
-    rounded to 8 bits, in [-1, 1] (module docstring). The model is told ``scale = factor``."""
+    rounded to 8 bits, in [-1, 1] (module docstring; the recipe is ``gankd.serve.faces.lq_planes``, what the demo
+    feeds a Session, computed in float64). The model is told ``scale = factor``."""
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
         raise GankdError(f"factor must be a positive integer, got {factor!r}")
     if hr.ndim != 4 or hr.shape[1] != 3:
@@ -132,8 +106,5 @@ def gcfsr_lq(hr: Tensor, factor: int) -> Tensor:
     size = hr.shape[-1]
     if hr.shape[-2] != size or size % factor:
         raise GankdError(f"hr must be square with a side divisible by factor {factor}, got {list(hr.shape)}")
-    with torch.no_grad():
-        image = (hr.float() + 1) / 2
-        lq = imresize(imresize(image, 1 / factor), factor)
-        lq = torch.clamp(torch.round(lq * 255), 0, 255) / 255
-    return (lq * 2 - 1).to(hr.dtype)
+    planes = (hr.detach().to("cpu", torch.float64).numpy() + 1) / 2
+    return torch.from_numpy(serve_faces.lq_planes(planes, factor) * 2 - 1).to(hr)

@@ -19,7 +19,7 @@ repeated to 3 channels:
 - validation: ``astronaut`` (a face), ``motorcycle_right`` (the right view of ``stereo_motorcycle``).
 - holdout: ``hubble_deep_field``, ``motorcycle_left``, ``gravel`` (gray), ``clock`` (gray): never trained,
   calibrated, validated or selected on; benchmarks report on them (``demos/int8_holdout.py``). Not a clean test of
-  generalisation: ``motorcycle_left`` shows the scene of a validation photo from the other eye, and hubble is 72%
+  generalisation: ``motorcycle_left`` shows the scene of a validation photo from the other eye, and hubble is mostly
   black sky; they are what scikit-image has offline beyond the other splits.
 - holdout_photos: three colour JPEG photos from other installed packages, nothing like any train photo:
   ``grace_hopper`` (matplotlib's sample portrait), ``eiffel`` (gradio's tower) and ``cheetah`` (gradio's running

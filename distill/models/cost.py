@@ -1,19 +1,24 @@
 """Parameter and MAC counts. MACs count convolutions and matrix products, the way SR papers report GMACs: per
 output element, in_channels/groups x kernel area multiply-accumulates. Counted by torch's FlopCounterMode on the
 meta device, so functional convolutions (StyleGAN2's modulated convs) count too, and even a 1024x1024 input of a
-16.7M-parameter teacher costs no memory and no time. Also the interleaved latency timer every report and benchmark
-uses (``measure_interleaved``), and the CPU description every timing is quoted with (``cpu_description``).
+16.7M-parameter teacher costs no memory and no time. Also the CPU description every timing is quoted with
+(``cpu_description``, from ``gankd.serve.cpu``), and the runtime a model is timed in (:func:`latency_runner`);
+timings themselves come from ``gankd.serve.timing``.
 """
 
 from __future__ import annotations
 
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+from gankd.distill.errors import GankdError
 from gankd.serve.cpu import SPEED_FLAGS, cpu_description, cpu_line, cpuinfo_blocks, read_cpuinfo  # noqa: F401
 
-from gankd.distill.errors import GankdError
+
+LATENCY_GROUP = "gankd.latency"  # entry-point group of the latency runners (pyproject.toml; latency_runner)
 
 
 def count_params(model: nn.Module) -> int:
@@ -106,32 +111,18 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def measure_interleaved(calls, *, warmup_ms: float, duration_s: float | None, iterations: int | None,
-                        clock=None) -> list[list[float]]:
-    """Latencies (ms) of each call: a warm-up per call by time, then rounds that run every call once in turn, so
-    machine-wide slowdowns (a shared, noisy host) hit every model alike and their ratios hold. Exactly
-    ``iterations`` rounds when given, else rounds until ``duration_s`` × len(calls) seconds have passed."""
-    import time
+def latency_runner(backend: str) -> Callable[..., Callable[[], object]]:
+    """The runner factory an installed package declares for ``backend`` in the :data:`LATENCY_GROUP` entry-point
+    group: ``factory(model, example, threads)`` returns a call that runs ``model`` once on ``example``.
 
-    clock = clock or time.perf_counter
-    if (duration_s is None) == (iterations is None):
-        raise GankdError("give either a duration or a number of iterations")
-    for call in calls:
-        start = clock()
-        call()
-        while (clock() - start) * 1e3 < warmup_ms:
-            call()
-    latencies: list[list[float]] = [[] for _ in calls]
-    start = clock()
-    rounds = 0
-    while True:
-        for i, call in enumerate(calls):
-            begin = clock()
-            call()
-            latencies[i].append((clock() - begin) * 1e3)
-        rounds += 1
-        if iterations is not None and rounds >= iterations:
-            break
-        if duration_s is not None and clock() - start >= duration_s * len(calls):
-            break
-    return latencies
+    Why an entry point: timing a model in ONNX Runtime means exporting it, and exporting is gankd.export's job (one
+    ONNX path for every caller: ``gankd.export.formats.ort_latency_runner``). gankd.distill never imports
+    gankd.export (DESIGN.md: export imports distill, never the reverse), so the search looks the runner up by name
+    when it times, and pyproject.toml is the one place where the two packages meet."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group=LATENCY_GROUP, name=backend)
+    if not found:
+        raise GankdError(f"timing in ONNX Runtime needs gankd.export (entry point {backend!r} of {LATENCY_GROUP!r}), "
+                         "which is not installed here: pip install -e . in the gankd checkout")
+    return next(iter(found)).load()

@@ -15,8 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +24,7 @@ from torch import nn
 
 from . import archs as _archs  # noqa: F401  (registers the architectures)
 from gankd.distill.errors import GankdError
+from gankd.serve.files import atomic_write
 from .registry import create_model, get_arch, make_config
 from .weight_files import load_state_dict_strict, read_weights
 
@@ -171,19 +170,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", verify: boo
     return model.to(device).eval()
 
 
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_model(path: str | Path, model: nn.Module, config: ModelConfig) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``path`` (created if needed), each atomically."""
+    """Write ``config.json`` and ``model.safetensors`` into ``path`` (created if needed), each atomically
+    (``gankd.serve.files.atomic_write``: tmp + fsync + rename)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -195,17 +184,9 @@ def save_model(path: str | Path, model: nn.Module, config: ModelConfig) -> Path:
         raise GankdError(f"cannot save: the model's weights do not match its config (arch {config.arch!r})")
     path.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "gankd", "arch": config.arch}
-    digest = []
-
-    def write_weights(tmp):
-        save_file(state, tmp, metadata=metadata)
-        digest.append(sha256_file(tmp))
-
-    _atomic_write(path / WEIGHTS_FILE, write_weights)
-    record = f"{digest[0]}  {WEIGHTS_FILE}\n"
-    _atomic_write(path / CHECKSUM_FILE, lambda tmp: Path(tmp).write_text(record, encoding="utf-8"))
-    text = json.dumps(config.to_json(), indent=2, sort_keys=False) + "\n"
-    _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    weights = atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    atomic_write(path / CHECKSUM_FILE, f"{sha256_file(weights)}  {WEIGHTS_FILE}\n")
+    atomic_write(path / CONFIG_FILE, json.dumps(config.to_json(), indent=2, sort_keys=False) + "\n")
     return path
 
 

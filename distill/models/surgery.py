@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .archs import RRDBNet, UNetDiscriminatorSN
 from gankd.distill.errors import GankdError
+from gankd.serve.psnr import psnr_db
 
 # U-Net D layers wrapped in (old-style) spectral_norm: their state is weight_orig / weight_u / weight_v, no bias.
 _D_SPECTRAL = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7", "conv8")
@@ -274,8 +275,7 @@ def _output_with_blocks(teacher: RRDBNet, feat: Tensor, keep: Sequence[int]) -> 
 
 
 def _psnr(output: Tensor, target: Tensor) -> float:
-    mse = F.mse_loss(output.float(), target.float()).item()
-    return math.inf if mse == 0 else -10 * math.log10(mse)  # data range 1: gankd models work in [0, 1]
+    return psnr_db(F.mse_loss(output.float(), target.float()).item())  # data range 1: gankd models work in [0, 1]
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, Tensor]:

@@ -25,8 +25,8 @@ Scores per model and kind, and over every degraded kind pooled (``all degraded``
 Bicubic (``metrics.bicubic_upscale``) is always the first row.
 
 Speed (:func:`measure_speed`): every model folder, the teacher first, exported at the fixed ``shape`` to each
-runtime and timed in ONE interleaved run (``profile.measure_interleaved``), so a slow spell of a shared machine
-hits every model alike: median ms and the speed-up over the teacher in the same runtime. The runtimes are
+runtime and timed in ONE interleaved run (``gankd.serve.timing.measure_interleaved``), so a slow spell of a shared
+machine hits every model alike: median ms and the speed-up over the teacher in the same runtime. The runtimes are
 gankd.export's (ONNX Runtime through ``formats.ort_latency_runner``, ncnn through ``ncnn.ncnn_latency_runner``),
 found through the ``gankd.latency`` entry points: gankd.distill never imports gankd.export (DESIGN.md).
 """
@@ -284,8 +284,8 @@ def measure_speed(teacher: nn.Module, models: dict[str, nn.Module], settings: Ev
                   log: Callable[[str], None] = lambda _msg: None) -> dict:
     """Median ms per runtime and model (the teacher first) at ``settings.shape`` from ONE interleaved run, the
     speed-up over the teacher in the same runtime, and a one-line notice per runtime or model left out."""
-    from gankd.distill.models.cost import measure_interleaved
-    from gankd.distill.tools.search import latency_runner
+    from gankd.distill.models.cost import latency_runner
+    from gankd.serve.timing import measure_interleaved
 
     threads = settings.threads or torch.get_num_threads()
     example = torch.rand(settings.shape, generator=torch.Generator().manual_seed(0))
@@ -464,12 +464,12 @@ def save_strip(path: Path, result: dict, strip: dict[str, dict[str, Tensor]]) ->
 
     scale = result["teacher"]["scale"]
     cells = {}
-    for kind, crops in strip.items():
-        cells[f"{kind}: LR (nearest x{scale})"] = crops["LR"].repeat_interleave(scale, -1).repeat_interleave(scale, -2)
-        cells[f"{kind}: teacher"] = crops["teacher"]
+    for kind, one in strip.items():
+        cells[f"{kind}: LR (nearest x{scale})"] = one["LR"].repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+        cells[f"{kind}: teacher"] = one["teacher"]
         for name in ("bicubic", *[m["name"] for m in result["models"]]):  # this crop's PSNR, not the mean
-            psnr = metrics.mean_psnr(crops[name][None], crops["teacher"][None])
-            cells[f"{kind}: {name} {psnr:.2f} dB"] = crops[name]
+            psnr = metrics.mean_psnr(one[name][None], one["teacher"][None])
+            cells[f"{kind}: {name} {psnr:.2f} dB"] = one[name]
     return save_grid_100(path, cells, columns=3 + len(result["models"]))
 
 

@@ -98,7 +98,7 @@ def _face_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
 def _d_output_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     """SDAKD Fig. 2 for these families: each D on real images, the teacher's and the generator's outputs (face SR:
     every validation scale pooled)."""
-    from gankd.distill.train.baselines import write_d_histograms
+    from .d_outputs import write_d_histograms
 
     task, recipe = loop.task, loop.recipe
     if task.kind == "generate":

@@ -75,7 +75,7 @@ def _latencies(models: dict[str, torch.nn.Module], shape: tuple, device, rounds:
     ``gankd-bench`` measures the exported artifacts)."""
     import statistics
 
-    from gankd.distill.models.cost import measure_interleaved
+    from gankd.serve.timing import measure_interleaved
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.inference_mode():
@@ -127,7 +127,7 @@ def _strip(path: Path, images: torch.Tensor, per_image: int) -> None:
 def _d_histograms(path: Path, loop, student_out: torch.Tensor) -> bool:
     """Every discriminator of the run (D_T, D_S) on the validation HR crops, the teacher's and the student's outputs
     (SDAKD Figs. 2 and 3: is D_T fooled by the student?); also ``d_outputs.json`` for ``compare``."""
-    from gankd.distill.train.baselines import write_d_histograms
+    from .d_outputs import write_d_histograms
 
     images = {"real": loop.task.val.hr, "teacher": loop.task.val_teacher_out.clamp(0, 1), "student": student_out}
     return write_d_histograms(path, loop.nets, images, loop.recipe.adversarial,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 import click
 import torch
@@ -22,17 +21,13 @@ import torch
 from gankd.distill.models.cost import count_macs
 from gankd.distill.train.recipe import load_recipe
 from gankd.distill.train.stages import Batch, Nets, plan_stages, step
+from gankd.serve.timing import measure_interleaved
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / min(times) / 1e9
+    times_ms = measure_interleaved([lambda: torch.mm(a, b)], warmup_ms=0, duration_s=None, iterations=repeats)[0]
+    return 2 * size**3 / (min(times_ms) / 1e3) / 1e9
 
 
 def _gmacs(model, shape) -> float:
@@ -64,13 +59,11 @@ def step_gflop(stage, nets: Nets, recipe, lr_shape, hr_shape) -> float:
 
 
 def time_step(stage, nets, batch, recipe, steps: int) -> float:
+    """Median seconds of ``steps`` steps after one warm-up step."""
     step(stage, nets, batch, recipe, where="warm-up")
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step(stage, nets, batch, recipe, where="bench")
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times_ms = measure_interleaved([lambda: step(stage, nets, batch, recipe, where="bench")], warmup_ms=None,
+                                   duration_s=None, iterations=steps)[0]
+    return statistics.median(times_ms) / 1e3
 
 
 @click.command()

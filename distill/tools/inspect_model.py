@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +11,7 @@ from gankd.distill.models.folder import ModelConfig
 from gankd.distill.models.cost import build_for_counting, count_macs, count_params, example_inputs, model_input_shapes
 from gankd.distill.models.registry import get_arch
 from gankd.distill.models.students import student_config, width_label
+from gankd.serve.timing import measure_interleaved
 
 STUDENT_WIDTHS = (0.5, 0.25, 0.125)
 SRVGG_STUDENT = {"num_feat": 32, "num_conv": 16}
@@ -42,13 +42,8 @@ def measure_latency_ms(config: ModelConfig, input_shape: tuple[int, ...], runs: 
     """Median PyTorch CPU latency of one forward at ``input_shape`` after one warm-up run (random weights)."""
     model = config.build().eval()
     x = example_inputs(config, input_shape)
-    times = []
     with torch.inference_mode():
-        model(*x)
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(*x)
-            times.append((time.perf_counter() - start) * 1e3)
+        times = measure_interleaved([lambda: model(*x)], warmup_ms=0, duration_s=None, iterations=runs)[0]
     return statistics.median(times)
 
 

@@ -1,7 +1,7 @@
 """``gankd-distill search``: choose a student by measured latency and fidelity, not by its width C alone.
 
-On a CPU, narrow students are overhead-bound (DESIGN.md: a C=1/4 RRDB student takes 140 ms where SRVGG-32, with the
-same MACs, takes 40 ms), so the search measures every candidate instead of trusting MACs:
+On a CPU, narrow students are overhead-bound (DESIGN.md: a C=1/4 RRDB student runs several times slower than an
+SRVGG with the same MACs), so the search measures every candidate instead of trusting MACs:
 
 1. Candidates (:func:`candidates`): teacher-initialised depth cuts and width cuts of an RRDB teacher and randomly
    initialised SRVGG students, or a YAML/JSON list of them (:func:`load_candidates`).
@@ -35,7 +35,9 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from gankd.distill.data import crops, images, teacher_cache
+from gankd.distill.data import images, teacher_cache
+from gankd.distill.models.cost import latency_runner
+from gankd.distill.data.crops import CropPool, epoch_batches, validation_pool
 from gankd.distill.errors import GankdError
 from gankd.distill.train.losses import l1_loss
 from gankd.distill.metrics import mean_psnr
@@ -44,6 +46,7 @@ from gankd.distill.report.plots import markdown_table, save_pareto
 from gankd.distill.models.cost import build_for_counting, count_macs, count_params, parse_shape
 from gankd.distill.models.registry import make_config
 from gankd.distill.models.students import build_student, load_pretrained, student_config, width_label
+from gankd.serve.timing import measure_interleaved
 
 DEPTH_CUTS = (1, 2, 4, 8)  # RRDB blocks kept by full-width students
 WIDTH_CUTS = (0.5, 0.25)  # C of the width-cut students
@@ -54,7 +57,6 @@ SPAN_FEATS = (32, 48)
 EXTRA_OVER_BUDGET = 2  # the fastest candidates above the budget that are trained too, so the front shows the next step
 DEFAULT_MINUTES = 10.0
 LR_SIZE = 32  # LR crop side for the short distillation (HR 128 at x4)
-LATENCY_GROUP = "gankd.latency"  # entry-point group of the latency runners (pyproject.toml; latency_runner)
 TABLE_COLUMNS = ["name", "family", "params", "GMACs", "backend", "latency_ms", "speed-up", "steps",
                  "psnr_to_teacher", "on_front"]
 CANDIDATE_KEYS = ("name", "family", "width", "depth", "up_feat", "num_feat", "init", "init_from")
@@ -290,31 +292,9 @@ def latency_backend() -> str:
 def _median_ms(run: Callable[[], object], min_runs: int, max_runs: int, duration_s: float) -> float:
     """One warm-up run, then at least ``min_runs`` timed runs, more while under ``duration_s`` (up to
     ``max_runs``); the median, which a stray slow run on a shared machine does not move."""
-    run()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or (len(times) < max_runs and time.perf_counter() - start < duration_s):
-        begin = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - begin) * 1e3)
+    times = measure_interleaved([run], warmup_ms=0, duration_s=duration_s, iterations=None, min_rounds=min_runs,
+                                max_rounds=max_runs)[0]
     return statistics.median(times)
-
-
-def latency_runner(backend: str) -> Callable[..., Callable[[], object]]:
-    """The runner factory an installed package declares for ``backend`` in the :data:`LATENCY_GROUP` entry-point
-    group: ``factory(model, example, threads)`` returns a call that runs ``model`` once on ``example``.
-
-    Why an entry point: timing a model in ONNX Runtime means exporting it, and exporting is gankd.export's job (one
-    ONNX path for every caller: ``gankd.export.formats.ort_latency_runner``). gankd.distill never imports
-    gankd.export (DESIGN.md: export imports distill, never the reverse), so the search looks the runner up by name
-    when it times, and pyproject.toml is the one place where the two packages meet."""
-    from importlib.metadata import entry_points
-
-    found = entry_points(group=LATENCY_GROUP, name=backend)
-    if not found:
-        raise GankdError(f"timing in ONNX Runtime needs gankd.export (entry point {backend!r} of {LATENCY_GROUP!r}), "
-                         "which is not installed here: pip install -e . in the gankd checkout")
-    return next(iter(found)).load()
 
 
 def ort_latency_ms(model: nn.Module, shape: Sequence[int], threads: int | None = None, *, min_runs: int = 5,
@@ -355,9 +335,9 @@ def measure_latency_ms(model: nn.Module, shape: Sequence[int], threads: int | No
 class FidelityData:
     """Bicubic crops of the embedded sample set and the frozen teacher's answers on them, made once per search."""
 
-    train: crops.CropPool
+    train: CropPool
     train_target: Tensor  # raw teacher outputs: the student matches the teacher, not its display image
-    val: crops.CropPool
+    val: CropPool
     val_target: Tensor  # teacher outputs clamped to [0, 1], what PSNR compares with
 
 
@@ -365,9 +345,9 @@ def fidelity_data(teacher: nn.Module, *, train_crops: int = 128, val_per_image: 
                   seed: int = 0, max_cache_mb: float = 4096.0) -> FidelityData:
     scale = teacher.gankd_config.scale
     hr_size = LR_SIZE * scale
-    train = crops.CropPool.build([img for _, img in images.sample_images("train")], train_crops, hr_size, scale,
+    train = CropPool.build([img for _, img in images.sample_images("train")], train_crops, hr_size, scale,
                                 "bicubic", seed)
-    val = crops.validation_pool([img for _, img in images.sample_images("validation")], hr_size, scale, "bicubic",
+    val = validation_pool([img for _, img in images.sample_images("validation")], hr_size, scale, "bicubic",
                                seed + 1, per_image=val_per_image)
     train_out, _ = teacher_cache.cache_teacher(teacher, train.lr, batch_size, max_cache_mb)
     val_out, _ = teacher_cache.cache_teacher(teacher, val.lr, batch_size, max_cache_mb)
@@ -402,7 +382,7 @@ def distill_psnr(student: nn.Module, crops: FidelityData, *, steps: int | None =
 
     student.train()
     while not finished():
-        for indices in crops.epoch_batches(len(crops.train), batch_size, generator):
+        for indices in epoch_batches(len(crops.train), batch_size, generator):
             loss = l1_loss(student(crops.train.lr[indices]), crops.train_target[indices])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,19 +1,20 @@
 """``state/last.pt``: everything needed to continue a run exactly where it stopped.
 
 Modules, optimizers, EMA, the position (stage, epoch, next batch, global step), the torch RNG and the validation
-history, as plain tensors and Python values: written atomically (tmp + fsync + rename) so a kill -9 mid-write leaves
-the previous file, and read with ``torch.load(weights_only=True)`` so a checkpoint never runs code.
+history, as plain tensors and Python values: written atomically (``gankd.serve.files.atomic_write``: tmp + fsync +
+rename) so a kill -9 mid-write leaves the previous file, and read with ``torch.load(weights_only=True)`` so a
+checkpoint never runs code.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from gankd.distill.errors import GankdError
+from gankd.serve.files import atomic_write
 
 FORMAT = 1
 
@@ -46,12 +47,7 @@ def save_state(path: Path, modules: dict, optimizers: dict, progress: Progress) 
         "rng": torch.get_rng_state(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_state(path: Path, modules: dict, optimizers: dict) -> Progress:

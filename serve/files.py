@@ -1,0 +1,52 @@
+"""Writing a file whole or not at all: the one tmp + fsync + rename writer of gankd (model folders, run state,
+manifests, the runtime-order cache, the images gankd-demo and ``upscale`` write).
+
+A bottom-layer module: standard library only, it imports nothing of gankd, so gankd.distill and gankd.export import
+it (serve imports neither).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(target: str | Path, content: bytes | str | Callable[[Path], object], *,
+                 fsync: bool = True) -> Path:
+    """Write ``content`` (bytes, text as UTF-8, or a call that writes the file at the path it is given) to a new
+    hidden file next to ``target``, flush it to disk (``fsync``) and rename it over ``target``.
+
+    A kill -9, a full disk or an exception mid-write (the call may raise to refuse what it wrote) leaves what
+    ``target`` held, and the partial file is removed; a reader never sees part of a file; a symlink at ``target``
+    is replaced, not written through. The partial file ends in ``target``'s suffix (writers that pick a format by
+    the name, as PyAV does, pick the same) and gets the permissions a plain ``open`` gives (not ``mkstemp``'s private
+    ones). ``fsync=False`` only for files that are made again when lost (caches): the rename is still atomic, just
+    not durable across a power cut."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.partial{target.suffix}")
+    # O_EXCL: a new file, never an existing one or a symlink; mode 0o666 less the umask, as open() gives
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if not callable(content):
+                handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+        if callable(content):
+            content(tmp)
+        if fsync:
+            _fsync(tmp, os.O_RDWR)
+        os.replace(tmp, target)
+        if fsync and hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable (Windows cannot)
+            _fsync(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
