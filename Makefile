@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gankd-installed
 PYTEST_ARGS ?=
 # two pytest-xdist workers, one test file each at a time (module fixtures are built once): the suite is mostly
-# single-threaded tests, so on 2 cores this takes ~7 min instead of ~10. PYTEST_WORKERS=0 runs in one process.
+# single-threaded tests, so two workers use both cores of a 2-core machine. PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
-.PHONY: install quickstart test photos x4fast clean-venv
+.PHONY: install quickstart test test-slow test-all photos x4fast docs clean-venv
 
 install: $(STAMP)
 
@@ -26,8 +27,16 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash demos/quickstart.sh
 
+# Two tiers (pyproject's `slow` marker): `make test` is the fast tier; `make test-slow` runs the quickstart script,
+# DDP under torchrun, kill -9 / signal-and-resume runs, live Triton servers and the real browser; `make test-all`
+# runs both, fast first. CI (.ci/run) runs both.
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow $(PYTEST_ARGS)
+
+test-all: test test-slow
 
 # Optional data and models, fetched once, never into the repo. photos: real photos from Debian's wallpaper packages
 # (apt-get download, no root) into ~/.cache/gankd/photos ($$GANKD_PHOTOS), for train_images: photos and
@@ -37,6 +46,10 @@ photos: $(STAMP)
 
 x4fast: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash demos/fetch_x4fast.sh
+
+# The tables and figures of README.md and docs/*.md, regenerated from the JSON under docs/results/ (docs/results.md).
+docs: $(STAMP)
+	$(PY) demos/docs_tables.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny, randomly initialised configs of every registered arch (CPU-fast)."""
+"""Shared fixtures: tiny, randomly initialised configs of every registered arch (CPU-fast); per session, the tiny
+teacher, the tiny recipe and the exported artifacts several test files use.
+
+tests/ mirrors the packages (distill/{models,data,train,report,tools}, export, serve); cross-cutting tests (layering,
+CLI, bad input, docs) stay here. pytest puts this folder on sys.path, so every test file imports ``conftest`` and
+the ``helpers`` package by name; test file basenames are unique across folders (no __init__.py files)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ import torch
 
 from gankd.distill import ModelConfig, list_archs
 from gankd.distill.models.registry import family_task, get_arch
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
 
 # Small enough for a full forward+backward in milliseconds, shaped like the real archs.
 TINY_KWARGS = {
@@ -67,7 +75,7 @@ def inputs_for(config: ModelConfig, size: int = 16, batch: int = 2) -> tuple[tor
         return (torch.randn(batch, config.kwargs["style_dim"], generator=gen),)
     if config.arch == "gcfsr":
         size = config.kwargs["out_size"]
-        return torch.rand(batch, 3, size, size, generator=gen) * 2 - 1, torch.tensor([8.0, 32.0][:batch])
+        return torch.rand(batch, 3, size, size, generator=gen) * 2 - 1, torch.tensor([8.0, 32.0, 16.0, 4.0][:batch])
     if config.kind == "discriminator":
         size = config.kwargs.get("size", 32)
     return (torch.rand(batch, 3, size, size, generator=gen),)
@@ -157,3 +165,115 @@ def assert_same_output_under_threads(session, images: list, tile: int = 16, roun
     for t in threads:
         t.join()
     assert not failures and all(np.array_equal(results[i], expected[i]) for i in range(len(images)))
+
+
+# ----------------------------------------------------------------------------------------------- shared, per session
+# Built once per pytest process (once per pytest-xdist worker), under tmp_path_factory. They are read-only: a test
+# that changes a teacher folder or an artifact (its manifest, its files) copies it into its own tmp_path first.
+
+TINY_TEACHER = ModelConfig(arch="rrdbnet", kwargs={"scale": 4, "num_feat": 16, "num_block": 2, "num_grow_ch": 8},
+                           task="sr", scale=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """The tiny RRDB x4 teacher folder (seed 1) that the run, baseline and DDP tests distil."""
+    from gankd.distill import save_model
+
+    path = tmp_path_factory.mktemp("teacher") / "tiny"
+    torch.manual_seed(1)
+    save_model(path, TINY_TEACHER.build(), TINY_TEACHER)
+    return path
+
+
+def tiny_recipe_dict(teacher_dir: Path, out_dir: Path | str, **overrides) -> dict:
+    """A few-step recipe (every stage, 3 steps each, batch 2 of 32 px crops, one thread) as a dict; ``overrides``
+    replace or add keys (``teacher`` included)."""
+    return {"name": "tiny", "teacher": str(teacher_dir), "out_dir": str(out_dir), "width": 0.5, "teacher_d_feat": 8,
+            "n1": 1, "n2": 1, "n3": 1, "steps_per_epoch": 3, "batch_size": 2, "hr_size": 32, "train_crops": 6,
+            "val_crops_per_image": 1, "select_by": "psnr", "checkpoint_every": 2, "log_every": 1, "threads": 1,
+            "ema_decay": 0.9, **overrides}
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(tiny_teacher):
+    """``tiny_recipe(out_dir, **overrides)``: :func:`tiny_recipe_dict` of the :func:`tiny_teacher`."""
+    return lambda out_dir, **overrides: tiny_recipe_dict(tiny_teacher, out_dir, **overrides)
+
+
+_GEN = ModelConfig(arch="stylegan2_generator", kwargs={"size": 32, "style_dim": 32, "n_mlp": 2, "narrow": 0.03125},
+                   task="generate", scale=None, input_range=(-1.0, 1.0))
+_FACE = ModelConfig(arch="gcfsr", kwargs={"out_size": 64, "num_style_feat": 32, "narrow": 0.03125},
+                    task="face_sr", scale=None, input_range=(-1.0, 1.0))
+# name -> (model config, seed, SR output biased off zero, ExportSettings fields). SR outputs sit around 0.5 so the
+# [0, 1] clamp hides nothing; "generate" is a teacher (psi input, fp16, the INT8 gate tried), "generate_plain" a
+# student of the same style_dim without psi; "face_sr" a teacher with fp16, "face_sr_plain" a student.
+SHARED_ARTIFACTS = {
+    "sr": (ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4),
+           0, True, {}),
+    "sr_x2": (ModelConfig(arch="rrdbnet", kwargs={"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
+                          task="sr", scale=2), 0, True, {}),
+    "sr_rrdb": (ModelConfig(arch="rrdbnet", kwargs={"scale": 4, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
+                            task="sr", scale=4), 0, True, {}),
+    "sr_small": (ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 1, "upscale": 2}, task="sr",
+                             scale=2), 0, True, {"formats": ("onnx",), "simplify": False}),
+    "generate": (_GEN, 0, False, {"psi": True, "fp16": True, "int8": True, "calib_count": 8,
+                                  "int8_min_speedup": 0.0}),
+    "generate_plain": (_GEN, 1, False, {}),
+    "face_sr": (_FACE, 0, False, {"fp16": True}),
+    "face_sr_plain": (_FACE, 1, False, {}),
+}
+
+
+class SharedArtifacts:
+    """``shared[name]`` -> (model folder, artifact folder) of :data:`SHARED_ARTIFACTS`, exported on first use;
+    ``shared.manifests[name]``: the manifest the export returned."""
+
+    def __init__(self, root: Path):
+        self.root, self.built, self.manifests = root, {}, {}
+
+    def __getitem__(self, name: str) -> tuple[Path, Path]:
+        if name not in self.built:
+            self.built[name] = self._export(name, *SHARED_ARTIFACTS[name])
+        return self.built[name]
+
+    def copies(self, root: Path, names: dict[str, str]) -> dict[str, tuple[Path, Path]]:
+        """``{folder name: (model folder, a copy of the artifact as root/folder name)}`` for ``{folder name: shared
+        name}``: for what shows folder names (the demo, Triton's model names)."""
+        import shutil
+
+        return {folder: (self[name][0], Path(shutil.copytree(self[name][1], root / folder)))
+                for folder, name in names.items()}
+
+    def _export(self, name: str, config: ModelConfig, seed: int, bias: bool, settings: dict) -> tuple[Path, Path]:
+        from gankd.distill import save_model
+        from gankd.export import exporter
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            torch.manual_seed(seed)
+            model = config.build()
+            if bias:
+                with torch.no_grad():
+                    (model.conv_last if hasattr(model, "conv_last") else model.body[-1]).bias.add_(0.5)
+            model_dir = save_model(self.root / "models" / name, model, config)
+            self.manifests[name] = exporter.export_model(model_dir, self.root / name,
+                                                         exporter.ExportSettings(**settings), log=lambda _msg: None)
+        finally:
+            torch.set_num_threads(previous)
+        return model_dir, self.root / name
+
+
+@pytest.fixture(scope="session")
+def shared_artifacts(tmp_path_factory) -> SharedArtifacts:
+    """The exported artifacts several test files use (one per task and a few SR shapes), each built once."""
+    return SharedArtifacts(tmp_path_factory.mktemp("shared_artifacts"))
+
+
+@pytest.fixture(scope="session")
+def demo_artifacts(shared_artifacts, tmp_path_factory) -> list[Path]:
+    """The demo's pair: copies of the shared x4 RRDB and x4 SRVGG named teacher and student (the demo shows folder
+    names)."""
+    copies = shared_artifacts.copies(tmp_path_factory.mktemp("demo"), {"teacher": "sr_rrdb", "student": "sr"})
+    return [art for _, art in copies.values()]

@@ -96,7 +96,7 @@ def test_export_and_bench_scripts_are_built(script, words):
 
 
 def test_import_from_ncnn_files_and_inspect_a_discriminator(tmp_path):
-    from ncnn_writer import write_ncnn
+    from helpers.ncnn_writer import write_ncnn
 
     param = write_ncnn(create_model("srvgg_compact", num_feat=8, num_conv=2), tmp_path / "ncnn" / "tiny-x4")
     assert main(["import-teacher", "--from", "ncnn", str(param), "--out", str(tmp_path / "s")]) == 0

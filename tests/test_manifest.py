@@ -8,31 +8,20 @@ import json
 import shutil
 
 import pytest
-import torch
 
-from gankd.distill import ModelConfig, save_model
 from gankd.distill.errors import GankdError
-from gankd.export import exporter
 from gankd.export import manifest as export_manifest
 from gankd.export.cli import bench_main
 from gankd.serve import FaceSession, GenerateSession, ServeError, Session, SRSession
 from gankd.serve import manifest as serve_manifest
 
-SRVGG_X2 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 4, "num_conv": 1, "upscale": 2}, task="sr", scale=2)
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    """A tiny SR model exported once (ONNX only): the manifest both sides read."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("manifest")
-    torch.manual_seed(0)
-    model_dir = save_model(root / "model", SRVGG_X2.build(), SRVGG_X2)
-    exporter.export_model(model_dir, root / "art", exporter.ExportSettings(formats=("onnx",), simplify=False),
-                          log=lambda _msg: None)
-    return root / "art"
+def artifact(shared_artifacts):
+    """A tiny x2 SR model exported once (ONNX only): the manifest both sides read."""
+    return shared_artifacts["sr_small"][1]
 
 
 def test_written_by_export_read_the_same_by_serve(artifact):

@@ -19,6 +19,7 @@ from gankd.export.bench import (CpuPeak, interleaved_order, latency_stats, measu
                                 percentile)
 from gankd.export.cli import bench_main
 from gankd.export.manifest import read_manifest, write_manifest
+from helpers.clock import FakeClock
 
 BIN = Path(sys.executable).parent
 
@@ -58,26 +59,6 @@ def test_latency_stats_on_a_known_list():
     assert stats["p90_ms"] == 10.0 and stats["p95_ms"] == 10.0 and stats["p99_ms"] == 10.0
     assert stats["qps"] == pytest.approx(1000 * 5 / 20)
     assert latency_stats([1.0, 2.0, 3.0, 4.0])["median_ms"] == 2.5  # even count: mean of the middle two
-
-
-class FakeClock:
-    """time.perf_counter stand-in: only the fake workloads move it."""
-
-    def __init__(self):
-        self.now = 0.0
-        self.calls: list[int] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def workload(self, index: int, durations_ms):
-        durations = iter(durations_ms)
-
-        def run():
-            self.calls.append(index)
-            self.now += next(durations) / 1e3
-
-        return run
 
 
 def test_fake_clock_iterations_give_exact_latencies_and_interleave():

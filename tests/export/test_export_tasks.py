@@ -4,6 +4,9 @@ with a dynamic batch, manifest specs, parity per z batch / per scale, ONNX and p
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -11,14 +14,9 @@ import torch
 
 from gankd.distill import ModelConfig, load_model, save_model
 from gankd.distill.data.faces import astronaut_face, gcfsr_lq
-from gankd.export import bench, exporter, formats, tasks
+from gankd.export import bench, formats, tasks
 from gankd.export.cli import bench_main, export_main
 from gankd.export.manifest import REQUIRED_KEYS, read_manifest
-
-GEN = ModelConfig(arch="stylegan2_generator", kwargs={"size": 32, "style_dim": 32, "n_mlp": 2, "narrow": 0.03125},
-                  task="generate", scale=None, input_range=(-1.0, 1.0))
-FACE = ModelConfig(arch="gcfsr", kwargs={"out_size": 64, "num_style_feat": 32, "narrow": 0.03125},
-                   task="face_sr", scale=None, input_range=(-1.0, 1.0))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,21 +27,11 @@ def _save(path, config: ModelConfig, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """gen: z only; gen_psi: z + psi with fp16 and INT8; face: image + scale with fp16."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("export_tasks")
-    out = {}
-    for name, config, settings in (
-        ("gen", GEN, exporter.ExportSettings()),
-        ("gen_psi", GEN, exporter.ExportSettings(psi=True, fp16=True, int8=True, calib_count=8,
-                                                                 int8_min_speedup=0.0)),
-        ("face", FACE, exporter.ExportSettings(fp16=True)),
-    ):
-        model_dir = _save(root / "models" / name, config)
-        manifest = exporter.export_model(model_dir, root / "artifacts" / name, settings, log=lambda _msg: None)
-        out[name] = (model_dir, root / "artifacts" / name, manifest)
-    return out
+def exported(shared_artifacts):
+    """(model folder, artifact folder, manifest) of the shared artifacts. gen: z only; gen_psi: z + psi with fp16
+    and INT8; face: image + scale with fp16."""
+    names = {"gen": "generate_plain", "gen_psi": "generate", "face": "face_sr"}
+    return {name: (*shared_artifacts[key], shared_artifacts.manifests[key]) for name, key in names.items()}
 
 
 def _ort(path, feeds: dict) -> np.ndarray:
@@ -182,7 +170,7 @@ def test_one_line_refusals(exported, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------- bench
 
 
-def test_bench_generate_and_face_by_batch(exported, capsys):
+def test_bench_generate_and_face_by_batch(exported, tmp_path, capsys):
     _, gen, _ = exported["gen_psi"]
     _, gen_plain, _ = exported["gen"]
     settings = bench.BenchSettings(backends=("torch", "ort"), batches=(1, 2), variants=("fp32",), warmup_ms=0,
@@ -192,7 +180,7 @@ def test_bench_generate_and_face_by_batch(exported, capsys):
     assert len(result["rows"]) == 2 * 2 * 2  # batches x backends x artifacts
     for row in result["rows"]:
         assert row["runs"] == 2 and row["median_ms"] > 0 and row["gflops"] > 0
-    _, face, _ = exported["face"]
+    face = Path(shutil.copytree(exported["face"][1], tmp_path / "face"))  # --write-manifest changes it
     assert bench_main([str(face), "--batch", "2", "--backends", "ort", "--iterations", "2", "--warmup-ms", "0",
                        "--write-manifest"]) == 0
     assert "| face | ort | 2x3x64x64 |" in capsys.readouterr().out

@@ -228,6 +228,7 @@ def test_pnnx_out_of_memory_is_one_line_and_writes_nothing(tmp_path, capsys, mon
     assert export_main([str(model_dir), "--out", str(tmp_path / "art"), "--formats", "onnx,ncnn"]) == 0
 
 
+@pytest.mark.slow
 def test_deep_rrdbnet_converts_through_the_barriers(tmp_path, capsys, monkeypatch):
     """x4plus's depth (23 RRDB blocks) at a small width: with pnnx_graph's identity barriers pnnx converts it in
     well under 512 MiB (0.24 GB measured) and parity holds; without them (the negative control) pnnx outgrows the

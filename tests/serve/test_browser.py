@@ -3,7 +3,8 @@ browser, with flags that keep it off the network). Upload a real photo, run, wai
 and save a screenshot to tests/artifacts/demo.png.
 
 The test runs on tiny random models. README's screenshot (docs/demo.png) comes from the same test on the
-quickstart's real artifacts: ``GANKD_DEMO_ARTIFACTS=exports/teacher,exports/student pytest tests/test_browser.py``."""
+quickstart's real artifacts:
+``GANKD_DEMO_ARTIFACTS=exports/teacher,exports/student pytest tests/serve/test_browser.py``."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from PIL import Image
 
 from gankd.serve.app import build_app
 
-from test_demo import _free_port, _photo, artifacts  # noqa: F401  (module-scoped fixture reused)
+from conftest import TESTS_DIR
+from test_demo import _free_port, _photo
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update"]
-SCREENSHOT = Path(__file__).parent / "artifacts" / "demo.png"
+SCREENSHOT = TESTS_DIR / "artifacts" / "demo.png"
+pytestmark = pytest.mark.slow  # a real browser (make test-slow)
 
 
 def _natural_size(page, elem_id: str) -> tuple[int, int]:
@@ -32,7 +35,7 @@ def _natural_size(page, elem_id: str) -> tuple[int, int]:
     return tuple(img.evaluate("(el) => [el.naturalWidth, el.naturalHeight]"))
 
 
-def test_demo_in_a_real_browser(artifacts, tmp_path):  # noqa: F811
+def test_demo_in_a_real_browser(demo_artifacts, tmp_path):
     real = [Path(p) for p in os.environ.get("GANKD_DEMO_ARTIFACTS", "").split(",") if p]
     side = 64 if real else 40
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -40,7 +43,7 @@ def test_demo_in_a_real_browser(artifacts, tmp_path):  # noqa: F811
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
     photo = tmp_path / "photo.png"
     Image.fromarray(_photo(0, size=side)).save(photo)
-    demo = build_app(real or artifacts, default_tile=16)
+    demo = build_app(real or demo_artifacts, default_tile=16)
     port = _free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:

@@ -10,19 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from gankd.distill import ModelConfig, save_model
-from gankd.export import exporter
 from gankd.serve import Session
 from gankd.serve.app import QUICKSTART_HINT, build_app
 
 gradio_client = pytest.importorskip("gradio_client")
 
-TEACHER = ModelConfig(arch="rrdbnet", kwargs={"scale": 4, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
-                      task="sr", scale=4)
-STUDENT = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
 MAX_PIXELS = 64 * 64
 TIMEOUT_S = 120
 
@@ -40,23 +34,8 @@ def _photo(i: int, size: int = 24) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    dirs = []
-    for name, config in (("teacher", TEACHER), ("student", STUDENT)):
-        torch.manual_seed(0)
-        model = config.build()
-        with torch.no_grad():
-            (model.conv_last if hasattr(model, "conv_last") else model.body[-1]).bias.add_(0.5)
-        model_dir = save_model(root / "models" / name, model, config)
-        exporter.export_model(model_dir, root / name, exporter.ExportSettings(), log=lambda _msg: None)
-        dirs.append(root / name)
-    return dirs
-
-
-@pytest.fixture(scope="module")
-def client(artifacts):
-    demo = build_app(artifacts, max_pixels=MAX_PIXELS, default_tile=16)
+def client(demo_artifacts):
+    demo = build_app(demo_artifacts, max_pixels=MAX_PIXELS, default_tile=16)
     port = _free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
@@ -110,18 +89,18 @@ def test_bad_uploads_get_a_message_and_the_server_stays_up(client, tmp_path):
     assert np.asarray(Image.open(out_teacher)).shape == (96, 96, 3)
 
 
-def test_concurrent_requests_each_get_their_own_output(client, artifacts, tmp_path):
+def test_concurrent_requests_each_get_their_own_output(client, demo_artifacts, tmp_path):
     photos = [_photo(i) for i in range(50)]  # different crops: a mixed-up response cannot match
     paths = [_save(p, tmp_path / f"in{i}.png") for i, p in enumerate(photos)]
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(lambda path: _upscale(client, path, "ort", 16), paths))
-    teacher, student = (Session(d, backend="ort") for d in artifacts)
+    teacher, student = (Session(d, backend="ort") for d in demo_artifacts)
     for photo, (out_teacher, out_student, _) in zip(photos, results):
         assert np.array_equal(np.asarray(Image.open(out_teacher)), teacher.run(photo, tile=16))
         assert np.array_equal(np.asarray(Image.open(out_student)), student.run(photo, tile=16))
 
 
-def test_concurrent_requests_for_the_same_image_all_get_it_whole(client, artifacts, tmp_path):
+def test_concurrent_requests_for_the_same_image_all_get_it_whole(client, demo_artifacts, tmp_path):
     """Two users on one example get byte-identical outputs, which Gradio stores at one content-hashed path: each
     fetch gets the whole PNG (Gradio rewrote the file in place, and a fetch could read it half written:
     demos/soak.py saw undecodable PNGs)."""
@@ -139,7 +118,7 @@ def test_concurrent_requests_for_the_same_image_all_get_it_whole(client, artifac
 
     with ThreadPoolExecutor(12) as pool:
         downloads = list(pool.map(fetch, range(12)))
-    expected = Session(artifacts[0], backend="ort").run(_photo(3, 32), tile=16)
+    expected = Session(demo_artifacts[0], backend="ort").run(_photo(3, 32), tile=16)
     for content in downloads:
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(content))), expected)
 

@@ -7,14 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gankd.distill import ModelConfig
 from gankd.serve import ServeError, Session
 from gankd.serve.cli import main as demo_main
 from gankd.serve.images import MIN_SIDE_PX, read_image, to_array
 
-from conftest import sr_artifact
-
-MODEL = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 1, "upscale": 2}, task="sr", scale=2)
 ORIENTATION = 0x0112
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,8 +96,8 @@ def test_limits_and_animations(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return sr_artifact(tmp_path_factory.mktemp("image_io"), MODEL)
+def artifact(shared_artifacts):
+    return shared_artifacts["sr_small"][1]  # a tiny x2 SRVGG, ONNX only
 
 
 def test_upscale_reads_as_the_demo_reads(artifact, tmp_path, capsys):

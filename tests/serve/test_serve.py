@@ -15,16 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gankd.distill import ModelConfig, load_model, save_model
-from gankd.export import exporter
+from gankd.distill import load_model
 from gankd.serve import ServeError, Session
 from gankd.serve.cli import main as demo_main
 
 from conftest import assert_same_output_under_threads
 
-SRVGG_X4 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
-RRDB_X2 = ModelConfig(arch="rrdbnet", kwargs={"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
-                      task="sr", scale=2)
 BIN = Path(sys.executable).parent
 
 
@@ -38,19 +34,9 @@ def _photo(height: int = 80, width: int = 96, top: int = 60, left: int = 150) ->
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("serve")
-    out = {}
-    for name, config in (("srvgg4", SRVGG_X4), ("rrdb2", RRDB_X2)):
-        torch.manual_seed(0)
-        model = config.build()
-        with torch.no_grad():  # outputs around 0.5 so the [0, 1] clamp hides nothing
-            (model.conv_last if hasattr(model, "conv_last") else model.body[-1]).bias.add_(0.5)
-        model_dir = save_model(root / "models" / name, model, config)
-        exporter.export_model(model_dir, root / name, exporter.ExportSettings(), log=lambda _msg: None)
-        out[name] = (model_dir, root / name)
-    return out
+def artifacts(shared_artifacts):
+    """(model folder, artifact folder) of the shared x4 SRVGG and x2 RRDB (onnx + pt2; outputs around 0.5)."""
+    return {"srvgg4": shared_artifacts["sr"], "rrdb2": shared_artifacts["sr_x2"]}
 
 
 def _reference(model_dir, rgb_float: np.ndarray, pad: int = 10) -> np.ndarray:

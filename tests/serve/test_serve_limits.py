@@ -20,23 +20,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gankd.distill import ModelConfig
 from gankd.serve import ServeError, Session
 from gankd.serve.cli import main as demo_main
 from gankd.serve.cli import output_names
 from gankd.serve.images import MAX_PIXELS, MIN_SIDE_PX, check_size, read_image
 
-from conftest import sr_artifact
-
-MODEL = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 1, "upscale": 2}, task="sr", scale=2)
 MAX = 40 * 40  # the limit the tests give; MAX_PIXELS is the default of every front end
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return sr_artifact(tmp_path_factory.mktemp("limits"), MODEL)
+def artifact(shared_artifacts):
+    return shared_artifacts["sr_small"][1]  # a tiny x2 SRVGG, ONNX only
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:

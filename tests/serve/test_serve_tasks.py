@@ -11,35 +11,24 @@ import pytest
 import torch
 from PIL import Image
 
-from gankd.distill import ModelConfig, load_model, save_model
+from gankd.distill import load_model
 from gankd.distill.data.faces import astronaut_face, gcfsr_lq
-from gankd.export import exporter
 from gankd.serve import ServeError, Session
 from gankd.serve import faces as serve_faces
 from gankd.serve.app import build_app
 
-GEN = ModelConfig(arch="stylegan2_generator", kwargs={"size": 32, "style_dim": 32, "n_mlp": 2, "narrow": 0.03125},
-                  task="generate", scale=None, input_range=(-1.0, 1.0))
-FACE = ModelConfig(arch="gcfsr", kwargs={"out_size": 64, "num_style_feat": 32, "narrow": 0.03125},
-                   task="face_sr", scale=None, input_range=(-1.0, 1.0))
 TIMEOUT_S = 120
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    """gen_teacher (with --psi) and gen_student (without) of the same style_dim; face teacher and student."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("serve_tasks")
-    out = {}
-    for name, config, seed, psi in (("gen_teacher", GEN, 0, True), ("gen_student", GEN, 1, False),
-                                    ("face_teacher", FACE, 0, False), ("face_student", FACE, 1, False)):
-        torch.manual_seed(seed)
-        model_dir = save_model(root / "models" / name, config.build(), config)
-        exporter.export_model(model_dir, root / name, exporter.ExportSettings(psi=psi), log=lambda _msg: None)
-        out[name] = (model_dir, root / name)
-    return out
+def artifacts(shared_artifacts, tmp_path_factory):
+    """gen_teacher (with --psi) and gen_student (without) of the same style_dim; face teacher and student: the
+    shared ones, copied to folders of these names (the demo shows folder names)."""
+    return shared_artifacts.copies(tmp_path_factory.mktemp("serve_tasks"), {
+        "gen_teacher": "generate", "gen_student": "generate_plain", "face_teacher": "face_sr",
+        "face_student": "face_sr_plain"})
 
 
 def _face(size: int = 100) -> np.ndarray:

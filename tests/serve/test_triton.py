@@ -36,7 +36,6 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from gankd.distill import ModelConfig, save_model  # noqa: E402
 from gankd.distill.errors import GankdError  # noqa: E402
-from gankd.export import exporter  # noqa: E402
 from gankd.export.cli import export_main  # noqa: E402
 from gankd.export.triton_repo import check_model, parse_config, write_triton_model  # noqa: E402
 from gankd.serve import ServeError, Session  # noqa: E402
@@ -46,8 +45,6 @@ from gankd.serve.images import MIN_SIDE_PX, check_size  # noqa: E402
 from gankd.serve.triton import BatchRunner, TritonServer, TritonSettings, config_pbtxt  # noqa: E402
 
 SRVGG_X4 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
-RRDB_X2 = ModelConfig(arch="rrdbnet", kwargs={"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
-                      task="sr", scale=2)
 MAX_PIXELS = 48 * 48  # the server's limit here: a 64x64 request is over it
 BIN = Path(sys.executable).parent
 
@@ -66,20 +63,11 @@ def _settings(**changes) -> TritonSettings:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("triton")
-    out = {}
-    for name, config in (("srvgg4", SRVGG_X4), ("rrdb2", RRDB_X2)):
-        torch.manual_seed(0)
-        model = config.build()
-        with torch.no_grad():
-            (model.conv_last if hasattr(model, "conv_last") else model.body[-1]).bias.add_(0.5)
-        model_dir = save_model(root / "models" / name, model, config)
-        formats = ("onnx", "pt2") if name == "srvgg4" else ("onnx",)  # pt2: the torch backend's runner test
-        exporter.export_model(model_dir, root / name, exporter.ExportSettings(formats=formats), log=lambda _msg: None)
-        out[name] = root / name
-    return out
+def artifacts(shared_artifacts, tmp_path_factory):
+    """The shared x4 SRVGG (onnx + pt2: the torch backend's runner test) and x2 RRDB, copied to folders named as the
+    server names its models."""
+    copies = shared_artifacts.copies(tmp_path_factory.mktemp("triton"), {"srvgg4": "sr", "rrdb2": "sr_x2"})
+    return {name: art for name, (_, art) in copies.items()}
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +107,7 @@ def _clients(server):
 # ----------------------------------------------------------------------------------------------- outputs
 
 
+@pytest.mark.slow
 def test_http_and_grpc_outputs_match_the_session(server, sessions):
     with _clients(server) as clients:
         for name, (height, width) in (("srvgg4", (16, 12)), ("rrdb2", (20, 14))):
@@ -137,6 +126,7 @@ def test_http_and_grpc_outputs_match_the_session(server, sessions):
                 assert np.abs(_infer(client, module, name, x) - other).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_concurrent_mixed_requests_each_get_their_own_output(server, sessions):
     images = _images(10, 16, 16, seed=1) + _images(10, 24, 20, seed=2)  # two sizes, mixed in the stream
     expected = [sessions["srvgg4"].forward(x) for x in images]
@@ -163,6 +153,7 @@ def test_concurrent_mixed_requests_each_get_their_own_output(server, sessions):
         assert np.abs(y - expected[index]).max() <= 1e-5, index
 
 
+@pytest.mark.slow
 def test_the_statistics_show_dynamic_batches(server, sessions):
     x = _images(1, 16, 16, seed=3)[0]
     url = server.endpoints["http"].removeprefix("http://")
@@ -224,6 +215,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.slow
 def test_bad_inputs_get_one_line_errors_and_the_server_keeps_serving(server, sessions, protocol):
     good = _images(1, 16, 16, seed=5)[0]
     with _clients(server) as clients:
@@ -350,6 +342,7 @@ def _stub_libpythons(server: TritonServer) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_the_stubs_load_this_interpreters_libpython(server):
     libdir = serve_triton.python_library_dir()
     if libdir is None:
@@ -364,6 +357,7 @@ SYSTEM_LIBDIR = Path("/usr/lib/x86_64-linux-gnu")
 @pytest.mark.skipif(not list(SYSTEM_LIBDIR.glob(f"libpython{sys.version_info.major}.{sys.version_info.minor}.so*"))
                     or serve_triton.python_library_dir() in (None, SYSTEM_LIBDIR),
                     reason="needs a system libpython of this version and an interpreter built elsewhere (pyenv)")
+@pytest.mark.slow
 def test_without_the_library_path_fix_the_stubs_load_the_system_libpython(artifacts, monkeypatch):
     """The negative control of the fix: without it the stub maps the system's libpython next to this interpreter's
     standard library (the mismatch that fails PyTriton's own models with RLock._recursion_count)."""
@@ -377,6 +371,7 @@ def test_without_the_library_path_fix_the_stubs_load_the_system_libpython(artifa
 # ----------------------------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow
 def test_cli_prints_endpoints_and_sigterm_lets_in_flight_requests_finish(artifacts, sessions):
     settings = _settings()
     exe = shutil.which("gankd-demo", path=str(BIN))

@@ -11,22 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gankd.distill import ModelConfig
 from gankd.serve import ServeError, Session
 from gankd.serve.cli import main as demo_main
-
-from conftest import sr_artifact
+from gankd.serve.psnr import psnr
 
 av = pytest.importorskip("av", reason="video needs PyAV (pip install 'gankd[video]')")
 
-SRVGG_X4 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
 FRAMES, FPS, SIDE = 6, 12, 16
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> Path:
-    return sr_artifact(tmp_path_factory.mktemp("video"), SRVGG_X4, simplify=True)
+def artifact(shared_artifacts) -> Path:
+    return shared_artifacts["sr"][1]  # a tiny x4 SRVGG (gankd-demo upscale's auto backend picks its ONNX)
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +118,8 @@ def test_h264_mp4_keeps_rate_count_and_audio(session, tmp_path, audio):
     expected = [session.run(rgb) for rgb in frames_in]
     # lossy (CRF 18, 4:2:0 chroma) on top of the image path's output: each frame is nearest its own
     for i, upscaled in enumerate(frames_out):
-        psnr = [_psnr(upscaled, other) for other in expected]
-        assert psnr[i] > 22 and psnr[i] == max(psnr), (i, psnr)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b) ** 2)))
+        db = [psnr(upscaled, other, peak=255.0) for other in expected]
+        assert db[i] > 22 and db[i] == max(db), (i, db)
 
 
 def test_truncated_video_keeps_the_frames_written(artifact, session, tmp_path, capsys):

@@ -8,7 +8,7 @@ import torch
 from gankd.distill import GankdError, create_model
 from gankd.distill.models.importers import import_ncnn
 
-from ncnn_writer import reference_fp16, write_ncnn
+from helpers.ncnn_writer import reference_fp16, write_ncnn
 
 TINY = [("rrdbnet", dict(num_feat=16, num_block=2, num_grow_ch=8)),
         ("srvgg_compact", dict(num_feat=16, num_conv=3, upscale=4))]

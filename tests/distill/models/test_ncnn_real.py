@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from gankd.distill import GankdError, load_model, save_model
 from gankd.distill.models.importers import import_ncnn_package, ncnn_package_models
 
+from conftest import REPO_ROOT
+
 pytestmark = pytest.mark.real_weights
 
 NCNN_PAD = 10
@@ -101,6 +103,7 @@ def test_real_x4plus_through_the_official_pth_path(tmp_path):
         torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_quickstart_script(tmp_path):
     """`make quickstart`'s script, as a user runs it: imports the real x4plus teacher, prints the table, distils
     (shortened here to a few steps on tiny crops) and prints the report's quality table; a second run resumes."""
@@ -111,7 +114,7 @@ def test_quickstart_script(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO_ROOT
     run_dir = tmp_path / "run"
     env = {**os.environ, "TEACHER": str(tmp_path / "x4plus"), "RUN": str(run_dir),
            "REFERENCE": str(tmp_path / "animevideov3"),
@@ -164,14 +167,12 @@ def test_quickstart_script(tmp_path):
 def test_x4fast_reference_when_fetched():
     """`make x4fast` (run by .ci/run where npm exists): Upscayl's model is the realesr-general-x4v3 shape, loads with
     its recorded checksum and upscales a real crop; skipped where it was not fetched."""
-    from pathlib import Path
-
     import torch
 
     from gankd.distill.data.images import sample_images
     from gankd.distill.data.degrade import bicubic_lr
 
-    folder = Path(__file__).resolve().parents[1] / "teachers" / "x4fast"
+    folder = REPO_ROOT / "teachers" / "x4fast"
     if not (folder / "config.json").is_file():
         pytest.skip("teachers/x4fast not fetched (make x4fast needs npm)")
     model = load_model(folder)

@@ -57,3 +57,15 @@ def test_provenance_records_the_teacher():
 
 def test_width_label():
     assert [width_label(w) for w in (0.5, 0.25, 0.125, 0.3, 1.0)] == ["1/2", "1/4", "1/8", "0.3", "1"]
+
+
+def test_every_family_has_one_registered_student_rule():
+    """student_config dispatches on the family's registered rule: every student family and every discriminator
+    family of the registry has one, and a second rule for a family is refused."""
+    from gankd.distill.models.registry import get_arch, list_archs
+    from gankd.distill.models.students import FAMILIES, STUDENT_RULES, student_rule
+
+    d_families = {get_arch(name).family for name in list_archs("discriminator")}
+    assert set(FAMILIES) | d_families == set(STUDENT_RULES)
+    with pytest.raises(ValueError, match="already has a rule"):
+        student_rule("srvgg")(lambda ask: None)

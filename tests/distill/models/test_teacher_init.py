@@ -4,7 +4,6 @@ really are the teacher's top-L1 filters laid out consistently, and bad requests 
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from gankd.distill import GankdError, ModelConfig, build_student, load_model, save_model, student_config
 from gankd.distill.models.surgery import even_blocks, greedy_blocks
+from gankd.serve.psnr import psnr
 
 FRACTIONS = [0.5, 0.25, 0.125]
 
@@ -51,10 +51,6 @@ def rows_of(student_w: torch.Tensor, teacher_w: torch.Tensor) -> list[int]:
         assert len(hits) == 1, "a student filter is not a copy of exactly one teacher filter"
         found.append(hits[0])
     return found
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return -10 * math.log10(torch.mean((a - b) ** 2).item())
 
 
 @pytest.mark.parametrize("scale,num_up_feat", [(4, None), (2, None), (4, 24)])

@@ -18,9 +18,11 @@ from gankd.distill import ModelConfig, metrics, save_model
 from gankd.distill.report import evaluate
 from gankd.distill.cli import main
 
+from conftest import REPO_ROOT
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 SRVGG_X4 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 1, "upscale": 4}, task="sr", scale=4)
 SRVGG_X2 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 1, "upscale": 2}, task="sr", scale=2)
 SMALL = ["--size", "16", "--crops-per-image", "1", "--no-perceptual"]  # 64² HR crops, one per photo
@@ -165,13 +167,13 @@ def test_ort_and_ncnn_in_one_interleaved_run(folders, monkeypatch):
     pytest.importorskip("ncnn")
     import importlib
 
-    from gankd.distill.tools import search
+    from gankd.distill.models import cost
 
     def declared_runner(backend):
         module, _, name = declared[backend].partition(":")
         return getattr(importlib.import_module(module), name)
 
-    monkeypatch.setattr(search, "latency_runner", declared_runner)
+    monkeypatch.setattr(cost, "latency_runner", declared_runner)
     teacher, models = evaluate.load_sr_models(folders["teacher"], [folders["rand"]], ["rand"])
     settings = evaluate.EvalSettings(shape=(1, 3, 16, 16), rounds=2, warmup_ms=0, threads=1)
     speed = evaluate.measure_speed(teacher, models, settings)

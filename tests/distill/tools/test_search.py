@@ -113,7 +113,8 @@ def test_srvgg_fragment_is_a_valid_recipe():
 
 
 @pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
+def search_root(tmp_path_factory):
+    """A folder with the tiny teacher (seed 0) under teacher/ and candidates.yaml (not conftest's tiny_teacher)."""
     root = tmp_path_factory.mktemp("search")
     config = _rrdb_config(2)
     torch.manual_seed(0)
@@ -132,9 +133,9 @@ def _search(root, *args):
 
 
 @pytest.fixture(scope="module")
-def tiny_search(tiny_teacher):
-    out = tiny_teacher / "out"
-    rc = _search(tiny_teacher, "--budget-ms", "100000", "--steps", "2", "--out", str(out))
+def tiny_search(search_root):
+    out = search_root / "out"
+    rc = _search(search_root, "--budget-ms", "100000", "--steps", "2", "--out", str(out))
     assert rc == 0
     return out, json.loads((out / "search.json").read_text())
 
@@ -164,11 +165,11 @@ def test_search_front_is_non_dominated_and_complete(tiny_search):
             assert any(_dominates(f, r) for f in front), r["name"]
 
 
-def test_best_yaml_is_a_recipe_fragment_that_builds_the_student(tiny_search, tiny_teacher):
+def test_best_yaml_is_a_recipe_fragment_that_builds_the_student(tiny_search, search_root):
     out, result = tiny_search
     fragment = yaml.safe_load((out / "best.yaml").read_text())
     assert set(fragment) <= {"family", "width", "depth", "up_feat", "num_feat", "init", "blocks"}
-    recipe = recipe_from_dict({**fragment, "teacher": str(tiny_teacher / "teacher")})
+    recipe = recipe_from_dict({**fragment, "teacher": str(search_root / "teacher")})
     teacher = load_model(recipe.teacher)
     student, _ = build_student(teacher if recipe.init == "teacher" else teacher.gankd_config, width=recipe.width,
                                depth=recipe.depth, family=recipe.family, num_feat=recipe.num_feat, init=recipe.init,
@@ -177,9 +178,9 @@ def test_best_yaml_is_a_recipe_fragment_that_builds_the_student(tiny_search, tin
     assert count_params(student) == best["params"]
 
 
-def test_search_fails_in_one_line_when_nothing_fits_the_budget(tiny_teacher, capsys):
-    out = tiny_teacher / "none"
-    assert _search(tiny_teacher, "--budget-ms", "0.000001", "--steps", "2", "--out", str(out)) == 2
+def test_search_fails_in_one_line_when_nothing_fits_the_budget(search_root, capsys):
+    out = search_root / "none"
+    assert _search(search_root, "--budget-ms", "0.000001", "--steps", "2", "--out", str(out)) == 2
     captured = capsys.readouterr()
     error = captured.err.strip().splitlines()[-1]
     fastest = min(json.loads((out / "search.json").read_text())["rows"], key=lambda r: r["latency_ms"])
@@ -196,10 +197,10 @@ def test_search_fails_in_one_line_when_nothing_fits_the_budget(tiny_teacher, cap
     (["teacher", "--budget-ms", "5", "--steps", "2", "--minutes", "1"], "not both"),
     (["disc", "--budget-ms", "5"], "search needs an SR teacher"),
 ])
-def test_search_bad_input_is_one_line(tiny_teacher, capsys, args, message):
+def test_search_bad_input_is_one_line(search_root, capsys, args, message):
     disc = ModelConfig(arch="unet_discriminator_sn", kwargs={"num_feat": 8}, scale=None)
-    save_model(tiny_teacher / "disc", disc.build(), disc)
-    args = [str(tiny_teacher / args[0]), *args[1:]]
-    assert main(["search", *args, "--out", str(tiny_teacher / "bad")]) == 2
+    save_model(search_root / "disc", disc.build(), disc)
+    args = [str(search_root / args[0]), *args[1:]]
+    assert main(["search", *args, "--out", str(search_root / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from gankd.distill import ModelConfig, load_model, save_model
+from gankd.distill import ModelConfig, load_model
 from gankd.distill.train import losses
 from gankd.distill.train.adapters import FeatureMLP
 from gankd.distill.errors import GankdError
@@ -193,27 +192,13 @@ def test_dcd_term_reaches_the_student_through_the_frozen_teacher_d():
 
 # --- a few-step run of each mode resumes bit-identically after kill -9 -----------------------------------------
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("teacher") / "tiny"
-    torch.manual_seed(1)
-    save_model(path, SR_T.build(), SR_T)
-    return path
-
-
-def _recipe(teacher_dir: Path, out_dir: Path, mode: str) -> dict:
-    return {"name": f"tiny_{mode}", "mode": mode, "teacher": str(teacher_dir), "out_dir": str(out_dir),
-            "width": 0.5, "teacher_d_feat": 8, "n1": 1, "n2": 1, "n3": 1, "steps_per_epoch": 4, "batch_size": 2,
-            "hr_size": 32, "train_crops": 6, "val_crops_per_image": 1, "select_by": "psnr", "checkpoint_every": 2,
-            "log_every": 1, "threads": 1, "ema_decay": 0.9}
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
-def test_resume_after_kill_9_replays_the_same_losses(teacher_dir, tmp_path, mode, capsys):
+def test_resume_after_kill_9_replays_the_same_losses(tiny_teacher, tiny_recipe, tmp_path, mode, capsys):
     from gankd.distill.cli import main
     from gankd.distill.train.loop import run
 
-    base = _recipe(teacher_dir, tmp_path / "a", mode)
+    base = tiny_recipe(tmp_path / "a", name=f"tiny_{mode}", mode=mode, steps_per_epoch=4)
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({**base, "out_dir": str(tmp_path / "b")}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run(recipe_from_dict(base), log=lambda msg: None)  # run A, uninterrupted, in this process (one thread, as B)
@@ -235,7 +220,7 @@ def test_resume_after_kill_9_replays_the_same_losses(teacher_dir, tmp_path, mode
         assert all("t_adv" in s and "g_adv" not in s for s in steps if s["stage"] == "online")
         saved = torch.load(tmp_path / "a" / "state" / "last.pt", weights_only=True)["modules"]
         assert not torch.equal(saved["teacher"]["conv_first.weight"],
-                               load_model(teacher_dir).state_dict()["conv_first.weight"])  # trained online
+                               load_model(tiny_teacher).state_dict()["conv_first.weight"])  # trained online
     # the finished run's report: the generalised D-output histograms, and compare reads them
     report = (tmp_path / "a" / "report.md").read_text()
     assert "d_outputs.png" in report and (tmp_path / "a" / "d_outputs.png").is_file()

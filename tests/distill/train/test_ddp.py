@@ -22,7 +22,6 @@ import pytest
 import torch
 import yaml
 
-from gankd.distill import ModelConfig, save_model
 from gankd.distill.cli import main
 from gankd.distill.train import distributed
 from gankd.distill.train.distributed import World
@@ -43,25 +42,16 @@ sys.exit(main())
 """
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("teacher") / "tiny"
-    config = ModelConfig(arch="rrdbnet", kwargs={"scale": 4, "num_feat": 16, "num_block": 2, "num_grow_ch": 8},
-                         task="sr", scale=4)
-    torch.manual_seed(1)
-    save_model(path, config.build(), config)
-    return path
+# every stage (D_T adversarial, D_S distilled, D_S adversarial), DiffAugment, lazy R1, EMA; a global batch of 4 and
+# lr 1e-3, so a step that sees the wrong rows moves the weights far beyond float noise
+DDP = {"name": "ddp", "batch_size": 4, "train_crops": 8, "checkpoint_every": 100, "lr_g": 1e-3, "lr_d": 1e-3,
+       "lr_mlp": 1e-3, "adversarial": "logistic", "teacher_adversarial": "logistic", "r1_every": 2,
+       "diffaugment": "color,translation,cutout"}
 
 
-def tiny_recipe(teacher_dir: Path, out_dir: str, **overrides) -> dict:
-    """Every stage (D_T adversarial, D_S distilled, D_S adversarial), DiffAugment, lazy R1, EMA; a global batch of 4
-    and lr 1e-3, so a step that sees the wrong rows moves the weights far beyond float noise."""
-    return {"name": "ddp", "teacher": str(teacher_dir), "out_dir": out_dir, "width": 0.5, "teacher_d_feat": 8,
-            "n1": 1, "n2": 1, "n3": 1, "steps_per_epoch": 3, "batch_size": 4, "hr_size": 32, "train_crops": 8,
-            "val_crops_per_image": 1, "select_by": "psnr", "checkpoint_every": 100, "log_every": 1, "threads": 1,
-            "ema_decay": 0.9, "lr_g": 1e-3, "lr_d": 1e-3, "lr_mlp": 1e-3, "adversarial": "logistic",
-            "teacher_adversarial": "logistic", "r1_every": 2, "diffaugment": "color,translation,cutout",
-            **overrides}
+def ddp_recipe(tiny_recipe, out_dir: str, **overrides) -> dict:
+    """The shared tiny recipe (conftest) with :data:`DDP` and ``overrides``."""
+    return tiny_recipe(out_dir, **{**DDP, **overrides})
 
 
 def free_port() -> int:
@@ -130,20 +120,21 @@ def test_dry_run_prints_the_world_size_and_the_per_rank_batch(monkeypatch, capsy
     assert capsys.readouterr().out == ""  # one rank prints
 
 
-def test_torchrun_refusals_come_before_anything_is_written(teacher_dir, tmp_path, monkeypatch):
+def test_torchrun_refusals_come_before_anything_is_written(tiny_recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(distributed, "start", lambda device: World(rank=0, size=2))  # refused before any collective
     with pytest.raises(GankdError, match="a global batch of 3 does not split evenly over 2 processes"):
-        run(recipe_from_dict(tiny_recipe(teacher_dir, str(tmp_path / "odd"), batch_size=3)))
+        run(recipe_from_dict(ddp_recipe(tiny_recipe, str(tmp_path / "odd"), batch_size=3)))
     assert not (tmp_path / "odd").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_two_processes_train_what_one_does_and_only_rank_0_writes(teacher_dir, tmp_path, monkeypatch):
-    reference = in_process(tiny_recipe(teacher_dir, str(tmp_path / "one")))
+def test_two_processes_train_what_one_does_and_only_rank_0_writes(tiny_recipe, tmp_path, monkeypatch):
+    reference = in_process(ddp_recipe(tiny_recipe, str(tmp_path / "one")))
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(teacher_dir, "run")))  # relative: per rank
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(ddp_recipe(tiny_recipe, "run")))  # relative: per rank
     for rank in (0, 1):
         (tmp_path / "ranks" / f"rank{rank}").mkdir(parents=True)
     done = subprocess.run(torchrun(str(worker), "run", str(tmp_path / "recipe.yaml")), capture_output=True,
@@ -165,7 +156,7 @@ def test_two_processes_train_what_one_does_and_only_rank_0_writes(teacher_dir, t
     # batch, alone) ends far outside the tolerance, so the comparison above can fail
     batch = Loop.batch
     monkeypatch.setattr(Loop, "batch", lambda self, indices, pos: batch(self, indices[0::2], pos))
-    alone = in_process(tiny_recipe(teacher_dir, str(tmp_path / "alone")))
+    alone = in_process(ddp_recipe(tiny_recipe, str(tmp_path / "alone")))
     assert max_difference(reference, alone) > 100 * TOLERANCE
 
 
@@ -180,9 +171,10 @@ def _rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_killed_rank_ends_the_other_and_resume_finishes(teacher_dir, tmp_path):
-    recipe = tiny_recipe(teacher_dir, str(tmp_path / "run"), steps_per_epoch=10, checkpoint_every=2,
+def test_killed_rank_ends_the_other_and_resume_finishes(tiny_recipe, tmp_path):
+    recipe = ddp_recipe(tiny_recipe, str(tmp_path / "run"), steps_per_epoch=10, checkpoint_every=2,
                          diffaugment="", adversarial="vanilla", teacher_adversarial="vanilla")
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     reference = in_process({**recipe, "out_dir": str(tmp_path / "reference")})

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,7 @@ from gankd.distill.errors import GankdError, RunInterrupted
 from gankd.distill.train.recipe import load_recipe
 from gankd.distill.train.loop import run
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_clip import save_tiny_clip  # noqa: E402
+from helpers.tiny_clip import save_tiny_clip
 
 SG2 = ["arch_kwargs={size: 32, style_dim: 32, n_mlp: 2, narrow: 0.0625}", "teacher_d_narrow=0.0625"]
 GCFSR = ["arch_kwargs={out_size: 32, num_style_feat: 32, narrow: 0.0625, cond_norm: 32.0}",
@@ -96,7 +94,7 @@ def test_generator_compression_mse_and_joint(sg2_teacher, tmp_path):
 def test_kddlgan_terms_train_the_discriminator_and_reach_g(tmp_path):
     name, weights = save_tiny_clip(tmp_path)
     config = tmp_path / f"{name}.json"
-    from tiny_clip import TINY_CLIP_CONFIG
+    from helpers.tiny_clip import TINY_CLIP_CONFIG
 
     config.write_text(json.dumps(TINY_CLIP_CONFIG))
     run_dir = _run("stylegan2_lfw100_kddlgan", tmp_path / "kd", *SG2, "n1=1", f"clip_model={config}",

@@ -3,9 +3,6 @@ and the sharpness / diversity metrics used to judge compressed GANs."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,8 +13,7 @@ from gankd.distill.errors import GankdError
 from gankd.distill.train.kddlgan import FACE_EXPRESSIONS, CLIPImageTeacher, ProjectionHead, agkd_gate, agkd_loss, cgkd_diversity_loss, cgkd_match_loss, correlation, kddlgan_d_terms, kddlgan_g_term
 from gankd.distill.metrics import feature_diversity, laplacian_variance
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_clip import TINY_CLIP_CONFIG, save_tiny_clip  # noqa: E402
+from helpers.tiny_clip import TINY_CLIP_CONFIG, save_tiny_clip
 
 EMBED = TINY_CLIP_CONFIG["embed_dim"]
 

@@ -19,6 +19,8 @@ from gankd.distill.errors import GankdError
 from gankd.export import exporter, formats, int8, parity
 from gankd.export.parity import real_lr_batch
 
+from conftest import REPO_ROOT
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SRVGG = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 16, "num_conv": 4, "upscale": 4}, scale=4)
@@ -231,9 +233,8 @@ def test_teacher_gate_judges_int8_by_what_it_loses_to_the_teacher(tmp_path):
 def _int8_table(items, out):
     """demos/int8_table.py, the script that writes INT8 results files, on the given artifacts."""
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "demos" / "int8_table.py"
+    path = REPO_ROOT / "demos" / "int8_table.py"
     spec = importlib.util.spec_from_file_location("int8_table", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -319,6 +320,7 @@ def test_qat_alone_fine_tunes_an_existing_student(tmp_path):
     assert not (run_dir / "teacher_d").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_in_the_qat_stage_replays_the_same_run(tmp_path):
     """A run killed during QAT resumes where its last checkpoint was (fake-quantization ranges, observers, the qat
     selection) and ends bit for bit as the run that was never killed."""

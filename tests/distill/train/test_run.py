@@ -23,23 +23,6 @@ from gankd.distill.train.loop import run
 from conftest import DISTILL_CLI, kill_run_after, metrics_lines
 
 CLI = DISTILL_CLI
-TINY = {"scale": 4, "num_feat": 16, "num_block": 2, "num_grow_ch": 8}
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("teacher") / "tiny"
-    config = ModelConfig(arch="rrdbnet", kwargs=TINY, task="sr", scale=4)
-    torch.manual_seed(1)
-    save_model(path, config.build(), config)
-    return path
-
-
-def tiny_recipe(teacher_dir: Path, out_dir: Path, **overrides) -> dict:
-    return {"name": "tiny", "teacher": str(teacher_dir), "out_dir": str(out_dir), "width": 0.5,
-            "teacher_d_feat": 8, "n1": 1, "n2": 1, "n3": 1, "steps_per_epoch": 3, "batch_size": 2, "hr_size": 32,
-            "train_crops": 6, "val_crops_per_image": 1, "select_by": "psnr", "checkpoint_every": 2, "log_every": 1,
-            "threads": 1, "ema_decay": 0.9, **overrides}
 
 
 @pytest.mark.parametrize("overrides", [
@@ -50,8 +33,8 @@ def tiny_recipe(teacher_dir: Path, out_dir: Path, **overrides) -> dict:
     {"init": "random", "mode": "scratch", "d_width": 1.0},
     {"init": "teacher", "depth": 1, "width": 1.0, "blocks": "greedy", "degradation": "realesrgan"},
 ], ids=["sdakd-teacher-init", "no-feature-kd-lsgan", "n2-0", "teacher-d", "scratch-C-1", "depth-cut-greedy"])
-def test_run_writes_the_run_folder_contract(teacher_dir, tmp_path, overrides):
-    recipe = recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "run", **overrides))
+def test_run_writes_the_run_folder_contract(tiny_recipe, tmp_path, overrides):
+    recipe = recipe_from_dict(tiny_recipe(tmp_path / "run", **overrides))
     run_dir = run(recipe, log=lambda msg: None)
     for name in ("config.resolved.yaml", "state/last.pt", "report.md", "strip.png", "metrics.jsonl"):
         assert (run_dir / name).is_file(), name
@@ -79,8 +62,9 @@ def test_run_writes_the_run_folder_contract(teacher_dir, tmp_path, overrides):
         assert ("D_S(student)" in series) == (recipe.mode == "scratch" or recipe.discriminator == "student")
 
 
-def test_resume_after_kill_9_replays_the_same_losses(teacher_dir, tmp_path):
-    base = tiny_recipe(teacher_dir, tmp_path / "a", steps_per_epoch=12, checkpoint_every=3, init="teacher")
+@pytest.mark.slow
+def test_resume_after_kill_9_replays_the_same_losses(tiny_recipe, tmp_path):
+    base = tiny_recipe(tmp_path / "a", steps_per_epoch=12, checkpoint_every=3, init="teacher")
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(base))
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({**base, "out_dir": str(tmp_path / "b")}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -99,8 +83,9 @@ def test_resume_after_kill_9_replays_the_same_losses(teacher_dir, tmp_path):
                        load_model(tmp_path / "b" / "student").conv_first.weight)
 
 
-def test_ctrl_c_saves_and_resume_finishes(teacher_dir, tmp_path):
-    recipe = tiny_recipe(teacher_dir, tmp_path / "run", steps_per_epoch=200, checkpoint_every=1000)
+@pytest.mark.slow
+def test_ctrl_c_saves_and_resume_finishes(tiny_recipe, tmp_path):
+    recipe = tiny_recipe(tmp_path / "run", steps_per_epoch=200, checkpoint_every=1000)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     proc = subprocess.Popen([*CLI, "run", str(tmp_path / "r.yaml")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -123,10 +108,10 @@ def test_ctrl_c_saves_and_resume_finishes(teacher_dir, tmp_path):
     assert changed.returncode == 2 and "--resume: width is 0.25 but the run was started with 0.5" in changed.stderr
 
 
-def test_nan_stops_the_run_and_keeps_the_last_good_state(teacher_dir, tmp_path, monkeypatch):
+def test_nan_stops_the_run_and_keeps_the_last_good_state(tiny_recipe, tmp_path, monkeypatch):
     from gankd.distill.train import losses
 
-    recipe = recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "run", n3=2))
+    recipe = recipe_from_dict(tiny_recipe(tmp_path / "run", n3=2))
     real_l1, calls = losses.l1_loss, {"n": 0}
 
     def l1_turning_nan(out, target):
@@ -147,25 +132,26 @@ def test_nan_stops_the_run_and_keeps_the_last_good_state(teacher_dir, tmp_path, 
     assert student.gankd_config.provenance["step"] == 6
 
 
-def test_bad_run_inputs_are_one_line_errors(teacher_dir, tmp_path):
+def test_bad_run_inputs_are_one_line_errors(tiny_recipe, tmp_path):
     with pytest.raises(GankdError, match="does not exist|not a model folder|no such"):
-        run(recipe_from_dict(tiny_recipe(tmp_path / "missing", tmp_path / "r1")), log=lambda m: None)
+        run(recipe_from_dict(tiny_recipe(tmp_path / "r1", teacher=str(tmp_path / "missing"))), log=lambda m: None)
     with pytest.raises(GankdError, match="no saved state"):
-        run(recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "r2")), resume=True, log=lambda m: None)
+        run(recipe_from_dict(tiny_recipe(tmp_path / "r2")), resume=True, log=lambda m: None)
     (tmp_path / "photos").mkdir()
     with pytest.raises(GankdError, match="photos"):
-        run(recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "r3", train_images=str(tmp_path / "photos"))),
+        run(recipe_from_dict(tiny_recipe(tmp_path / "r3", train_images=str(tmp_path / "photos"))),
             log=lambda m: None)
     d_dir = tmp_path / "d"
     d_conf = ModelConfig(arch="unet_discriminator_sn", kwargs={"num_feat": 8}, task="sr", scale=None)
     save_model(d_dir, d_conf.build(), d_conf)
     with pytest.raises(GankdError, match="not a generator"):
-        run(recipe_from_dict(tiny_recipe(d_dir, tmp_path / "r4")), log=lambda m: None)
+        run(recipe_from_dict(tiny_recipe(tmp_path / "r4", teacher=str(d_dir))), log=lambda m: None)
 
 
-def test_compare_lists_each_run_with_its_best_validation(teacher_dir, tmp_path):
+@pytest.mark.slow
+def test_compare_lists_each_run_with_its_best_validation(tiny_recipe, tmp_path):
     for init in ("random", "teacher"):
-        run(recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / init, init=init, n3=2)), log=lambda m: None)
+        run(recipe_from_dict(tiny_recipe(tmp_path / init, init=init, n3=2)), log=lambda m: None)
     out = subprocess.run([*CLI, "compare", str(tmp_path / "random"), str(tmp_path / "teacher"), "--out",
                           str(tmp_path / "cmp.md")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -183,8 +169,8 @@ def test_compare_lists_each_run_with_its_best_validation(teacher_dir, tmp_path):
 
 
 @pytest.mark.real_weights
-def test_fid_selection_with_the_offline_inception(teacher_dir, tmp_path):
-    recipe = recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "run", select_by="fid", n1=1, n2=1, n3=1))
+def test_fid_selection_with_the_offline_inception(tiny_recipe, tmp_path):
+    recipe = recipe_from_dict(tiny_recipe(tmp_path / "run", select_by="fid", n1=1, n2=1, n3=1))
     run_dir = run(recipe, log=lambda msg: None)
     vals = [r["val"] for r in metrics_lines(run_dir / "metrics.jsonl") if "val" in r]
     assert len(vals) == 2 and all("fid" in v and v["fid"] >= 0 for v in vals)
@@ -194,7 +180,7 @@ def test_fid_selection_with_the_offline_inception(teacher_dir, tmp_path):
     assert "chosen by FID" in report and "| FID |" in report
 
 
-def test_out_dir_is_checked_before_any_work(teacher_dir, tmp_path, monkeypatch):
+def test_out_dir_is_checked_before_any_work(tiny_teacher, tiny_recipe, tmp_path, monkeypatch):
     """Case 3: an out_dir that cannot be created is one line before the teacher loads; a folder of other files and
     the shared teacher cache are refused too, and nothing is written."""
     import gankd.distill.train.loop as train
@@ -204,19 +190,19 @@ def test_out_dir_is_checked_before_any_work(teacher_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "load_teacher", no_teacher)
     for out_dir, message in (("/proc/gankd-run", "cannot be written"),
-                             (str(teacher_dir / "config.json" / "run"), "is a file, not a folder")):
+                             (str(tiny_teacher / "config.json" / "run"), "is a file, not a folder")):
         with pytest.raises(GankdError, match=message) as info:
-            run(recipe_from_dict(tiny_recipe(teacher_dir, Path(out_dir))), log=lambda msg: None)
+            run(recipe_from_dict(tiny_recipe(Path(out_dir))), log=lambda msg: None)
         assert "\n" not in str(info.value)
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("mine")
     with pytest.raises(GankdError, match="not a gankd run folder"):
-        run(recipe_from_dict(tiny_recipe(teacher_dir, theirs)), log=lambda msg: None)
+        run(recipe_from_dict(tiny_recipe(theirs)), log=lambda msg: None)
     assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
     cache = tmp_path / "runs" / "teacher_cache"
     with pytest.raises(GankdError, match="overlap"):
-        run(recipe_from_dict(tiny_recipe(teacher_dir, tmp_path / "runs", teacher_cache_dir=str(cache))),
+        run(recipe_from_dict(tiny_recipe(tmp_path / "runs", teacher_cache_dir=str(cache))),
             log=lambda msg: None)
     assert not (tmp_path / "runs").exists()
 
