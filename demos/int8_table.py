@@ -14,6 +14,9 @@ from pathlib import Path
 from gankd.distill.report.plots import markdown_table
 from gankd.export.manifest import read_manifest
 
+COLUMNS = ["model", "INT8 from", "written", "judged by", "fp32 clean", "INT8 clean", "Δ clean", "fp32 degraded",
+           "INT8 degraded", "Δ degraded", "PSNR→fp32 dB", "speed-up", "CPU", "CPU int8 flags"]
+
 
 def row(name: str, manifest: dict) -> dict:
     outcome = manifest.get("int8") or {}
@@ -42,11 +45,9 @@ def main(argv=None) -> None:
         manifest = read_manifest(Path(folder))
         raw[name] = {"artifact": folder, "int8": manifest.get("int8")}
         rows.append(row(name, manifest))
-    columns = ["model", "INT8 from", "written", "judged by", "fp32 clean", "INT8 clean", "Δ clean", "fp32 degraded",
-               "INT8 degraded", "Δ degraded", "PSNR→fp32 dB", "speed-up", "CPU", "CPU int8 flags"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "manifests": raw}, indent=2) + "\n", encoding="utf-8")
-    table = markdown_table(rows, columns)
+    table = markdown_table(rows, COLUMNS)
     args.out.with_suffix(".md").write_text(
         "PSNR to the teacher (dB) on the export's held-out crops, fp32 and INT8 ONNX; speed-up: INT8 over fp32 ONNX "
         "at the export's --opt-shape, interleaved, on the CPU named (from `python demos/int8_table.py`).\n\n"

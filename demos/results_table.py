@@ -1,7 +1,8 @@
 """A markdown table of several `gankd-distill eval --out` results (their eval.json files): one row per model and
 file, PSNR to the teacher on clean and on degraded inputs (pooled), its margin over bicubic (of the same file's
-crops), VoL/teacher and the Inception feature distance to the teacher (— where the eval skipped it). Docs
-tables are made with it, so a figure in the docs is the one a results file holds.
+crops), VoL/teacher and the Inception feature distance to the teacher (— where the eval skipped it). The docs'
+tables of eval results are made with it (``demos/docs_tables.py``, ``table=compare``), so a figure in the docs is
+the one a results file holds.
 
     python demos/results_table.py docs/results/issue27_quickstart_*.json
 """
@@ -37,19 +38,24 @@ def rows(path: Path, seen: set[str]) -> list[str]:
     return out
 
 
+def table(paths: list[Path]) -> str:
+    """The table of ``paths`` (eval.json files, in order; a model already listed is not repeated), with its CPU line."""
+    header = ("| model | results file | clean PSNR→teacher (Δ bicubic) | degraded PSNR→teacher (Δ bicubic) "
+              "| VoL/teacher clean / degraded | Inception dist clean / degraded |")
+    lines = [header, "|---|---|---:|---:|---|---|"]
+    seen: set[str] = set()
+    for path in paths:
+        lines += rows(path, seen)
+    cpus = {json.loads(p.read_text())["cpu"]["model"] for p in paths}
+    lines.append(f"\nCPU: {', '.join(sorted(c or 'unknown' for c in cpus))}; crops and seeds: as each file records.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", type=Path, nargs="+")
     args = parser.parse_args()
-    print("| model | results file | clean PSNR→teacher (Δ bicubic) | degraded PSNR→teacher (Δ bicubic) "
-          "| VoL/teacher clean / degraded | Inception dist clean / degraded |")
-    print("|---|---|---:|---:|---|---|")
-    seen: set[str] = set()
-    for path in args.files:
-        for line in rows(path, seen):
-            print(line)
-    cpus = {json.loads(p.read_text())["cpu"]["model"] for p in args.files}
-    print(f"\nCPU: {', '.join(sorted(c or 'unknown' for c in cpus))}; crops and seeds: as each file records.")
+    print(table(args.files))
 
 
 if __name__ == "__main__":
