@@ -19,6 +19,7 @@ from pathlib import Path
 from gankd.distill.errors import GankdError
 from gankd.distill.models.cost import parse_shape
 from gankd.serve.backends import engine_filename, slug, trt_missing  # their one home: serve picks engines by name
+from gankd.serve.timing import timed_ms
 
 from .manifest import INPUT_NAME, OUTPUT_NAME
 
@@ -205,9 +206,7 @@ def timed_cuda_call(runner, x, enqueue):
         events[0].record()
         runner.device_in.copy_(host_in, non_blocking=True)
         events[1].record()
-        start = time.perf_counter()
-        enqueue()
-        enqueue_ms = (time.perf_counter() - start) * 1e3
+        _, enqueue_ms = timed_ms(enqueue)
         events[2].record()
         runner.host_out.copy_(runner.device_out, non_blocking=True)
         events[3].record()
