@@ -177,19 +177,26 @@ def objective(names: tuple[str, ...], step: Step) -> tuple[torch.Tensor, dict[st
 @dataclass
 class DStep:
     """What the discriminator terms read: D's logits (and, in KD-DLGAN runs, its last features) on the real and
-    the fake batch as D saw them (augmented)."""
+    the fake batch as D saw them (augmented). SDAKD's stage-2 D step (``d_mode: distill``) instead holds D_S's
+    logits on real, teacher and student images in ``real_logits`` and D_T's on the same images in
+    ``target_logits``."""
 
     nets: object
     recipe: Recipe
     seed: int
     adversarial: str
     real: torch.Tensor
-    fake: torch.Tensor
+    fake: torch.Tensor | None
     real_logits: torch.Tensor
-    fake_logits: torch.Tensor
+    fake_logits: torch.Tensor | None
     real_feat: torch.Tensor | None = None
     fake_feat: torch.Tensor | None = None
+    target_logits: torch.Tensor | None = None  # d_mode distill: D_T's logits, the target of D_S's
     _cache: dict = field(default_factory=dict)
+
+    @property
+    def adversarial_step(self) -> bool:
+        return self.target_logits is None
 
     def kddlgan(self) -> dict[str, torch.Tensor]:
         """KD-DLGAN's two D terms, unweighted, computed once (D^f: the projection head on D's last feature)."""
@@ -206,23 +213,27 @@ class DStep:
 
 
 DISCRIMINATOR_TERMS: tuple[Term, ...] = (
+    Term("d_distill", lambda s: losses.d_distill_loss(s.real_logits, s.target_logits), lambda recipe, s: 1.0, "-",
+         "D_S's logits vs D_T's on real, teacher and student images (SDAKD stage 2)", "discriminator",
+         lambda s: not s.adversarial_step),
     Term("d_adv", lambda s: losses.d_adversarial_loss(s.real_logits, s.fake_logits, s.adversarial),
-         lambda recipe, s: 1.0, "-", "D's logits on real vs fake images", "discriminator"),
+         lambda recipe, s: 1.0, "-", "D's logits on real vs fake images", "discriminator",
+         lambda s: s.adversarial_step),
     Term("d_r1", lambda s: losses.r1_penalty(s.real_logits, s.real),
          lambda recipe, s: 0.5 * recipe.r1_gamma * recipe.r1_every, "r1_gamma",
          "R1 gradient penalty on real images (lazy: every r1_every steps, scaled up by it)", "discriminator",
-         lambda s: s.real.requires_grad),
+         lambda s: s.adversarial_step and s.real.requires_grad),
     Term("d_agkd", lambda s: s.kddlgan()["agkd"], _key("lambda_agkd"), "lambda_agkd",
          "D's projected features vs CLIP's image features (KD-DLGAN's AGKD)", "discriminator",
-         lambda s: s.nets.clip is not None),
+         lambda s: s.adversarial_step and s.nets.clip is not None),
     Term("d_cgkd", lambda s: s.kddlgan()["cgkd_match"], _key("lambda_cgkd"), "lambda_cgkd",
          "D's image-text correlations vs CLIP's (KD-DLGAN's CGKD match)", "discriminator",
-         lambda s: s.nets.clip is not None),
+         lambda s: s.adversarial_step and s.nets.clip is not None),
 )
 
 
 def discriminator_objective(step: DStep) -> dict[str, torch.Tensor]:
-    """D's adversarial terms, weighted: D's loss is their sum."""
+    """D's terms, weighted: D's loss is their sum."""
     return {term.name: term.weight(step.recipe, step) * term.loss(step)
             for term in DISCRIMINATOR_TERMS if term.applies(step)}
 

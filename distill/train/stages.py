@@ -37,7 +37,6 @@ from torch import nn
 
 from gankd.distill.errors import GankdError
 
-from . import losses
 from .baselines import BASELINES
 from .objective import DStep, Step, discriminator_objective, objective
 from .recipe import Recipe
@@ -289,7 +288,8 @@ def discriminator_loss(stage: Stage, nets: Nets, batch: Batch, fake: torch.Tenso
         inputs = torch.cat([batch.hr, batch.teacher_out, fake])
         with torch.no_grad():
             target = nets.get("teacher_d")(inputs)
-        return {"d_distill": losses.d_distill_loss(d(inputs), target)}
+        return discriminator_objective(DStep(nets, recipe, batch.seed, stage.adversarial, inputs, None, d(inputs),
+                                             None, target_logits=target))
     lazy_r1 = stage.adversarial == "logistic" and recipe.r1_gamma > 0 and batch.step % recipe.r1_every == 0
     real = _augment(batch.hr, recipe, batch.seed + 1, batch.shard).detach().requires_grad_(lazy_r1)
     fake = _augment(fake, recipe, batch.seed + 2, batch.shard)
