@@ -41,13 +41,13 @@ def _generate_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     if loop.nets.teacher is not None:
         rows.append({"model": "teacher", **_cost(loop.nets.teacher, shape),
                      **_without_self(task.score_samples(task.val_teacher_out))})
-    name = "generator (trained)" if loop.recipe.mode == "train" else "student (best)"
+    name = "generator (trained)" if loop.recipe.rules.makes_teacher else "student (best)"
     rows.append({"model": name, **_cost(model, shape), **task.score_samples(student_out)})
     columns = list(dict.fromkeys(k for row in rows for k in row))
     n = min(8, len(student_out))
     latents = [f"z {i}" for i in range(n)]  # one column per latent, one row per generator
     sources = ([("teacher", task.val_teacher_out)] if task.val_teacher_out is not None else []) + \
-        [("student" if loop.recipe.mode != "train" else "generator", student_out)]
+        [("student" if not loop.recipe.rules.makes_teacher else "generator", student_out)]
     grid = [{c: _unit(images[i]) for i, c in enumerate(latents)} for _, images in sources]
     captions = [{c: label for c in latents} for label, _ in sources]
     plots.save_strip(run_dir / "samples.png", grid, columns=latents, max_rows=len(grid), captions=captions)
@@ -73,10 +73,10 @@ def _face_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     if task.val_teacher_out is not None:
         rows.append({"model": "teacher", **_cost(loop.nets.teacher, shape),
                      **_without_self(task.score_outputs(task.val_teacher_out))})
-    rows.append({"model": "student (best)" if loop.recipe.mode != "train" else "generator",
+    rows.append({"model": "student (best)" if not loop.recipe.rules.makes_teacher else "generator",
                  **_cost(model, shape), **task.score_outputs(outs)})
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    name = "generator" if loop.recipe.mode == "train" else "student"
+    name = "generator" if loop.recipe.rules.makes_teacher else "student"
     strip = []
     for s in task.recipe.val_scales:
         row = {"LQ": _unit(task.val_lq[s][0]), name: _unit(outs[s][0]), "GT": _unit(task.val_hr[0])}
@@ -109,7 +109,7 @@ def _d_output_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
         teacher = None if task.val_teacher_out is None else \
             torch.cat([task.val_teacher_out[s] for s in recipe.val_scales])
     images = {"real": real, **({"teacher": teacher} if teacher is not None else {}), "student": student}
-    kind = recipe.teacher_adversarial if recipe.mode == "train" else recipe.adversarial
+    kind = recipe.teacher_adversarial if recipe.rules.makes_teacher else recipe.adversarial
     if not write_d_histograms(run_dir / "d_outputs.png", loop.nets, images, kind,
                               title="Discriminator outputs (SDAKD Fig. 2)"):
         return []
@@ -128,9 +128,9 @@ def write_gan_report(run_dir: Path, recipe, loop, model: nn.Module, lines: list[
     lines += [
         f"- task: {task.kind}; teacher: {teacher}",
         f"- generator: {conf.arch} {conf.kwargs}" + (f", width C={width_label(recipe.width)}"
-                                                    if recipe.mode != "train" else ""),
+                                                    if not recipe.rules.makes_teacher else ""),
         f"- mode: {recipe.mode}; discriminator: {recipe.discriminator}; supervised loss: {recipe.sup_loss}; "
-        f"adversarial: {recipe.adversarial if recipe.mode != 'train' else recipe.teacher_adversarial} "
+        f"adversarial: {recipe.adversarial if not recipe.rules.makes_teacher else recipe.teacher_adversarial} "
         f"(R1 γ={recipe.r1_gamma} every {recipe.r1_every}); DiffAugment: {recipe.diffaugment or 'off'}; "
         f"KD-DLGAN: {'on' if recipe.kd_dlgan else 'off'}",
         *([f"- baseline ({recipe.mode}): {BASELINE_TEXT[recipe.mode]}"] if recipe.mode in BASELINE_TEXT else []),

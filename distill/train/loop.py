@@ -33,12 +33,12 @@ from gankd.serve.errors import first_line
 
 from gankd.distill.errors import GankdError, RunInterrupted
 from gankd.distill.models.folder import ModelConfig, load_model, save_model
-from .recipe import Recipe, load_yaml, recipe_from_dict
+from .recipe import MODES, Recipe, load_yaml, recipe_from_dict
 from .stages import Nets, NonFiniteLoss, Stage, needs_teacher_d, plan_stages, step
 from gankd.distill.models.students import build_student, load_pretrained
 
 RESUME_MAY_CHANGE = {"max_minutes", "device", "threads"}
-DISTRIBUTED_MODES = ("sdakd", "scratch", "train")  # modes whose every trained module the step calls through DDP
+DISTRIBUTED_MODES = tuple(name for name, rules in MODES.items() if rules.under_torchrun)
 
 
 def pick_device(name: str) -> torch.device:
@@ -77,7 +77,7 @@ def task_kind(recipe: Recipe) -> str:
     from gankd.distill.models.folder import load_config
     from gankd.distill.models.registry import family_task
 
-    if recipe.mode == "train":
+    if recipe.rules.makes_teacher:
         return generator_config(recipe, None).task
     try:
         return load_config(recipe.teacher).task
@@ -111,7 +111,7 @@ def pretrained_model(recipe: Recipe, log) -> nn.Module | None:
 def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.device, log
                ) -> tuple[Nets, ModelConfig, ModelConfig | None]:
     gconf = generator_config(recipe, teacher)
-    if recipe.mode == "train":
+    if recipe.rules.makes_teacher:
         student, sconf = gconf.build(), gconf
     else:
         calib = task.example_inputs(8)[0].to(device) if task.kind == "sr" else None
@@ -126,7 +126,7 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
     nets = Nets(teacher=teacher, student=student)
     if recipe.anchor_weight > 0:  # the warm start's weights, as built (a resume rebuilds them the same way)
         nets.anchor = [p.detach().clone().to(device) for p in student.parameters()]
-    if recipe.mode in ("sdakd", "omgd") and recipe.feature_kd:  # omgd: its channel-wise distillation
+    if recipe.rules.feature_adapter and recipe.feature_kd:
         example = task.example_inputs(1)
         nets.adapter = FeatureMLP(_feature_channels(student, example), _feature_channels(teacher, example))
     provenance = {"trained_by": f"gankd-distill run {recipe.name}"}
@@ -141,14 +141,14 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
             dt_conf = task.discriminator_config(recipe, 1.0, provenance)
             nets.teacher_d = dt_conf.build()
             nets.teacher_d.gankd_config = dt_conf  # as load_model would: build_student(init="teacher") reads it
-    if recipe.mode == "scratch" or (recipe.mode == "sdakd" and recipe.discriminator == "student"):
+    if recipe.has_student_d:
         if dt_conf is not None:
             _, ds_conf = build_student(dt_conf, width=recipe.student_d_width)
             ds_conf = replace(ds_conf, provenance=provenance)
         else:
             ds_conf = task.discriminator_config(recipe, recipe.student_d_width, provenance)
         nets.student_d = ds_conf.build()
-    kd_d = "teacher_d" if recipe.mode == "train" else "student_d"  # the discriminator KD-DLGAN distils into
+    kd_d = "teacher_d" if recipe.rules.makes_teacher else "student_d"  # the discriminator KD-DLGAN distils into
     if recipe.kd_dlgan:
         from .kddlgan import ProjectionHead
 
@@ -173,7 +173,7 @@ def build_nets(recipe: Recipe, teacher: nn.Module | None, task, device: torch.de
         {"params": list(student.parameters()), "lr": recipe.lr_g},
         *([{"params": list(nets.adapter.parameters()), "lr": recipe.lr_mlp}] if nets.adapter else []),
     ], betas=betas)
-    if recipe.mode == "omgd":  # OMGD trains the teacher G online, from the imported weights
+    if recipe.rules.online_teacher:  # OMGD trains the teacher G online, from the imported weights
         teacher.requires_grad_(True)
         nets.optimizers["teacher_g"] = torch.optim.Adam(teacher.parameters(), lr=recipe.lr_g, betas=betas)
     for name in ("teacher_d", "student_d"):
@@ -339,7 +339,7 @@ def start_run_dir(run_dir: Path, recipe: Recipe) -> None:
 
 
 def load_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
-    if recipe.mode == "train":
+    if recipe.rules.makes_teacher:
         return None
     teacher = load_model(recipe.teacher).to(device).requires_grad_(False)
     tconf = teacher.gankd_config
@@ -361,7 +361,7 @@ def without_teacher_features(recipe: Recipe, log) -> Recipe:
     step. Decided from the teacher's config.json alone, before the run folder is checked, so a resume agrees."""
     from gankd.distill.models.folder import load_config
 
-    if recipe.mode == "train" or not recipe.feature_kd or recipe.teacher_feature:
+    if recipe.rules.makes_teacher or not recipe.feature_kd or recipe.teacher_feature:
         return recipe
     try:
         tconf = load_config(recipe.teacher)
@@ -398,7 +398,7 @@ def _run(recipe: Recipe, resume: bool, log, world: World) -> Path:
     recipe = without_teacher_features(recipe, log)
     run_dir = check_run_dir(recipe, resume)
     world.rows(recipe.batch_size)  # a global batch that does not split over the ranks stops the run here
-    if world.distributed and recipe.mode not in DISTRIBUTED_MODES:
+    if world.distributed and not recipe.rules.under_torchrun:
         raise GankdError(f"mode: {recipe.mode} does not run under torchrun yet (only {', '.join(DISTRIBUTED_MODES)}"
                          ": its other networks' steps are not averaged over processes); run it in one process")
     if world.distributed and recipe.n_qat > 0:
@@ -427,7 +427,7 @@ def _run(recipe: Recipe, resume: bool, log, world: World) -> Path:
     ema = EMA(nets.student, recipe.ema_decay)
     modules = {"student": nets.student, "student_ema": ema.model if recipe.ema_decay > 0 else None,
                "adapter": nets.adapter, "teacher_d": nets.teacher_d, "student_d": nets.student_d,
-               "d_head": nets.d_head, "teacher": nets.teacher if recipe.mode == "omgd" else None}
+               "d_head": nets.d_head, "teacher": nets.teacher if recipe.rules.online_teacher else None}
     state_path = run_dir / "state" / "last.pt"
     progress = load_state(state_path, modules, nets.optimizers) if resume else Progress()
     if world.distributed:
@@ -465,7 +465,7 @@ class Loop:
         self.recipe, self.run_dir, self.stages, self.nets, self.ema = recipe, run_dir, stages, nets, ema
         self.modules, self.task, self.metrics_log = modules, task, metrics_log
         # mode train makes a teacher (and its D) for later runs; every other mode a student
-        self.g_dir = run_dir / ("teacher" if recipe.mode == "train" else "student")
+        self.g_dir = run_dir / ("teacher" if recipe.rules.makes_teacher else "student")
         self.progress, self.device, self.log = progress, device, log
         self.student_config, self.teacher_d_config = student_config, teacher_d_config
         self.state_path = run_dir / "state" / "last.pt"
@@ -643,7 +643,7 @@ class Loop:
     def save_teacher_d(self, stage: Stage) -> None:
         config = replace(self.teacher_d_config, provenance={
             **self.teacher_d_config.provenance, "stage1_steps": self.progress.position.step,
-            "teacher": str(self.g_dir if self.recipe.mode == "train" else self.recipe.teacher)})
+            "teacher": str(self.g_dir if self.recipe.rules.makes_teacher else self.recipe.teacher)})
         if self.world.is_main:
             save_model(self.run_dir / "teacher_d", self.nets.teacher_d, config)
         self.log(f"{stage.name} done: teacher discriminator saved to {self.run_dir / 'teacher_d'}")

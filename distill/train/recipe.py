@@ -32,8 +32,32 @@ MAX_BASE_DEPTH = 8  # recipes in one base: chain; a deeper one is a mistake, not
 MAX_YAML_NODES = 100_000  # nodes after alias expansion: a billion-laughs bomb is refused before it is built
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,127}")
 
+@dataclass(frozen=True)
+class ModeRules:
+    """What a recipe ``mode`` means to a run, by name: the loop, the stage plan and the reports ask these instead of
+    comparing mode strings (:data:`MODES`)."""
+
+    makes_teacher: bool = False  # train: G and D from real images, no teacher; the run leaves teacher/ and teacher_d/
+    ground_truth: bool = False  # scratch: the small GAN on ground truth, no KD (the paper's (C,C) and (C,1))
+    baseline: bool = False  # omgd | dcd | dcd_modified: a method SDAKD is measured against, with its own D_T use
+    online_teacher: bool = False  # OMGD: the teacher G trains too, from the imported weights
+    feature_adapter: bool = False  # feature_kd adds the trained adapter (SDAKD's MLP, OMGD's channel distillation)
+    student_d: bool = False  # a student discriminator D_S is trained (sdakd: with discriminator: student)
+    under_torchrun: bool = False  # every trained module goes through DDP in the step
+
+
+MODES = {
+    "sdakd": ModeRules(feature_adapter=True, student_d=True, under_torchrun=True),
+    "scratch": ModeRules(ground_truth=True, student_d=True, under_torchrun=True),
+    "train": ModeRules(makes_teacher=True, under_torchrun=True),
+    "omgd": ModeRules(baseline=True, online_teacher=True, feature_adapter=True),
+    "dcd": ModeRules(baseline=True),
+    "dcd_modified": ModeRules(baseline=True),
+}
+
+
 CHOICES = {
-    "mode": ("sdakd", "scratch", "train", "omgd", "dcd", "dcd_modified"),
+    "mode": tuple(MODES),  # what each means: MODES
     "family": ("rrdb", "srvgg", "span", "stylegan2", "gcfsr"),
     "init": ("random", "teacher", "pretrained"),
     "blocks": ("even", "greedy"),
@@ -206,10 +230,10 @@ class Recipe:
                 raise GankdError(f"{key}: must be > 0, got {getattr(self, key)}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and 0 <= self.ema_decay < 1):
             raise GankdError("beta1, beta2 and ema_decay must be in [0, 1)")
-        if self.mode in ("omgd", "dcd", "dcd_modified") and self.discriminator != "student":
+        if self.rules.baseline and self.discriminator != "student":
             raise GankdError(f"discriminator: {self.discriminator!r} is an SDAKD option; mode {self.mode} uses the "
                              "teacher discriminator its method defines (leave discriminator at its default)")
-        if self.mode == "scratch" and self.discriminator == "teacher":
+        if self.rules.ground_truth and self.discriminator == "teacher":
             raise GankdError("discriminator: 'teacher' needs mode: sdakd (scratch baselines train their own D)")
         if self.init_from is not None and self.init != "pretrained":
             raise GankdError("init_from: a pretrained model to warm-start from needs init: pretrained")
@@ -220,19 +244,19 @@ class Recipe:
                              f"{self.family!r}")
         if self.blocks == "greedy" and self.init != "teacher":
             raise GankdError("blocks: greedy chooses teacher blocks to copy: it needs init: teacher")
-        if self.mode == "train":
+        if self.rules.makes_teacher:
             if not self.arch:
                 raise GankdError("mode: train builds a generator from arch and arch_kwargs: set arch")
             if self.n1 < 1:
                 raise GankdError("mode: train runs stage 1 (G and D from scratch): n1 must be >= 1")
         elif self.n2 + self.n3 + self.n_qat == 0:
             raise GankdError("n2 + n3 is 0: nothing would train the student")
-        if self.discriminator == "none" and self.n3 > 0 and self.mode != "train":
+        if self.discriminator == "none" and self.n3 > 0 and not self.rules.makes_teacher:
             raise GankdError("discriminator: none has no adversarial stage: set n3: 0 (MSE-only compression)")
         if self.n_qat > 0:
             from .qat import check_supported
 
-            if self.mode == "train":
+            if self.rules.makes_teacher:
                 raise GankdError("n_qat: mode train makes a teacher; quantization-aware distillation is for students")
             check_supported(self.family)
         if not 0 <= self.agkd_p <= 1:
@@ -257,6 +281,16 @@ class Recipe:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir or f"runs/{self.name}")
+
+    @property
+    def rules(self) -> ModeRules:
+        """What this recipe's mode means to the run (:data:`MODES`)."""
+        return MODES[self.mode]
+
+    @property
+    def has_student_d(self) -> bool:
+        """Does the run train a student discriminator D_S? (scratch always; sdakd with discriminator: student)"""
+        return self.rules.student_d and (self.rules.ground_truth or self.discriminator == "student")
 
     @property
     def student_d_width(self) -> float:

@@ -37,7 +37,6 @@ from torch import nn
 
 from gankd.distill.errors import GankdError
 
-from .baselines import BASELINES
 from .objective import DStep, Step, discriminator_objective, objective
 from .recipe import Recipe
 
@@ -77,9 +76,9 @@ class Stage:
 
 
 def needs_teacher_d(recipe: Recipe) -> bool:
-    if recipe.mode == "train" or recipe.mode in BASELINES:
+    if recipe.rules.makes_teacher or recipe.rules.baseline:
         return True
-    if recipe.mode == "scratch" or recipe.discriminator == "none":
+    if recipe.rules.ground_truth or recipe.discriminator == "none":
         return False
     distills_d = recipe.n2 > 0 and recipe.discriminator == "student"
     return distills_d or recipe.discriminator == "teacher" or recipe.init == "teacher"
@@ -89,8 +88,8 @@ def plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str = "sr") -> 
     """The recipe's stages, then ``qat`` (``n_qat`` epochs): the supervised terms of the run's target with the
     INT8 export's fake quantization on (:mod:`.qat`); no discriminator, so the quantization is all that changes."""
     stages = _plan_stages(recipe, have_teacher_d, task_kind)
-    if recipe.n_qat > 0 and recipe.mode != "train":
-        target = "gt" if recipe.mode == "scratch" else "teacher"
+    if recipe.n_qat > 0 and not recipe.rules.makes_teacher:
+        target = "gt" if recipe.rules.ground_truth else "teacher"
         stages.append(Stage("qat", recipe.n_qat, g_target=target, g_terms=supervised_terms(recipe),
                             begin=("begin_qat",), fake_quant=True))
     return [replace(s, adversarial=s.adversarial or recipe.adversarial, t_adversarial=recipe.teacher_adversarial)
@@ -105,13 +104,13 @@ def supervised_terms(recipe: Recipe) -> tuple[str, ...]:
 def _plan_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> list[Stage]:
     sup = supervised_terms(recipe)
     div = ("div",) if recipe.kd_dlgan else ()
-    if recipe.mode == "train":  # generation: adversarial only; restoration: supervised on the GT + adversarial
+    if recipe.rules.makes_teacher:  # generation: adversarial only; restoration: supervised on the GT + adversarial
         target, terms = ("none", ()) if task_kind == "generate" else ("gt", sup)
         return [Stage("stage1", recipe.n1, g_target=target, g_terms=terms + ("adv",) + div, adv_net="teacher_d",
                       d_net="teacher_d", d_mode="adv", end=("save_teacher_d",), adversarial=recipe.teacher_adversarial)]
-    if recipe.mode in BASELINES:
+    if recipe.rules.baseline:
         return _baseline_stages(recipe, have_teacher_d, task_kind)
-    if recipe.mode == "scratch":
+    if recipe.rules.ground_truth:
         return [Stage("stage2", recipe.n2, g_target="gt", g_terms=sup),
                 Stage("stage3", recipe.n3, g_target="gt", g_terms=sup + ("adv",), adv_net="student_d",
                       d_net="student_d", d_mode="adv")]
@@ -145,7 +144,7 @@ def _baseline_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> li
         stages.append(Stage("stage1", recipe.n1, d_net="teacher_d", d_mode="adv", d_fake="teacher",
                             end=("save_teacher_d",), adversarial=recipe.teacher_adversarial))
     sup = supervised_terms(recipe)
-    if recipe.mode == "omgd":  # one online stage: teacher G, then the student by KD only, then D_T vs the teacher
+    if recipe.rules.online_teacher:  # OMGD: one online stage: teacher G, then the student by KD only, then D_T vs the teacher
         kd = sup + ("ssim", "style") + (("cd",) if recipe.feature_kd else ())
         teacher = ("adv",) if task_kind == "generate" else (recipe.sup_loss, "perceptual", "adv")
         stages.append(Stage("online", recipe.n2 + recipe.n3, g_target="teacher", g_terms=kd, t_terms=teacher,
