@@ -19,13 +19,12 @@ import argparse
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
 from gankd.serve.cpu import cpu_description
-from gankd.serve.timing import measure_interleaved, percentile
+from gankd.serve.timing import measure_interleaved, percentile, timed_ms
 
 
 def _free_port() -> int:
@@ -72,10 +71,7 @@ def _run(make_call, concurrency: int, duration_s: float) -> dict:
     for thread in threads:
         thread.start()
     barrier.wait()
-    began = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - began
+    wall = timed_ms(lambda: [thread.join() for thread in threads])[1] / 1e3
     if errors:
         raise RuntimeError(f"a client failed: {errors[0]}")
     return {"latencies_ms": [v for per in latencies for v in per], "wall_s": wall}

@@ -24,7 +24,8 @@ from gankd.distill import load_model
 from gankd.distill.data.images import sample_images
 from gankd.distill.data.crops import validation_pool
 from gankd.distill.metrics import mean_psnr
-from gankd.export import exporter, formats, int8
+from gankd.export import exporter, int8
+from gankd.serve.backends import ort_session
 from gankd.serve.timing import measure_interleaved
 
 LEGACY = int8.Int8Recipe(reduce_range=False, keep_first_convs=0, keep_last_convs=0)  # the 2026-11 settings
@@ -59,9 +60,9 @@ def measure(model_dir: Path, teacher_out: torch.Tensor, lr: torch.Tensor, work: 
     scale = manifest["scale"]
     legacy = art / "model.legacy-int8.onnx"
     int8.quantize(art / "model.onnx", legacy, exporter.calibration_batches(settings, (1, 3, 64, 64), scale), LEGACY)
-    sessions = {"fp32": formats.ort_session(art / "model.onnx", threads),
-                "int8 (gankd recipe)": formats.ort_session(art / "model.int8.onnx", threads),
-                "int8 (2026-11 settings)": formats.ort_session(legacy, threads)}
+    sessions = {"fp32": ort_session(art / "model.onnx", threads),
+                "int8 (gankd recipe)": ort_session(art / "model.int8.onnx", threads),
+                "int8 (2026-11 settings)": ort_session(legacy, threads)}
     outputs = {name: run_ort(s, lr).clamp(0, 1) for name, s in sessions.items()}
     x = lr[:1].numpy()
     calls = [lambda s=s: s.run(None, {"input": x}) for s in sessions.values()]

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from gankd.serve.cpu import cpu_description
+from gankd.serve.timing import percentile, timed_ms
 
 MAX_PIXELS = 96 * 96  # both servers' --max-pixels: good crops are at most 48 x 48, "over the limit" is 97 x 96
 SIZES = (16, 24, 32, 40, 48)  # crop sides: multiples of every pixel-unshuffle factor (1, 2, 4, 8)
@@ -292,15 +293,18 @@ class DemoClient:
         reply.raise_for_status()
         return np.asarray(Image.open(io.BytesIO(reply.content)))
 
-    def good(self, rng: random.Random, stats: Stats) -> None:
-        index, tile = rng.randrange(len(self.refs.crops)), rng.choice(DEMO_TILES)
-        start = time.perf_counter()
+    def _demo_round_trip(self, index: int, tile: int):
+        """Upload, call, download both outputs: what one user waits for."""
         path = self.upload(png_bytes(self.refs.crops[index]))
         status, result = self.call([{"path": path, "meta": META}, *self.names, "ort", tile])
+        got = [self.image(result[0]), self.image(result[1])] if status == "complete" else None
+        return status, result, got
+
+    def good(self, rng: random.Random, stats: Stats) -> None:
+        index, tile = rng.randrange(len(self.refs.crops)), rng.choice(DEMO_TILES)
+        (status, result, got), latency_ms = timed_ms(self._demo_round_trip, index, tile)
         if status != "complete":
             return stats.error(f"demo good: {status}", str(result))
-        got = [self.image(result[0]), self.image(result[1])]
-        latency_ms = (time.perf_counter() - start) * 1000
         expected = self.refs.demo(index, tile)
         stats.good("demo", all(g.shape == e.shape and np.abs(g.astype(int) - e).max() <= 1
                                for g, e in zip(got, expected)), latency_ms)
@@ -362,13 +366,12 @@ class TritonClient:
         members = [first] + ([rng.choice(same)] if rng.random() < 0.3 else [])  # batch 1 or 2, one shape
         x = np.concatenate([self.refs.tensors[k] for k in members])
         expected = np.concatenate([self.refs.triton[(model, k)] for k in members])
-        start = time.perf_counter()
         try:
-            y = self.infer(protocol, model, x)
+            y, latency_ms = timed_ms(self.infer, protocol, model, x)
         except Exception as exc:  # noqa: BLE001 - counted by kind
             return stats.error(f"triton good ({protocol}): {type(exc).__name__}", str(exc))
         correct = y.shape == expected.shape and float(np.abs(y - expected).max()) <= 1e-4
-        stats.good("triton", correct, (time.perf_counter() - start) * 1000)
+        stats.good("triton", correct, latency_ms)
 
     def bad(self, kind: str, rng: random.Random, stats: Stats) -> None:
         from tritonclient.utils import InferenceServerException
@@ -431,7 +434,7 @@ def cpu_model() -> str:
 
 
 def _percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None
+    return round(percentile(sorted(values), q), 1) if values else None  # nearest rank, as gankd-bench
 
 
 def soak(dirs: list[Path], minutes: float, concurrency: int, good_share: float, seed: int, warmup_s: float,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,15 +71,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from gankd.export.int8 import cpu_features
     from gankd.serve import Session
+    from gankd.serve.timing import timed_ms
     from gankd.serve.video import upscale_video
 
     with tempfile.TemporaryDirectory(prefix="gankd-video-") as tmp:
         clip, out = Path(tmp) / "clip_480p.mp4", Path(tmp) / "clip_x4.mp4"
         frames = make_clip(clip, args.seconds, args.fps)
         session = Session(args.artifact, backend=args.backend, variant=args.variant, threads=args.threads)
-        start = time.perf_counter()
-        result = upscale_video(session, clip, out, tile=256, progress=True)
-        wall_s = time.perf_counter() - start
+        result, wall_ms = timed_ms(upscale_video, session, clip, out, tile=256, progress=True)
+        wall_s = wall_ms / 1e3
         record = {"artifact": str(args.artifact), "backend": session.backend, "variant": args.variant,
                   "clip": {"size": list(SIZE), "seconds": args.seconds, "fps": args.fps, "frames": frames},
                   "frames_written": result.frames, "audio_streams": result.audio_streams, "wall_s": wall_s,
@@ -91,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             teacher = Session(args.teacher, backend=args.backend, threads=args.threads)
             with av.open(str(clip)) as source:
                 rgb = next(source.decode(video=0)).to_ndarray(format="rgb24")
-            start = time.perf_counter()
-            teacher.run(rgb, tile=256)
-            frame_s = time.perf_counter() - start
+            frame_s = timed_ms(teacher.run, rgb, tile=256)[1] / 1e3
             record["teacher"] = {"artifact": str(args.teacher), "backend": teacher.backend, "one_frame_s": frame_s,
                                  "projected_s": frame_s * frames, "speedup": frame_s * frames / wall_s}
     print(json.dumps(record, indent=2))

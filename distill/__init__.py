@@ -1,4 +1,5 @@
-"""gankd.distill: architectures, teacher import, students and model folders.
+"""gankd.distill: distillation, by role: ``models/`` (architectures, teacher import, students, model folders),
+``data/``, ``train/`` (recipes, stages, the objective, the loop), ``report/`` and ``tools/`` (README "Layout").
 
 Public API::
 

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from gankd.distill.errors import GankdError
+from gankd.serve.backends import ort_session
 from gankd.serve.cpu import cpuinfo_blocks, read_cpuinfo
 from gankd.serve.manifest import task_of
 # the one timing loop and summary (serve.timing); tests and demos import percentile and measure_interleaved here too
@@ -357,7 +358,7 @@ class OrtCudaRunner:
 
         self._torch = torch
         self.stream = torch.cuda.Stream()
-        session = formats.ort_session(path, threads, providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+        session = ort_session(path, threads, providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
                                       provider_options=[{"device_id": 0,
                                                          "user_compute_stream": str(self.stream.cuda_stream)}, {}])
         if "CUDAExecutionProvider" not in session.get_providers():

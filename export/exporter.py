@@ -29,7 +29,8 @@ import torch
 
 from gankd.distill.train import qat
 from gankd.distill.errors import GankdError
-from gankd.distill.models.folder import WEIGHTS_FILE, load_config, load_model, sha256_file
+from gankd.distill.models.folder import WEIGHTS_FILE, load_config, load_model
+from gankd.serve.files import sha256_file
 from gankd.distill.models.registry import get_arch
 from gankd.serve.manifest import MANIFEST_FILE, is_artifact_folder
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from gankd.distill.errors import GankdError
+from gankd.serve.backends import ort_session  # the one factory: what is benchmarked is what is served
 from gankd.serve.errors import first_line
 
 from .manifest import INPUT_NAME, OUTPUT_NAME
@@ -117,16 +118,6 @@ def _topological_sort(graph) -> None:
         pending = [n for n in pending if not any(n is r for r in ready)]
     del graph.node[:]
     graph.node.extend(ordered)
-
-
-def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                provider_options: list[dict] | None = None):
-    """An ONNX Runtime session as ``gankd.serve`` opens one (``serve.backends.ort_session``, the one factory:
-    quiet logs, one inter-op thread, intra-op threads that do not spin between runs), so parity and gankd-bench
-    run what a Session serves."""
-    from gankd.serve.backends import ort_session as serve_ort_session
-
-    return serve_ort_session(path, threads, providers, provider_options)
 
 
 @contextlib.contextmanager

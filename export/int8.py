@@ -308,7 +308,7 @@ def qat_layer_check(int8_path: Path, fp32_onnx: Path, wrapper, x) -> list[dict]:
     import onnx.utils
     import torch
 
-    from .formats import ort_session
+    from gankd.serve.backends import ort_session
 
     inputs, outputs = {}, {}
 

@@ -10,7 +10,7 @@ latency (:meth:`TaskTab.compare` runs both, the same way on every tab):
 - Face SR (``face_sr``): a clean face upload degraded by the chosen scale the GCFSR way; the low-quality input and
   both restorations.
 
-What the server enforces, whatever the widgets say (figures in README "Serve and demo"):
+What the server enforces, whatever the widgets say (the limits: docs/serve.md):
 
 - Files: a request can name only its client's own uploads and the demo's examples (``serve.guard``); Gradio's
   ``blocked_paths`` also cover the artifact folders, the working directory and the home directory.

@@ -4,8 +4,8 @@
 
 Each ``*_runner`` returns a forward: float32 arrays in (the manifest's inputs, in order), the output array out.
 :class:`gankd.serve.Session` serves them, and gankd-export (parity) and gankd-bench open their files through the
-same functions (``gankd.export.formats.ort_session``, ``gankd.export.ncnn.ncnn_runner``), so a benchmark times what
-serve runs, with the same session options. gankd.export may import this module; it imports nothing of gankd but
+same functions (:func:`ort_session` directly; ``gankd.export.ncnn.ncnn_runner`` adds the export's blob names to
+:func:`ncnn_runner`), so a benchmark times what serve runs, with the same session options. gankd.export may import this module; it imports nothing of gankd but
 the bottom layer (``serve.errors``, ``serve.psnr``).
 
 Heavy packages (onnxruntime, torch, ncnn, tensorrt) import inside the functions that need them. Errors are

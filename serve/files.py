@@ -1,5 +1,6 @@
 """Writing a file whole or not at all: the one tmp + fsync + rename writer of gankd (model folders, run state,
-manifests, the runtime-order cache, the images gankd-demo and ``upscale`` write).
+manifests, the runtime-order cache, the images gankd-demo and ``upscale`` write); and the one file hash
+(:func:`sha256_file`: model folders' checksums, manifests' file hashes, and serve's check of both).
 
 A bottom-layer module: standard library only, it imports nothing of gankd, so gankd.distill and gankd.export import
 it (serve imports neither).
@@ -7,6 +8,7 @@ it (serve imports neither).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from collections.abc import Callable
@@ -50,3 +52,12 @@ def _fsync(path: Path, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The file's SHA-256, hex, read in chunks (a model file never sits in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -47,7 +47,6 @@ device work, and every request works on its own arrays (``tiling.upscale`` keeps
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 from pathlib import Path
@@ -59,6 +58,7 @@ from .backends import Forward
 from .errors import ServeError
 from .images import MAX_PIXELS, check_size
 from .manifest import MANIFEST_FILE, input_names, read_manifest, task_of
+from .files import sha256_file
 
 BACKENDS = ("auto", "torch", "ort", "ort-cuda", "ncnn", "ncnn-vulkan", "trt")
 VARIANTS = {"fp32": "onnx", "int8": "onnx-int8", "fp16": "onnx-fp16"}
@@ -78,16 +78,6 @@ def seed_z(seeds, style_dim: int) -> np.ndarray:
 
 _VERIFIED: dict[tuple, str] = {}  # (path, device, inode, size, mtime) -> sha256 checked in this process
 _VERIFIED_LOCK = threading.Lock()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Mirrors gankd.distill.models.folder.sha256_file, which writes the manifest's hashes (serve imports neither distill
-    nor export: DESIGN.md layering)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_file(path: Path, expected: str | None, artifact_dir: Path) -> None:

@@ -5,14 +5,14 @@ second-order pipeline, bit-exact with basicsr's) and ``photo``, a mix of what us
 
 A user's photo is rarely a clean bicubic downscale. It was saved as a web JPEG, shot on a noisy sensor, taken through
 a soft lens, or resized more than once before it reaches the upscaler. Each kind here starts from the bicubic LR
-(``data.bicubic_lr``) and adds one of those, at strengths drawn per crop from ranges that are recipe keys:
+(:func:`bicubic_lr`) and adds one of those, at strengths drawn per crop from ranges that are recipe keys:
 
 - ``clean``: the bicubic LR itself;
 - ``jpeg``: a real libjpeg round trip (Pillow) at a web quality;
 - ``noise``: Gaussian sensor noise (a share of it grey, as luminance noise is), then JPEG;
 - ``blur``: a soft lens, a Gaussian blur of the LR, then JPEG;
 - ``resize``: resized down and back up with random filters (a photo resized twice), then JPEG;
-- ``realesrgan``: Real-ESRGAN's second-order pipeline (``data.realesrgan_lr``) at its training strength.
+- ``realesrgan``: Real-ESRGAN's second-order pipeline (:func:`realesrgan_lr`) at its training strength.
 
 Targets are the teacher's outputs on the degraded input, so no clean ground truth is needed: the student learns the
 teacher's cleaning as well as its upscaling. Every draw comes from the crop's own seed, so a crop's LR is fixed and

@@ -1,12 +1,6 @@
-"""Data for distilling SR GANs (SDAKD on Real-ESRGAN): images in, a fixed pool of HR/LR crops and the frozen
-teacher's outputs out.
-
-Pipeline: ``list_images`` / ``load_image`` (or the embedded ``sample_images``) -> ``CropPool.build`` (random HR crops
-and their LR counterparts, made once) -> ``cache_teacher`` (the frozen teacher run once over the pool) ->
-``epoch_batches`` (a seeded permutation, so a resumed run restores the generator and sees the same batches).
-
-Each crop's LR comes from :mod:`.degrade` (``bicubic``, ``realesrgan`` or the ``photo`` mix), drawn from the crop's
-own seed; a ``photo`` validation pool holds every crop clean and in each kind of the mix.
+"""Images in: every image under a folder (``list_images``), one image file checked and decoded (``load_image``:
+size limit, corrupt files as one-line errors), and the embedded real photos by split (``sample_images``). The
+first step of the data pipeline (see :mod:`gankd.distill.data`).
 
 Embedded sample set (``sample_images``), real photos bundled with scikit-image (offline); grayscale ones are
 repeated to 3 channels:

@@ -125,7 +125,7 @@ def _disk_cache(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size
 
 
 def _world_size() -> int:
-    """Processes of this run: > 1 under torchrun once :mod:`.distributed` joined the process group."""
+    """Processes of this run: > 1 under torchrun once :mod:`gankd.distill.train.distributed` joined the process group."""
     return torch.distributed.get_world_size() \
         if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
 

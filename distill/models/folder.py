@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from torch import nn
 
 from . import archs as _archs  # noqa: F401  (registers the architectures)
 from gankd.distill.errors import GankdError
-from gankd.serve.files import atomic_write
+from gankd.serve.files import atomic_write, sha256_file
 from .registry import create_model, get_arch, make_config
 from .weight_files import load_state_dict_strict, read_weights
 
@@ -188,11 +187,3 @@ def save_model(path: str | Path, model: nn.Module, config: ModelConfig) -> Path:
     atomic_write(path / CHECKSUM_FILE, f"{sha256_file(weights)}  {WEIGHTS_FILE}\n")
     atomic_write(path / CONFIG_FILE, json.dumps(config.to_json(), indent=2, sort_keys=False) + "\n")
     return path
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

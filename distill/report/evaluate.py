@@ -5,7 +5,7 @@ Crops: fixed ones (``crops.validation_pool``: each photo's centre, then an even 
 LR side ``lr_size``. Photos: the held-out splits ``holdout`` + ``holdout_photos`` (``images.sample_images``; never
 trained, calibrated, validated or selected on) or every image under a folder (any sizes; smaller ones are skipped).
 
-Inputs: each crop's LR made by each asked kind of :mod:`.degrade` (clean, web JPEG, sensor noise, a soft lens, a
+Inputs: each crop's LR made by each asked kind of :mod:`gankd.distill.data.degrade` (clean, web JPEG, sensor noise, a soft lens, a
 resize chain, Real-ESRGAN's pipeline). Crop i's seed for kind k is ``seed·2²⁰ + 16·i + KINDS.index(k)`` (mod 2³²):
 the same LR whichever other kinds are asked for, on any machine. The teacher's output on that LR is the target; no
 ground truth is needed, so a user's photos work as they are.

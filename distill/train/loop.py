@@ -1,7 +1,7 @@
 """``gankd-distill run``: build a run from a recipe, run its stages, keep the best student, write the report.
 
-The loop owns no networks or losses of its own: :mod:`.stages` says what each step does, :mod:`.checkpoint` what
-is saved, :mod:`.report` what is written at the end. Batches are a function of (seed, stage, epoch), so a resumed
+The loop owns no networks or losses of its own: :mod:`.stages` says what each step does, :mod:`.run_state` what
+is saved, :mod:`gankd.distill.report.run_report` what is written at the end. Batches are a function of (seed, stage, epoch), so a resumed
 run replays the same batches and reaches the same losses; ``metrics.jsonl`` is cut back to the resumed step.
 
 Under torchrun (:mod:`.distributed`) every rank runs this same loop on its rows of each global batch, with the

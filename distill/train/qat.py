@@ -19,7 +19,7 @@ mirrors the graph that quantizer writes, tensor for tensor:
   drift between ORT's quantizer and this module stops the export instead of shipping scales for other tensors.
 
 The rest is the run's: a ``qat`` stage of ``n_qat`` epochs after the others (:mod:`.stages`), distilling towards the
-teacher's outputs with the fake quantization on, from the student selected so far (:mod:`.train`). Its best
+teacher's outputs with the fake quantization on, from the student selected so far (:mod:`.loop`). Its best
 student goes to ``student/int8_qat/`` (:data:`FOLDER`), a model folder of its own whose provenance ``int8_qat``
 holds the ranges; ``student/`` itself keeps the fp32 student selected before QAT. QAT weights are tuned for the
 8-bit grid, and run in fp32 they score below the student they started from, so the fp32 files of an export come

@@ -17,10 +17,11 @@ import torch
 
 from gankd.distill import ModelConfig, load_model, save_model
 from gankd.distill.errors import GankdError
-from gankd.distill.models.folder import sha256_file
+from gankd.serve.files import sha256_file
 from gankd.export import exporter, formats, parity, tasks, trt
 from gankd.export.cli import export_main
 from gankd.export.manifest import REQUIRED_KEYS, read_manifest
+from gankd.serve.backends import ort_session
 
 from conftest import REPO_ROOT, config_id, inputs_for, tiny_configs
 
@@ -64,7 +65,7 @@ def exported(tmp_path_factory):
 
 
 def _ort(path, x: torch.Tensor) -> np.ndarray:
-    return formats.ort_session(path).run(None, {"input": x.numpy()})[0]
+    return ort_session(path).run(None, {"input": x.numpy()})[0]
 
 
 def _reference(model_dir, x: torch.Tensor) -> np.ndarray:
@@ -459,7 +460,7 @@ def _runner(path):
     if str(path).endswith(".pt2"):
         module = formats.load_pt2(path)
         return lambda x: module(torch.from_numpy(x)).detach().numpy()
-    session = formats.ort_session(path)
+    session = ort_session(path)
     return lambda x: session.run(None, {"input": x})[0]
 
 

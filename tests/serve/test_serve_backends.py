@@ -346,20 +346,18 @@ def test_triton_resolves_auto_once_and_passes_the_choice_on(artifact, tmp_path):
 
 
 def test_bench_and_serve_open_onnx_with_one_factory(artifact, tmp_path):
-    """gankd-bench and parity (gankd.export.formats.ort_session) get the session serve makes, options and all."""
-    from gankd.distill.errors import GankdError
-    from gankd.export import formats
+    """gankd-bench, parity and the INT8 gate open ONNX files with serve's one factory (no export-side copy of it):
+    one inter-op thread, no spinning, and a bad file is one line."""
+    from gankd.export import bench, formats, int8
 
-    for make in (formats.ort_session, backends.ort_session):
-        options = make(artifact / "model.onnx", 1).get_session_options()
-        assert options.inter_op_num_threads == 1 and options.intra_op_num_threads == 1
-        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    for module in (formats, bench, int8):
+        assert not hasattr(module, "ort_session") or module.ort_session is backends.ort_session
+    options = backends.ort_session(artifact / "model.onnx", 1).get_session_options()
+    assert options.inter_op_num_threads == 1 and options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
-    with pytest.raises(ServeError) as served:
+    with pytest.raises(ServeError, match="cannot be loaded by ONNX Runtime"):
         backends.ort_session(tmp_path / "bad.onnx")
-    with pytest.raises(GankdError) as exported:
-        formats.ort_session(tmp_path / "bad.onnx")
-    assert str(served.value) == str(exported.value) and "cannot be loaded by ONNX Runtime" in str(served.value)
 
 
 def test_export_runs_ncnn_in_serves_runner(artifact):

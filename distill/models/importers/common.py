@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
-from gankd.distill.models.folder import ModelConfig, sha256_file
+from gankd.distill.models.folder import ModelConfig
+from gankd.serve.files import sha256_file
 
 
 def make_provenance(fmt: str, source: str, files: list[Path], **extra) -> dict:

@@ -65,7 +65,7 @@ def import_rosinality(path: str | Path, which: str = "g_ema") -> tuple[nn.Module
     """A rosinality/stylegan2-pytorch checkpoint ({"g", "d", "g_ema", ..., "args"}) -> (model, ModelConfig).
 
     Read with ``torch.load(weights_only=True)``; the pickled ``argparse.Namespace`` of ``args`` is the one
-    non-tensor class allowed (see ``weights.read_weights``).
+    non-tensor class allowed (see ``weight_files.read_weights``).
     """
     if which not in WHICH:
         raise GankdError(f"which must be one of {', '.join(WHICH)}, got {which!r}")

@@ -1,6 +1,6 @@
 """Any SR or restoration ``.pth``/``.ckpt``/``.safetensors`` that spandrel's main registry detects.
 
-The file is read by gankd's own weights-only loader (``weights.read_weights``: no pickle ever runs code); spandrel
+The file is read by gankd's own weights-only loader (``weight_files.read_weights``: no pickle ever runs code); spandrel
 (imported here, on first use) detects the architecture and its hyper-parameters from the state dict.
 
 * Real-ESRGAN-family files (spandrel's ``ESRGAN`` in the Real-ESRGAN key layout, ``Compact``) become gankd's own
