@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import threading
 from pathlib import Path
 
@@ -25,12 +24,7 @@ import numpy as np
 
 from gankd.serve.cpu import cpu_description
 from gankd.serve.timing import measure_interleaved, percentile, timed_ms
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from gankd.serve.ports import free_port
 
 
 def _cpu_model() -> str:
@@ -133,7 +127,7 @@ def main() -> None:
     servers = {}
     try:
         for batching, max_batch in (("on", args.max_batch), ("off", 1)):  # both up: rows interleave
-            settings = TritonSettings(http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(),
+            settings = TritonSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                                       max_batch=max_batch, max_queue_delay_us=args.max_queue_delay_us,
                                       threads=args.threads, backend="ort", max_pixels=shape[2] * shape[3])
             servers[batching] = TritonServer([args.artifact_dir], settings).start()

@@ -36,7 +36,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ import numpy as np
 
 from gankd.serve.cpu import cpu_description
 from gankd.serve.timing import percentile, timed_ms
+from gankd.serve.ports import free_port
 
 MAX_PIXELS = 96 * 96  # both servers' --max-pixels: good crops are at most 48 x 48, "over the limit" is 97 x 96
 SIZES = (16, 24, 32, 40, 48)  # crop sides: multiples of every pixel-unshuffle factor (1, 2, 4, 8)
@@ -146,12 +146,6 @@ class References:
 
 
 # ----------------------------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rss_kb(pid: int) -> int:

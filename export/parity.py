@@ -25,7 +25,8 @@ without VNNI):
   a run of its .bin weights breaks the bound (tests/export/test_ncnn_export.py).
 - pth (the official checkpoint reloaded by spandrel): max_abs ≤ 1e-4, as fp32 artifacts (the same tensors in the
   same ops).
-- INT8: PSNR ≥ 40 dB, the bar for an INT8 file worth shipping (about 0.2 dB off a student 28 dB from its teacher).
+- INT8: PSNR ≥ 40 dB, the bar for an INT8 file worth shipping (its error to fp32 is then small next to a student's
+  own distance from its teacher).
   The INT8 recipe (:mod:`gankd.export.int8`) computes exact integer products on every x86 CPU, so the figure does
   not depend on the ISA; a file below the bar is not written at all (``gankd-export --int8`` says why). When the
   export knows the student's teacher, the gate judges by PSNR to the teacher instead (``gankd.export.int8``), and

@@ -19,6 +19,7 @@ from pathlib import Path
 from gankd.distill.errors import GankdError
 from gankd.distill.models.cost import parse_shape
 from gankd.serve.backends import engine_filename, slug, trt_missing  # their one home: serve picks engines by name
+from gankd.serve.files import atomic_write
 from gankd.serve.timing import timed_ms
 
 from .manifest import INPUT_NAME, OUTPUT_NAME
@@ -147,9 +148,9 @@ def build_engine(onnx_path: Path, out_dir: Path, profile: ShapeProfile, fp16: bo
     if serialized is None:
         raise GankdError("TensorRT failed to build the engine (see its log above)")
     path = out_dir / engine_filename(gpu, version)
-    path.write_bytes(bytes(serialized))
+    atomic_write(path, bytes(serialized))
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()), fsync=False)  # shared by builds
     return {"path": path.name, "gpu": gpu, "tensorrt": version, "precision": "fp16" if fp16 else "fp32",
             "profile": profile.to_json(), "timing_cache": str(timing_cache),
             "build_s": round(time.perf_counter() - start, 1)}

@@ -30,3 +30,10 @@ def check_port_free(host: str, port: int, option: str = "--port", hint: str = ""
             sock.bind(address)
     except OSError as exc:
         raise ServeError(port_message(host, port, exc, option, hint)) from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS has free on ``host`` right now (for benchmarks, soaks and tests that start a server)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

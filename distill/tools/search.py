@@ -1,7 +1,7 @@
 """``gankd-distill search``: choose a student by measured latency and fidelity, not by its width C alone.
 
-On a CPU, narrow students are overhead-bound (DESIGN.md: a C=1/4 RRDB student runs several times slower than an
-SRVGG with the same MACs), so the search measures every candidate instead of trusting MACs:
+On a CPU, narrow students are overhead-bound (a narrow RRDB student is slower than an SRVGG with the same MACs;
+DESIGN.md's facts), so the search measures every candidate instead of trusting MACs:
 
 1. Candidates (:func:`candidates`): teacher-initialised depth cuts and width cuts of an RRDB teacher and randomly
    initialised SRVGG students, or a YAML/JSON list of them (:func:`load_candidates`).

@@ -30,6 +30,7 @@ from .adapters import FeatureMLP
 from .run_state import Position, Progress, load_state, save_state
 from .distributed import SINGLE, Synced, World
 from gankd.serve.errors import first_line
+from gankd.serve.files import atomic_write
 
 from gankd.distill.errors import GankdError, RunInterrupted
 from gankd.distill.models.folder import ModelConfig, load_model, save_model
@@ -247,7 +248,7 @@ class MetricsLog:
         self.path = path
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write(path, "".join(line + "\n" for line in kept))  # a kill now keeps the whole history
         elif resume_step is None:
             path.write_text("")
 
@@ -335,7 +336,7 @@ def check_state_readable(state: Path, run_dir: Path) -> None:
 def start_run_dir(run_dir: Path, recipe: Recipe) -> None:
     """The run starts: its folder gets the resolved recipe (rewritten on --resume: resumable keys may change)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.resolved.yaml").write_text(recipe.to_yaml())
+    atomic_write(run_dir / "config.resolved.yaml", recipe.to_yaml())  # --resume compares against it
 
 
 def load_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:

@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 
 from gankd.serve.app import build_app
+from gankd.serve.ports import free_port
 
 from conftest import TESTS_DIR
-from test_demo import _free_port, _photo
+from test_demo import _photo
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -44,7 +45,7 @@ def test_demo_in_a_real_browser(demo_artifacts, tmp_path):
     photo = tmp_path / "photo.png"
     Image.fromarray(_photo(0, size=side)).save(photo)
     demo = build_app(real or demo_artifacts, default_tile=16)
-    port = _free_port()
+    port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         with sync_api.sync_playwright() as pw:

@@ -4,7 +4,6 @@ with their messages (the server stays up), concurrent requests each getting thei
 
 from __future__ import annotations
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,17 +13,12 @@ from PIL import Image
 
 from gankd.serve import Session
 from gankd.serve.app import QUICKSTART_HINT, build_app
+from gankd.serve.ports import free_port
 
 gradio_client = pytest.importorskip("gradio_client")
 
 MAX_PIXELS = 64 * 64
 TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _photo(i: int, size: int = 24) -> np.ndarray:
@@ -36,7 +30,7 @@ def _photo(i: int, size: int = 24) -> np.ndarray:
 @pytest.fixture(scope="module")
 def client(demo_artifacts):
     demo = build_app(demo_artifacts, max_pixels=MAX_PIXELS, default_tile=16)
-    port = _free_port()
+    port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False,

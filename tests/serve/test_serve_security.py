@@ -40,6 +40,7 @@ from gankd.serve.app import QUEUE_SIZE, TILE_MAX_PX, TILE_MIN_PX, build_app
 from gankd.serve.cli import main as demo_main
 from gankd.serve.guard import MAX_JSON_BODY_BYTES, REFUSED, ClientFiles, neutralise, parsed_as_json
 from gankd.serve.images import check_size
+from gankd.serve.ports import free_port
 
 gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
@@ -50,12 +51,6 @@ BIN = Path(sys.executable).parent
 META = {"_type": "gradio.FileData"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +73,7 @@ def artifacts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(artifacts):
     demo = build_app(artifacts, max_pixels=64 * 64, default_tile=16)
-    port = _free_port()
+    port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -440,7 +435,7 @@ def test_session_budget_stops_between_tiles(artifacts):
 def test_a_request_stops_at_its_time_budget_and_the_queue_is_bounded(artifacts, tmp_path):
     demo = build_app(artifacts, max_pixels=64 * 64, request_budget_s=1e-6)
     assert demo._queue.max_size == QUEUE_SIZE
-    port = _free_port()
+    port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False,
@@ -500,7 +495,7 @@ def test_a_model_file_changed_after_export_is_refused(artifacts, tmp_path, capsy
     assert demo_main(["upscale", str(art), str(src), str(tmp_path / "out"), "--no-verify"]) == 0
     assert (tmp_path / "out" / "a.png").is_file()
     # the demo checks before it listens
-    assert demo_main([str(art), "--port", str(_free_port())]) == 2
+    assert demo_main([str(art), "--port", str(free_port())]) == 2
     assert "does not match the sha256" in capsys.readouterr().err
 
 

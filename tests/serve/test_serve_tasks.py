@@ -4,7 +4,6 @@ Face SR tabs, live through gradio_client. (Tests may import distill/export to ma
 
 from __future__ import annotations
 
-import socket
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from gankd.distill.data.faces import astronaut_face, gcfsr_lq
 from gankd.serve import ServeError, Session
 from gankd.serve import faces as serve_faces
 from gankd.serve.app import build_app
+from gankd.serve.ports import free_port
 
 TIMEOUT_S = 120
 
@@ -161,17 +161,11 @@ def test_tabs_follow_the_tasks(artifacts):
     assert not next(b for b in only_plain.blocks.values() if getattr(b, "elem_id", None) == "gen-psi").visible
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_live_generation_and_face_endpoints(artifacts, tmp_path):
     gradio_client = pytest.importorskip("gradio_client")
     dirs = [artifacts[name][1] for name in ("gen_teacher", "gen_student", "face_teacher", "face_student")]
     demo = build_app(dirs)
-    port = _free_port()
+    port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False, httpx_kwargs={"timeout": TIMEOUT_S})

@@ -43,18 +43,13 @@ from gankd.serve import triton as serve_triton  # noqa: E402
 from gankd.serve.cli import main as demo_main  # noqa: E402
 from gankd.serve.images import MIN_SIDE_PX, check_size  # noqa: E402
 from gankd.serve.triton import BatchRunner, TritonServer, TritonSettings, config_pbtxt  # noqa: E402
+from gankd.serve.ports import free_port
 
 SRVGG_X4 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
 MAX_PIXELS = 48 * 48  # the server's limit here: a 64x64 request is over it
 BIN = Path(sys.executable).parent
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_thread")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _settings(**changes) -> TritonSettings:

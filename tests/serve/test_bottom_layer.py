@@ -1,5 +1,6 @@
-"""One home each (issue 30): the timing loop, seed_z, GCFSR's low-quality input, the port check, the atomic write,
-PSNR and the error root live once, and the callers that had copies use them."""
+"""The bottom layer of gankd.serve, which every package may import: the timing loop, seed_z, GCFSR's low-quality
+input, the port checks, the atomic write and file hash, PSNR and the error root. Each lives once, and the callers
+that had copies use it."""
 
 from __future__ import annotations
 
