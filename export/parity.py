@@ -11,7 +11,7 @@ Measures, on outputs clamped to the output range [0, 1]:
 - ``psnr_db``: 10·log10(1 / MSE) on the float outputs (not 8-bit: parity must see differences below 1/255),
   capped at 100 dB.
 
-Tolerances (:data:`TOLERANCES`, the one place they are stated; each holds on any x86 CPU, AVX2 or AVX-512, with or
+Tolerances (:data:`TOLERANCES`, stated once in ``gankd.serve.manifest`` as the manifest records them; each holds on any x86 CPU, AVX2 or AVX-512, with or
 without VNNI):
 
 - fp32 artifacts (ONNX, pt2): max_abs ≤ 1e-4. Kernels of different ISAs sum in different orders; that moves
@@ -55,40 +55,10 @@ import torch.nn.functional as F
 
 from gankd.distill.errors import GankdError
 from gankd.serve.backends import compare_outputs
+from gankd.serve.manifest import TOLERANCES, Tolerance
 from gankd.serve.psnr import PSNR_CAP_DB  # noqa: F401 - the cap of compare's PSNR; tests read it here
 
 PARITY_SIZES: tuple[tuple[int, int], ...] = ((32, 32), (48, 40))
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    max_abs: float | None = None
-    min_psnr_db: float | None = None
-
-    def passes(self, max_abs: float, psnr_db: float) -> bool:
-        if not (math.isfinite(max_abs) and not math.isnan(psnr_db)):
-            return False
-        if self.max_abs is not None and max_abs > self.max_abs:
-            return False
-        return self.min_psnr_db is None or psnr_db >= self.min_psnr_db
-
-    def text(self) -> str:
-        if self.max_abs is None and self.min_psnr_db is None:
-            return "recorded, not bounded"
-        return f"max_abs <= {self.max_abs:g}" if self.max_abs is not None else f"PSNR >= {self.min_psnr_db:g} dB"
-
-
-TOLERANCES: dict[str, Tolerance] = {
-    "onnx": Tolerance(max_abs=1e-4),
-    "pt2": Tolerance(max_abs=1e-4),
-    "onnx-fp16": Tolerance(min_psnr_db=40.0),
-    "onnx-int8": Tolerance(min_psnr_db=40.0),
-    "onnx-int8-qat": Tolerance(min_psnr_db=30.0),
-    "trt": Tolerance(max_abs=1e-3),
-    "trt-fp16": Tolerance(min_psnr_db=40.0),
-    "ncnn": Tolerance(max_abs=2 / 255),
-    "pth": Tolerance(max_abs=1e-4),
-}
 
 
 def real_lr_batch(shape, scale: int, split: str = "validation") -> torch.Tensor:

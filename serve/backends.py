@@ -457,34 +457,6 @@ def probe_input(shape: Shape, value_range: tuple[float, float] = (0.0, 1.0), see
     return (image * (hi - lo) + lo).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """A parity tolerance as the manifest states it (``max_abs <= 0.00784314`` or ``PSNR >= 40 dB``)."""
-
-    max_abs: float | None = None
-    min_psnr_db: float | None = None
-
-    @classmethod
-    def parse(cls, text) -> "Tolerance | None":
-        if not isinstance(text, str):
-            return None
-        if match := re.fullmatch(r"\s*max_abs\s*<=\s*([0-9.eE+-]+)\s*", text):
-            return cls(max_abs=float(match.group(1)))
-        if match := re.fullmatch(r"\s*PSNR\s*>=\s*([0-9.eE+-]+)\s*dB\s*", text):
-            return cls(min_psnr_db=float(match.group(1)))
-        return None
-
-    def text(self) -> str:
-        return f"max_abs <= {self.max_abs:g}" if self.max_abs is not None else f"PSNR >= {self.min_psnr_db:g} dB"
-
-    def passes(self, max_abs: float, psnr_db: float) -> bool:
-        if not np.isfinite(max_abs):
-            return False
-        if self.max_abs is not None and max_abs > self.max_abs + REFERENCE_SLACK:
-            return False
-        return self.min_psnr_db is None or psnr_db >= self.min_psnr_db
-
-
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray,
                     value_range: tuple[float, float]) -> tuple[float, float]:
     """(max_abs, PSNR dB) of two outputs mapped from ``value_range`` to [0, 1] and clamped (the PSNR capped at

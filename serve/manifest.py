@@ -50,6 +50,9 @@ The tasks beyond sr (``gankd.export.tasks``) have fixed-size inputs with a symbo
 from __future__ import annotations
 
 import json
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ServeError, first_line
@@ -122,3 +125,52 @@ def is_artifact_folder(folder: str | Path) -> bool:
 def input_names(manifest: dict) -> tuple[str, ...]:
     """The names of the model's inputs, in the order the graph takes them."""
     return tuple(spec.get("name", "input") for spec in manifest["inputs"])
+
+
+# ------------------------------------------------------------------------------------------------ parity tolerances
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A parity tolerance as the manifest states it (``max_abs <= 0.00784314`` or ``PSNR >= 40 dB``): what
+    gankd-export's parity check and a Session's check at open both apply."""
+
+    max_abs: float | None = None
+    min_psnr_db: float | None = None
+
+    @classmethod
+    def parse(cls, text) -> "Tolerance | None":
+        if not isinstance(text, str):
+            return None
+        if match := re.fullmatch(r"\s*max_abs\s*<=\s*([0-9.eE+-]+)\s*", text):
+            return cls(max_abs=float(match.group(1)))
+        if match := re.fullmatch(r"\s*PSNR\s*>=\s*([0-9.eE+-]+)\s*dB\s*", text):
+            return cls(min_psnr_db=float(match.group(1)))
+        return None
+
+    def text(self) -> str:
+        if self.max_abs is None and self.min_psnr_db is None:
+            return "recorded, not bounded"
+        return f"max_abs <= {self.max_abs:g}" if self.max_abs is not None else f"PSNR >= {self.min_psnr_db:g} dB"
+
+    def passes(self, max_abs: float, psnr_db: float, slack: float = 0.0) -> bool:
+        """``slack`` widens ``max_abs`` (a check against a reference that has its own error, as at open)."""
+        if not math.isfinite(max_abs) or math.isnan(psnr_db):
+            return False
+        if self.max_abs is not None and max_abs > self.max_abs + slack:
+            return False
+        return self.min_psnr_db is None or psnr_db >= self.min_psnr_db
+
+
+# each artifact kind's bound against the PyTorch model; gankd.export.parity says why each is what it is
+TOLERANCES: dict[str, Tolerance] = {
+    "onnx": Tolerance(max_abs=1e-4),
+    "pt2": Tolerance(max_abs=1e-4),
+    "onnx-fp16": Tolerance(min_psnr_db=40.0),
+    "onnx-int8": Tolerance(min_psnr_db=40.0),
+    "onnx-int8-qat": Tolerance(min_psnr_db=30.0),
+    "trt": Tolerance(max_abs=1e-3),
+    "trt-fp16": Tolerance(min_psnr_db=40.0),
+    "ncnn": Tolerance(max_abs=2 / 255),
+    "pth": Tolerance(max_abs=1e-4),
+}

@@ -57,7 +57,7 @@ from . import auto, backends, faces, tiling
 from .backends import Forward
 from .errors import ServeError
 from .images import MAX_PIXELS, check_size
-from .manifest import MANIFEST_FILE, input_names, read_manifest, task_of
+from .manifest import MANIFEST_FILE, TOLERANCES, Tolerance, input_names, read_manifest, task_of
 from .files import sha256_file
 
 BACKENDS = ("auto", "torch", "ort", "ort-cuda", "ncnn", "ncnn-vulkan", "trt")
@@ -66,9 +66,8 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, what PIL'
 DEFAULT_PAD = 10
 GENERATE_BATCH = 8  # z per forward call of generate: bounds memory for long seed lists
 CHECK_SHAPE = (1, 3, 32, 32)  # the open check's input (one of parity's sizes; a multiple of every unshuffle)
-# the open check's bounds where a manifest does not state them (parity.TOLERANCES)
-DEFAULT_TOLERANCES = {"ncnn": backends.Tolerance(max_abs=2 / 255), "trt": backends.Tolerance(max_abs=1e-3),
-                      "trt-fp16": backends.Tolerance(min_psnr_db=40.0)}
+# the open check's bounds where a manifest does not state them: the export's own (manifest.TOLERANCES)
+DEFAULT_TOLERANCES = {kind: TOLERANCES[kind] for kind in ("ncnn", "trt", "trt-fp16")}
 
 
 def seed_z(seeds, style_dim: int) -> np.ndarray:
@@ -292,7 +291,7 @@ class Session:
         ``verify=False`` (graphs edited on purpose)."""
         if not self.verify:
             return "not checked at open (verify off)"
-        tolerance = backends.Tolerance.parse(self.manifest.get("parity", {}).get("tolerances", {}).get(kind)) \
+        tolerance = Tolerance.parse(self.manifest.get("parity", {}).get("tolerances", {}).get(kind)) \
             or DEFAULT_TOLERANCES[kind]
         reference = self._reference()
         if reference is None:
@@ -303,7 +302,7 @@ class Session:
         max_abs, psnr = backends.compare_outputs(run(x), forward(x), self.out_range)
         found = f"max_abs {max_abs:.3g}, PSNR {psnr:.1f} dB" if np.isfinite(max_abs) else \
             "a different shape or NaN/inf"
-        if not tolerance.passes(max_abs, psnr):
+        if not tolerance.passes(max_abs, psnr, slack=backends.REFERENCE_SLACK):
             raise ServeError(f"{str(self.artifact_dir)!r}: the {backend} backend's output differs from {name}'s by "
                              f"{found} on the open check (the manifest's {kind} tolerance: {tolerance.text()}); "
                              f"refusing it (a damaged file, or a runtime that computes differently here)")
