@@ -30,7 +30,7 @@ import torch
 from gankd.distill.train import qat
 from gankd.distill.errors import GankdError
 from gankd.distill.models.folder import WEIGHTS_FILE, load_config, load_model
-from gankd.serve.files import sha256_file
+from gankd.serve.files import publish_folder, sha256_file
 from gankd.distill.models.registry import get_arch
 from gankd.serve.manifest import MANIFEST_FILE, is_artifact_folder
 
@@ -128,7 +128,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, settings: ExportSet
         if order := _runtime_order(tmp, log):
             manifest["runtime_order"] = order
             write_manifest(tmp, manifest)
-        _publish(tmp, out_dir)
+        publish_folder(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -184,17 +184,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Swap the finished folder in; the old one (``--force``) is removed only once the new one is in place."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name}")
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------- steps

@@ -61,3 +61,28 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def publish_folder(staged: str | Path, target: str | Path) -> Path:
+    """Put the finished folder ``staged`` (made next to ``target``, on the same filesystem) at ``target`` by rename:
+    a reader sees the old folder or the new one, never a half-written one. An existing ``target`` is moved aside
+    first and removed only once the new one is in place; the parent folder is fsynced so the swap survives a power
+    cut. The one folder publisher of gankd (artifact folders, the photo pool, teacher caches)."""
+    import shutil
+
+    staged, target = Path(staged), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+        target.rename(old)
+    try:
+        staged.rename(target)
+    except BaseException:
+        if old is not None and not target.exists():
+            old.rename(target)  # put the previous folder back: nothing that was saved is lost
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        _fsync(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gankd.serve.errors import first_line
+from gankd.serve.files import publish_folder
 
 from gankd.distill.errors import GankdError
 
@@ -404,13 +405,7 @@ def _write_pool(folder: Path, records: list[dict], skipped: list[dict], packages
                     "holdout_fraction": HOLDOUT_FRACTION, "packages": packages,
                     "photos": sorted(records, key=lambda r: r["scene"]), "skipped": skipped}
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-        old = None
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            folder.rename(old / "pool")
-        stage.rename(folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_folder(stage, folder)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from gankd.serve.errors import first_line
+from gankd.serve.files import publish_folder
 
 from gankd.distill.errors import GankdError
 
@@ -115,7 +116,7 @@ def _disk_cache(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size
             for array in maps.values():
                 array.flush()
             maps.clear()
-            work.rename(final)
+            publish_folder(work, final)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -200,7 +201,7 @@ def _write_disk_cache(final: Path, cache: tuple[torch.Tensor, torch.Tensor]) -> 
     try:
         for name, tensor in zip(("outputs", "features"), cache):
             np.save(work / f"{name}.npy", tensor.numpy())
-        work.rename(final)
+        publish_folder(work, final)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -270,3 +270,33 @@ def test_a_serve_error_reaches_the_export_cli_as_one_line(tmp_path, capsys):
     assert bench_main([str(tmp_path)]) == 2  # the manifest reader's ServeError, unconverted
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "manifest.json is missing" in err and err.count("\n") == 1
+
+
+def test_publish_folder_swaps_whole_folders_and_keeps_the_old_one_on_failure(tmp_path, monkeypatch):
+    from gankd.serve.files import publish_folder
+
+    target = tmp_path / "art"
+    first = tmp_path / ".stage1"
+    first.mkdir()
+    (first / "a.txt").write_text("one")
+    publish_folder(first, target)
+    assert (target / "a.txt").read_text() == "one" and not first.exists()
+    second = tmp_path / ".stage2"
+    second.mkdir()
+    (second / "b.txt").write_text("two")
+    publish_folder(second, target)
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # the old folder is gone, not merged
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]  # nothing left aside
+    third = tmp_path / ".stage3"
+    third.mkdir()
+    real_rename = type(third).rename
+
+    def failing(self, dest):
+        if self == third:
+            raise OSError("disk full")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(type(third), "rename", failing)
+    with pytest.raises(OSError, match="disk full"):
+        publish_folder(third, target)
+    assert (target / "b.txt").read_text() == "two"  # what was saved is back in place
