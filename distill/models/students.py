@@ -66,20 +66,35 @@ class StudentRequest:
 # student family -> its rule: the arch, options and kept teacher blocks of a student of that family. One small
 # function per family, registered next to the others with @student_rule; a family without a rule has no students.
 StudentRule = Callable[[StudentRequest], tuple[str, dict, list[int] | None]]
-STUDENT_RULES: dict[str, StudentRule] = {}
 
 
-def student_rule(family: str):
+@dataclasses.dataclass(frozen=True)
+class FamilyRule:
+    build: StudentRule
+    teacher_init: bool = False  # init="teacher" cuts the teacher's own weights into the student (blocks= picks them)
+    up_feat: bool = False  # the upsampler has a width of its own (up_feat)
+
+
+STUDENT_RULES: dict[str, FamilyRule] = {}
+
+
+def student_rule(family: str, *, teacher_init: bool = False, up_feat: bool = False):
     def decorator(rule: StudentRule) -> StudentRule:
         if family in STUDENT_RULES:
             raise ValueError(f"student family {family!r} already has a rule")
-        STUDENT_RULES[family] = rule
+        STUDENT_RULES[family] = FamilyRule(rule, teacher_init, up_feat)
         return rule
 
     return decorator
 
 
-@student_rule("unet_d")
+def _families(**flag) -> str:
+    """The generator families whose rule has ``flag`` (for messages)."""
+    (name, value), = flag.items()
+    return "/".join(family for family in FAMILIES if getattr(STUDENT_RULES[family], name) == value)
+
+
+@student_rule("unet_d", teacher_init=True)
 def _unet_d_student(ask: StudentRequest):
     kw = dict(ask.teacher_kw)
     kw["num_feat"] = ask.num_feat or _scaled(kw["num_feat"], ask.width)
@@ -103,7 +118,7 @@ def _narrowed(family: str, kwargs_of):
     return rule
 
 
-@student_rule("rrdb")
+@student_rule("rrdb", teacher_init=True, up_feat=True)
 def _rrdb_student(ask: StudentRequest):
     if ask.teacher.arch != "rrdbnet":
         raise GankdError(f"family 'rrdb' needs an RRDBNet teacher, not {ask.teacher.arch!r}")
@@ -168,7 +183,7 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
     if entry.kind != "discriminator" and family not in FAMILIES:
         raise GankdError(f"unknown student family {family!r}; families: {', '.join(FAMILIES)}")
     teacher_kw = dataclasses.asdict(make_config(teacher.arch, teacher.kwargs))  # every option, defaults filled in
-    arch, kw, kept = STUDENT_RULES[family](StudentRequest(teacher, model, teacher_kw, width, depth, num_feat, init,
+    arch, kw, kept = STUDENT_RULES[family].build(StudentRequest(teacher, model, teacher_kw, width, depth, num_feat, init,
                                                           up_feat, blocks, calib_lr))
     provenance = {"student_of": teacher.provenance.get("source", teacher.arch), "teacher_arch": teacher.arch,
                   "teacher_kwargs": teacher.kwargs, "width": width, "depth": len(kept) if kept else depth,
@@ -211,18 +226,21 @@ def _check_init(init: str, model: nn.Module | None, kind: str, family: str, bloc
     # Options that only mean something for one kind of student are refused rather than silently ignored.
     if init not in INITS:
         raise GankdError(f"unknown init {init!r}; inits: {', '.join(INITS)}")
-    if up_feat is not None and (kind != "generator" or family != "rrdb"):
-        raise GankdError("up_feat (the upsampler width) applies to rrdb students only")
-    if not (isinstance(blocks, str) and blocks == "even") and (init != "teacher" or family != "rrdb"):
-        raise GankdError("blocks (which teacher blocks to keep) applies to rrdb students with init='teacher' only")
+    rule = STUDENT_RULES.get(family, FamilyRule(None))
+    generator_cut = kind == "generator" and rule.teacher_init  # a generator family that cuts its teacher
+    if up_feat is not None and (kind != "generator" or not rule.up_feat):
+        raise GankdError(f"up_feat (the upsampler width) applies to {_families(up_feat=True)} students only")
+    if not (isinstance(blocks, str) and blocks == "even") and (init != "teacher" or not generator_cut):
+        raise GankdError(f"blocks (which teacher blocks to keep) applies to {_families(teacher_init=True)} students "
+                         "with init='teacher' only")
     if init != "teacher":
         return
     if model is None:
         raise GankdError("init='teacher' needs the loaded teacher model (gankd.distill.load_model), "
                          "not just its ModelConfig")
-    if kind == "generator" and family != "rrdb":
-        raise GankdError(f"init='teacher' cuts RRDBNet teachers into rrdb students; a {family} student "
-                         "starts from random weights (use init='random')")
+    if not rule.teacher_init:
+        raise GankdError(f"init='teacher' cuts RRDBNet teachers into rrdb students (and U-Net discriminators); a "
+                         f"{family} student starts from random weights (use init='random')")
 
 
 def _kept_blocks(model: nn.Module, n_total: int, depth: int | None, blocks, calib_lr: Tensor | None) -> list[int]:

@@ -24,6 +24,8 @@ from pathlib import Path
 import yaml
 
 from gankd.distill.errors import GankdError
+from gankd.distill.models.students import BLOCK_CHOICES, FAMILIES, INITS, PRETRAINED_ARCHS
+
 from .losses import ADVERSARIAL
 
 RECIPES_DIR = Path(__file__).parent.parent / "recipes"  # gankd.distill/recipes: data, next to the code that reads it
@@ -58,9 +60,9 @@ MODES = {
 
 CHOICES = {
     "mode": tuple(MODES),  # what each means: MODES
-    "family": ("rrdb", "srvgg", "span", "stylegan2", "gcfsr"),
-    "init": ("random", "teacher", "pretrained"),
-    "blocks": ("even", "greedy"),
+    "family": FAMILIES,
+    "init": INITS,
+    "blocks": BLOCK_CHOICES,
     "discriminator": ("student", "teacher", "none"),
     "sup_loss": ("l1", "mse"),
     "adversarial": ADVERSARIAL,
@@ -239,7 +241,7 @@ class Recipe:
             raise GankdError("init_from: a pretrained model to warm-start from needs init: pretrained")
         if self.anchor_weight > 0 and self.init != "pretrained":
             raise GankdError("anchor_weight: the pull towards a warm start's weights needs init: pretrained")
-        if self.init == "pretrained" and self.family not in ("srvgg", "span"):
+        if self.init == "pretrained" and self.family not in PRETRAINED_ARCHS.values():
             raise GankdError(f"init: pretrained warm-starts compact students (family srvgg or span), not "
                              f"{self.family!r}")
         if self.blocks == "greedy" and self.init != "teacher":
