@@ -60,12 +60,30 @@ def mean_psnr(a: Tensor, b: Tensor, crop_border: int = 0, cap_db: float = PSNR_C
     return float(psnr(a, b, crop_border).clamp(max=cap_db).mean())
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64) -> Tensor:
     # cv2.getGaussianKernel(11, 1.5), the window BasicSR (and the reference MATLAB SSIM) use.
-    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
     kernel = torch.exp(-coords.pow(2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     return torch.outer(kernel, kernel)
+
+
+def ssim_map(a: Tensor, b: Tensor, data_range: float, padding: int = 0) -> Tensor:
+    """The SSIM map of two N×C×H×W batches: 11×11 Gaussian window (σ 1.5) per channel, constants (0.01·L)² and
+    (0.03·L)² for the data range L; ``padding`` 0 is the 'valid' region (the metric), 5 the 'same' one with zero
+    padding (OMGD's loss). Differentiable; the one SSIM formula of gankd."""
+    channels = a.shape[1]
+    window = _gaussian_window(dtype=a.dtype).to(a.device).expand(channels, 1, 11, 11)
+
+    def blur(x: Tensor) -> Tensor:
+        return F.conv2d(x, window, padding=padding, groups=channels)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
 def ssim(a: Tensor, b: Tensor, crop_border: int = 0) -> Tensor:
@@ -77,19 +95,7 @@ def ssim(a: Tensor, b: Tensor, crop_border: int = 0) -> Tensor:
     a, b = _pair(a, b, crop_border)
     if min(a.shape[-2:]) < 11:
         raise GankdError(f"SSIM needs images of at least 11×11 pixels after cropping, got {a.shape[-2]}×{a.shape[-1]}")
-    channels = a.shape[1]
-    window = _gaussian_window().to(a.device).expand(channels, 1, 11, 11)
-
-    def blur(x: Tensor) -> Tensor:
-        return F.conv2d(x, window, groups=channels)
-
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return ssim_map.mean(dim=(2, 3)).mean(dim=1)
+    return ssim_map(a, b, 255.0).mean(dim=(2, 3)).mean(dim=1)
 
 
 def bicubic_upscale(lr: Tensor, scale: int) -> Tensor:

@@ -51,7 +51,8 @@ def _generate_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     grid = [{c: _unit(images[i]) for i, c in enumerate(latents)} for _, images in sources]
     captions = [{c: label for c in latents} for label, _ in sources]
     plots.save_strip(run_dir / "samples.png", grid, columns=latents, max_rows=len(grid), captions=captions)
-    return [f"## Samples for the same {task.recipe.val_samples} latents (seed {task.recipe.seed + 1})", "",
+    return [f"## Samples for the same {task.recipe.val_samples} latents (the validation draw: torch seed "
+            f"{task.recipe.seed + 1}; gankd-demo's seeds are the manifest's numpy seeding, other z)", "",
             plots.markdown_table(rows, columns), "",
             "FID: the offline Inception (clean-fid preprocessing) against all real training images — with 100 real "
             "images and this few samples it is noisy: compare runs, not papers. Sharpness: variance of the "

@@ -118,21 +118,9 @@ def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Te
 def ssim_loss(output: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """OMGD's output term 1 − SSIM (bytedance/OMGD ``models/modules/pytorch_ssim``: 11×11 Gaussian window, σ 1.5,
     'same' zero padding, mean over the map). ``data_range``: 1 for images in [0, 1], 2 for [-1, 1]."""
-    channels = output.shape[1]
-    coords = torch.arange(11, dtype=output.dtype, device=output.device) - 5
-    g = torch.exp(-coords**2 / (2 * 1.5**2))
-    g = g / g.sum()
-    window = (g[:, None] * g[None, :]).expand(channels, 1, 11, 11)
+    from gankd.distill.metrics import ssim_map
 
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, window, padding=5, groups=channels)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = blur(output), blur(target)
-    var_a, var_b = blur(output * output) - mu_a**2, blur(target * target) - mu_b**2
-    cov = blur(output * target) - mu_a * mu_b
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return 1 - ssim_map.mean()
+    return 1 - ssim_map(output, target, data_range, padding=5).mean()
 
 
 def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
