@@ -54,7 +54,7 @@ from gankd.serve.backends import ort_session
 from gankd.serve.cpu import cpuinfo_blocks, read_cpuinfo
 from gankd.serve.manifest import task_of
 # the one timing loop and summary (serve.timing); tests and demos import percentile and measure_interleaved here too
-from gankd.serve.timing import PERCENTILE_DEFINITION, latency_stats, measure_interleaved, percentile  # noqa: F401
+from gankd.serve.timing import PERCENTILE_DEFINITION, latency_stats, measure_interleaved
 
 from . import formats, ncnn, trt
 from .manifest import artifact_file, read_manifest, write_manifest

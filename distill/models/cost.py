@@ -1,9 +1,8 @@
 """Parameter and MAC counts. MACs count convolutions and matrix products, the way SR papers report GMACs: per
 output element, in_channels/groups x kernel area multiply-accumulates. Counted by torch's FlopCounterMode on the
 meta device, so functional convolutions (StyleGAN2's modulated convs) count too, and even a 1024x1024 input of a
-16.7M-parameter teacher costs no memory and no time. Also the CPU description every timing is quoted with
-(``cpu_description``, from ``gankd.serve.cpu``), and the runtime a model is timed in (:func:`latency_runner`);
-timings themselves come from ``gankd.serve.timing``.
+16.7M-parameter teacher costs no memory and no time. Also the runtime a model is timed in (:func:`latency_runner`);
+timings themselves come from ``gankd.serve.timing`` and the CPU line quoted with them from ``gankd.serve.cpu``.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import torch
 from torch import nn
 
 from gankd.distill.errors import GankdError
-from gankd.serve.cpu import SPEED_FLAGS, cpu_description, cpu_line, cpuinfo_blocks, read_cpuinfo  # noqa: F401
 
 
 LATENCY_GROUP = "gankd.latency"  # entry-point group of the latency runners (pyproject.toml; latency_runner)

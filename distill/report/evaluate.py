@@ -335,7 +335,8 @@ def run_eval(teacher_dir: Path, model_dirs: Sequence[Path], settings: EvalSettin
 
     ``scorer``: an Inception scorer to use (tests inject a small one); None loads the shipped one when
     ``settings.perceptual`` (or skips it with a notice)."""
-    from gankd.distill.models.cost import count_params, cpu_description
+    from gankd.distill.models.cost import count_params
+    from gankd.serve.cpu import cpu_description
 
     model_dirs = [Path(d) for d in model_dirs]
     names = model_names(model_dirs, names)
@@ -402,7 +403,7 @@ def format_markdown(result: dict) -> str:
     """eval.md: the CPU line, what was measured, PSNR→teacher as a model × kind table, every score per model and
     kind, and the speed table."""
     from .plots import markdown_table
-    from gankd.distill.models.cost import cpu_line
+    from gankd.serve.cpu import cpu_line
 
     kinds = _columns(result)
     images = result["images"]

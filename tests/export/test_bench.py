@@ -15,10 +15,10 @@ import torch
 from gankd.distill import ModelConfig, save_model
 from gankd.distill.tools.search import pareto_front
 from gankd.export import bench, exporter
-from gankd.export.bench import (CpuPeak, interleaved_order, latency_stats, measure_interleaved, parse_cpu_peak,
-                                percentile)
+from gankd.export.bench import CpuPeak, interleaved_order, parse_cpu_peak
 from gankd.export.cli import bench_main
 from gankd.export.manifest import read_manifest, write_manifest
+from gankd.serve.timing import latency_stats, measure_interleaved, percentile
 from helpers.clock import FakeClock
 
 BIN = Path(sys.executable).parent

@@ -214,7 +214,7 @@ def test_compact_holdout_demo_is_the_command(folders):
 
 
 def test_cpu_description_quotes_model_family_and_flags():
-    from gankd.distill.models.cost import cpu_description, cpu_line
+    from gankd.serve.cpu import cpu_description, cpu_line
 
     zen4 = ("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9R14\n"
             "flags\t\t: fma avx2 avx512f avx512_vnni avx512_bf16\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
