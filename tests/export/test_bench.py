@@ -316,7 +316,7 @@ def test_cuda_backends_unavailable_say_what_is_missing(artifacts, capsys, monkey
 
 @pytest.fixture(scope="module")
 def sweep_artifacts(tmp_path_factory):
-    from conftest import sr_artifact
+    from helpers.models import sr_artifact
 
     root = tmp_path_factory.mktemp("sweep")
     small = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, scale=4)

@@ -23,7 +23,8 @@ from gankd.export.cli import export_main
 from gankd.export.manifest import REQUIRED_KEYS, read_manifest
 from gankd.serve.backends import ort_session
 
-from conftest import REPO_ROOT, config_id, inputs_for, tiny_configs
+from helpers.paths import REPO_ROOT
+from helpers.models import config_id, inputs_for, tiny_configs
 
 RRDB_X4 = ModelConfig(arch="rrdbnet", kwargs={"scale": 4, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
                       task="sr", scale=4)

@@ -19,8 +19,8 @@ from PIL import Image
 from gankd.serve.app import build_app
 from gankd.serve.ports import free_port
 
-from conftest import TESTS_DIR
-from test_demo import _photo
+from helpers.paths import TESTS_DIR
+from helpers.images import astronaut_crop
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -43,7 +43,7 @@ def test_demo_in_a_real_browser(demo_artifacts, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
     photo = tmp_path / "photo.png"
-    Image.fromarray(_photo(0, size=side)).save(photo)
+    Image.fromarray(astronaut_crop(0, size=side)).save(photo)
     demo = build_app(real or demo_artifacts, default_tile=16)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)

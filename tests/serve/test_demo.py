@@ -14,17 +14,12 @@ from PIL import Image
 from gankd.serve import Session
 from gankd.serve.app import QUICKSTART_HINT, build_app
 from gankd.serve.ports import free_port
+from helpers.images import astronaut_crop
 
 gradio_client = pytest.importorskip("gradio_client")
 
 MAX_PIXELS = 64 * 64
 TIMEOUT_S = 120
-
-
-def _photo(i: int, size: int = 24) -> np.ndarray:
-    from skimage import data
-
-    return np.ascontiguousarray(data.astronaut()[40 + 7 * i:40 + 7 * i + size, 150 + 5 * i:150 + 5 * i + size])
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def _save(array: np.ndarray, path: Path) -> Path:
 
 @pytest.mark.parametrize("backend, tile", [("ort", 0), ("torch", 16), ("auto", 16)])
 def test_each_model_configuration(client, tmp_path, backend, tile):
-    photo = _photo(0, 20)
+    photo = astronaut_crop(0, 20)
     out_teacher, out_student, report = _upscale(client, _save(photo, tmp_path / "in.png"), backend, tile)
     for out in (out_teacher, out_student):
         assert np.asarray(Image.open(out)).shape == (80, 80, 3)
@@ -62,7 +57,7 @@ def test_each_model_configuration(client, tmp_path, backend, tile):
 def _bad_uploads(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     text = tmp_path / "notes.png"
     text.write_text("not an image at all\n")
-    good = _save(_photo(1), tmp_path / "good.png").read_bytes()
+    good = _save(astronaut_crop(1), tmp_path / "good.png").read_bytes()
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good[:len(good) // 2])
     big = _save(np.zeros((80, 80, 3), np.uint8), tmp_path / "big.png")
@@ -79,12 +74,12 @@ def test_bad_uploads_get_a_message_and_the_server_stays_up(client, tmp_path):
         with pytest.raises(Exception) as info:
             _upscale(client, path)
         assert message in str(info.value), (kind, str(info.value))
-    out_teacher, _, _ = _upscale(client, _save(_photo(2), tmp_path / "ok.png"))
+    out_teacher, _, _ = _upscale(client, _save(astronaut_crop(2), tmp_path / "ok.png"))
     assert np.asarray(Image.open(out_teacher)).shape == (96, 96, 3)
 
 
 def test_concurrent_requests_each_get_their_own_output(client, demo_artifacts, tmp_path):
-    photos = [_photo(i) for i in range(50)]  # different crops: a mixed-up response cannot match
+    photos = [astronaut_crop(i) for i in range(50)]  # different crops: a mixed-up response cannot match
     paths = [_save(p, tmp_path / f"in{i}.png") for i, p in enumerate(photos)]
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(lambda path: _upscale(client, path, "ort", 16), paths))
@@ -103,7 +98,7 @@ def test_concurrent_requests_for_the_same_image_all_get_it_whole(client, demo_ar
     import httpx
 
     raw = gradio_client.Client(client.src, verbose=False, download_files=False, httpx_kwargs={"timeout": TIMEOUT_S})
-    path = _save(_photo(3, 32), tmp_path / "same.png")
+    path = _save(astronaut_crop(3, 32), tmp_path / "same.png")
 
     def fetch(_):
         out_teacher, _, _ = raw.submit(gradio_client.handle_file(str(path)), "teacher", "student", "ort", 16,
@@ -112,7 +107,7 @@ def test_concurrent_requests_for_the_same_image_all_get_it_whole(client, demo_ar
 
     with ThreadPoolExecutor(12) as pool:
         downloads = list(pool.map(fetch, range(12)))
-    expected = Session(demo_artifacts[0], backend="ort").run(_photo(3, 32), tile=16)
+    expected = Session(demo_artifacts[0], backend="ort").run(astronaut_crop(3, 32), tile=16)
     for content in downloads:
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(content))), expected)
 
@@ -125,7 +120,7 @@ def test_cached_outputs_are_renamed_into_place(tmp_path):
 
     from gankd.serve.app import _cached_png
 
-    image = _photo(4, 64)
+    image = astronaut_crop(4, 64)
     path = Path(_cached_png(image, str(tmp_path)))
     assert path.parent.name == hash_file(path) and path.name == "image.png"  # where Gradio's copy step looks
     path.unlink()

@@ -19,7 +19,7 @@ from gankd.distill import load_model
 from gankd.serve import ServeError, Session
 from gankd.serve.cli import main as demo_main
 
-from conftest import assert_same_output_under_threads
+from helpers.sessions import assert_same_output_under_threads
 
 BIN = Path(sys.executable).parent
 

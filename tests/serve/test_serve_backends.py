@@ -19,7 +19,7 @@ from gankd.export import exporter
 from gankd.serve import ServeError, Session, auto, backends
 from gankd.serve.cli import main as demo_main
 
-from conftest import assert_same_output_under_threads
+from helpers.sessions import assert_same_output_under_threads
 
 SRVGG_X4 = ModelConfig(arch="srvgg_compact", kwargs={"num_feat": 8, "num_conv": 2, "upscale": 4}, task="sr", scale=4)
 pytestmark = pytest.mark.usefixtures("one_thread")

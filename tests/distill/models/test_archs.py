@@ -8,7 +8,7 @@ import torch
 
 from gankd.distill import build_student, load_model, save_model
 
-from conftest import config_id, inputs_for, tiny_configs
+from helpers.models import config_id, inputs_for, tiny_configs
 
 CONFIGS = tiny_configs()
 WIDTHS = [1.0, 0.5, 0.25, 0.125, 0.3]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from gankd.distill import GankdError, load_model, save_model
 from gankd.distill.models.importers import import_ncnn_package, ncnn_package_models
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.real_weights
 

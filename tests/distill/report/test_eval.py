@@ -18,7 +18,7 @@ from gankd.distill import ModelConfig, metrics, save_model
 from gankd.distill.report import evaluate
 from gankd.distill.cli import main
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,7 @@ from gankd.distill.errors import GankdError
 from gankd.distill.train.recipe import load_recipe, recipe_from_dict
 from gankd.distill.train.stages import Batch, Nets, needs_teacher_d, plan_stages, step
 
-from conftest import DISTILL_CLI, kill_run_after, metrics_lines
+from helpers.runs import DISTILL_CLI, kill_run_after, metrics_lines
 
 MODES = ("omgd", "dcd", "dcd_modified")
 pytestmark = pytest.mark.usefixtures("one_thread")  # 2 shared cores: one torch thread is faster

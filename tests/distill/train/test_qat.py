@@ -19,7 +19,7 @@ from gankd.distill.errors import GankdError
 from gankd.export import exporter, formats, int8, parity
 from gankd.export.parity import real_lr_batch
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -329,7 +329,7 @@ def test_resume_after_kill_9_in_the_qat_stage_replays_the_same_run(tmp_path):
 
     import yaml
 
-    from conftest import DISTILL_CLI, kill_run_after, metrics_lines
+    from helpers.runs import DISTILL_CLI, kill_run_after, metrics_lines
 
     teacher_dir = _tiny_teacher(tmp_path)
     pretrained = save_model(tmp_path / "pre", _model(), SRVGG)

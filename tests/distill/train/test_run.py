@@ -20,7 +20,7 @@ from gankd.distill.train.recipe import recipe_from_dict
 from gankd.distill.train.stages import NonFiniteLoss, needs_teacher_d
 from gankd.distill.train.loop import run
 
-from conftest import DISTILL_CLI, kill_run_after, metrics_lines
+from helpers.runs import DISTILL_CLI, kill_run_after, metrics_lines
 
 CLI = DISTILL_CLI
 
