@@ -45,7 +45,7 @@ from gankd.distill.models.folder import ModelConfig, load_model
 from gankd.distill.report.plots import markdown_table, save_pareto
 from gankd.distill.models.cost import build_for_counting, count_macs, count_params, parse_shape
 from gankd.distill.models.registry import make_config
-from gankd.distill.models.students import build_student, load_pretrained, student_config, width_label
+from gankd.distill.models.students import STUDENT_RULES, build_student, load_pretrained, student_config, width_label
 from gankd.serve.timing import measure_interleaved
 
 DEPTH_CUTS = (1, 2, 4, 8)  # RRDB blocks kept by full-width students
@@ -103,7 +103,7 @@ class Candidate:
         """The Recipe keys that make ``gankd-distill run`` train this student."""
         fragment = {"family": self.family, "width": float(self.width), "depth": self.depth, "up_feat": self.up_feat,
                     "num_feat": self.num_feat, "init": self.init}
-        if self.family == "rrdb" and self.init == "teacher":
+        if STUDENT_RULES[self.family].teacher_init and self.init == "teacher":  # blocks: which teacher blocks
             fragment["blocks"] = "even"
         if self.init == "pretrained":
             fragment["init_from"] = self.init_from
