@@ -27,6 +27,11 @@ from gankd.serve.timing import measure_interleaved, percentile, timed_ms
 from gankd.serve.ports import free_port
 
 
+def _join_all(threads) -> None:
+    for thread in threads:
+        thread.join()
+
+
 def _cpu_model() -> str:
     return cpu_description()["model"] or "unknown CPU"
 
@@ -65,7 +70,7 @@ def _run(make_call, concurrency: int, duration_s: float) -> dict:
     for thread in threads:
         thread.start()
     barrier.wait()
-    wall = timed_ms(lambda: [thread.join() for thread in threads])[1] / 1e3
+    wall = timed_ms(_join_all, threads)[1] / 1e3
     if errors:
         raise RuntimeError(f"a client failed: {errors[0]}")
     return {"latencies_ms": [v for per in latencies for v in per], "wall_s": wall}

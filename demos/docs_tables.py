@@ -31,11 +31,15 @@ default to ``.2f``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import shlex
 import sys
 from pathlib import Path
+
+from gankd.serve.errors import first_line
+from gankd.serve.files import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"<!-- results: (?P<spec>.*?) -->(?P<body>.*?)<!-- /results -->", re.DOTALL)
@@ -167,7 +171,7 @@ def render_table(kind: str, paths: list[Path], options: dict, source: str) -> st
         return table(paths)
     if len(paths) != 1:
         raise BlockError(f"{source}: table={kind} takes one results file, got {len(paths)}")
-    result = json.loads(paths[0].read_text(encoding="utf-8"))
+    result = load_json(paths[0])
     if kind == "fields":
         return fields_table(result, options, source)
     if kind == "bench":
@@ -189,6 +193,13 @@ def render_table(kind: str, paths: list[Path], options: dict, source: str) -> st
 # ----------------------------------------------------------------------------------------------- blocks
 
 
+
+@functools.cache
+def load_json(path: Path):
+    """A results file, parsed once however many blocks name it (a returned object is shared: do not change it)."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def parse(spec: str, root: Path, where: str) -> tuple[list[Path], dict]:
     try:
         tokens = shlex.split(spec)
@@ -198,7 +209,10 @@ def parse(spec: str, root: Path, where: str) -> tuple[list[Path], dict]:
     for token in tokens:
         key, sep, value = token.partition("=")
         if not sep:
-            paths.append(root / token)
+            path = (root / token).resolve()
+            if not path.is_relative_to(root):  # a block reads results inside the repo, nothing else
+                raise BlockError(f"{where}: {token} is outside {root}")
+            paths.append(path)
         elif key in OPTIONS:
             options[key] = value
         else:
@@ -223,7 +237,7 @@ def render(spec: str, root: Path, where: str) -> str:
         return "\n\n" + render_table(options["table"], paths, options, source) + "\n\n"
     if len(paths) != 1:
         raise BlockError(f"{source}: value= takes one results file")
-    data = json.loads(paths[0].read_text(encoding="utf-8"))
+    data = load_json(paths[0])
     value = lookup(data, options["value"], source)
     for option, combine in (("minus", lambda a, b: a - b), ("over", lambda a, b: a / b)):
         if option in options:
@@ -267,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
     parser.add_argument("--root", type=Path, default=ROOT, help="where results paths start [default: the repo]")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_table, int8_table, soak
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:  # results_table, int8_table, soak (once, however often main runs in one process)
+        sys.path.insert(0, here)
     stale = []
     try:
         root = args.root.resolve()
@@ -276,9 +292,12 @@ def main(argv: list[str] | None = None) -> int:
                                 str(path.relative_to(root) if path.is_relative_to(root) else path))
             stale += changed
             if changed and not args.check:
-                path.write_text(new, encoding="utf-8")
+                atomic_write(path, new)
     except BlockError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file argument that is missing or unreadable
+        print(f"error: {error.filename or ''}: {error.strerror or first_line(error)}", file=sys.stderr)
         return 2
     for block in stale:
         print(f"{'out of date' if args.check else 'regenerated'}: {block}")

@@ -10,10 +10,11 @@ Public API::
 """
 
 from gankd.distill.models import archs  # noqa: F401  (registers the architectures)
-from .errors import GankdError
 from gankd.distill.models.folder import ModelConfig, load_config, load_model, save_model
 from gankd.distill.models.registry import create_model, get_arch, list_archs, register_arch
 from gankd.distill.models.students import build_student, student_config
+
+from .errors import GankdError
 
 __all__ = [
     "GankdError",

@@ -73,9 +73,9 @@ def cli() -> None:
               "other files).")
 def import_teacher_cmd(fmt: str, src: str, out_dir: Path, which: str, cond_norm: float, force: bool) -> None:
     """Convert a teacher from an outside format into a gankd model folder."""
-    from gankd.distill.models.importers import import_teacher
-    from gankd.distill.models.folder import is_model_folder, save_model
     from gankd.distill.models.cost import count_params
+    from gankd.distill.models.folder import is_model_folder, save_model
+    from gankd.distill.models.importers import import_teacher
 
     if out_dir.exists() and not out_dir.is_dir():
         raise GankdError(f"--out {str(out_dir)!r} is a file, not a folder")
@@ -104,8 +104,8 @@ def import_teacher_cmd(fmt: str, src: str, out_dir: Path, which: str, cond_norm:
 def inspect_cmd(model_dir: Path, input_shape: tuple[int, ...], latency: bool, runs: int, as_json: bool) -> None:
     """Arch, parameters and GMACs of a model folder and of its students: C = 1/2, 1/4, 1/8, SRVGG-32 and the
     SRVGG with the MACs of C=1/4."""
-    from gankd.distill.tools.inspect_model import format_table, student_table
     from gankd.distill.models.folder import load_model
+    from gankd.distill.tools.inspect_model import format_table, student_table
 
     # loading the weights, not only the config, proves they fit the arch strictly
     config = load_model(model_dir).gankd_config
@@ -135,9 +135,9 @@ def run_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, dry_run: bool
     On N devices: `torchrun --standalone --nproc_per_node=N -m gankd.distill run RECIPE ...` (batch_size stays the
     global batch; rank 0 writes the run folder)."""
     from gankd.distill.train import distributed
+    from gankd.distill.train.loop import task_kind
     from gankd.distill.train.recipe import load_recipe
     from gankd.distill.train.stages import plan_stages
-    from gankd.distill.train.loop import task_kind
 
     resolved = load_recipe(recipe, list(overrides))
     rank, world_size, _ = distributed.env_world() if distributed.under_torchrun() else (0, 1, 0)
@@ -192,8 +192,8 @@ def search_cmd(teacher_dir: Path, budget_ms: float, shape: str, minutes: float |
 
     import torch
 
-    from gankd.distill.tools import search
     from gankd.distill.models.folder import load_model
+    from gankd.distill.tools import search
 
     settings = search.SearchSettings(budget_ms=budget_ms, minutes=minutes, steps=steps, threads=threads)
     out_dir = out_dir or Path("runs") / f"search-{teacher_dir.resolve().name}"

@@ -27,7 +27,6 @@ from gankd.serve.psnr import PSNR_CAP_DB, psnr_db
 from .errors import GankdError
 
 
-
 def quantize_8bit(x: Tensor, max_val: float = 1.0) -> Tensor:
     """[0, max_val] -> float64 integer levels 0..255, the values a saved 8-bit PNG would hold."""
     return (x.detach().to(torch.float64) / max_val).clamp(0.0, 1.0).mul(255.0).round()

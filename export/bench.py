@@ -53,7 +53,8 @@ from gankd.distill.errors import GankdError
 from gankd.serve.backends import ort_session
 from gankd.serve.cpu import cpuinfo_blocks, read_cpuinfo
 from gankd.serve.manifest import task_of
-# the one timing loop and summary (serve.timing); tests and demos import percentile and measure_interleaved here too
+
+# the one timing loop and summary (serve.timing)
 from gankd.serve.timing import PERCENTILE_DEFINITION, latency_stats, measure_interleaved
 
 from . import formats, ncnn, trt

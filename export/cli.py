@@ -134,12 +134,14 @@ def export_cmd(model_dir: Path, out_dir: Path, formats_text: str, fp16: bool, in
     [N,3,S,S]; parity per scale 4/8/16/32/64 on a real face. For generate and face_sr only the batch is dynamic,
     INT8 calibrates from seeded z / embedded faces, and trt is not available.
 
-    Tolerances: fp32 ONNX, pt2 and pth (reloaded by spandrel) max abs error <= 1e-4 on outputs mapped to [0, 1];
-    ncnn (fp16 weight storage) <= 2/255; fp16 >= 40 dB PSNR to the fp32 output. A broken tolerance exits with status 2 and writes nothing, unless --force. INT8 is different: a file
-    that loses more than 0.3 dB of fp32's PSNR to the student's teacher on held-out crops (or, with no teacher known,
-    is under 40 dB PSNR to fp32), or is not faster than fp32 here, is left out (the rest is exported) and one line
-    gives the measured figures. A QAT student's INT8 file (gankd-distill run with n_qat) carries the activation
-    ranges it learned, and its parity is against its fake-quantized model (>= 50 dB). With trt in --formats, a missing tensorrt package or GPU fails before anything is exported."""
+    Tolerances: fp32 ONNX, pt2 and pth (reloaded by spandrel) max abs error <= 1e-4 on outputs mapped to [0, 1]; ncnn
+    (fp16 weight storage) <= 2/255; fp16 >= 40 dB PSNR to the fp32 output. A broken tolerance exits with status 2 and
+    writes nothing, unless --force. INT8 is different: a file that loses more than 0.3 dB of fp32's PSNR to the
+    student's teacher on held-out crops (or, with no teacher known, is under 40 dB PSNR to fp32), or is not faster than
+    fp32 here, is left out (the rest is exported) and one line gives the measured figures. A QAT student's INT8 file
+    (gankd-distill run with n_qat) carries the activation ranges it learned, and its parity is against its
+    fake-quantized model (each quantized layer within one output step, and >= 30 dB end to end). With trt in --formats, a missing tensorrt package or GPU fails before anything is
+    exported."""
     from .exporter import ExportSettings, export_model
 
     settings = ExportSettings(formats=_split(formats_text), fp16=fp16, int8=int8, opset=opset, calib=calib,

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gankd.distill.train import qat
 from gankd.distill.errors import GankdError
 from gankd.distill.models.folder import WEIGHTS_FILE, load_config, load_model
-from gankd.serve.files import publish_folder, sha256_file
 from gankd.distill.models.registry import get_arch
+from gankd.distill.train import qat
+from gankd.serve.files import publish_folder, sha256_file
 from gankd.serve.manifest import MANIFEST_FILE, is_artifact_folder
 
 from . import formats, int8, ncnn, official, parity, tasks, trt
@@ -430,8 +430,8 @@ def _runtime_order(folder: Path, log) -> dict | None:
     """The verified runtimes of the finished folder, fastest first on this machine (``gankd.serve.auto``: what
     Session's ``auto`` serves here without measuring again); None with fewer than two, or when measuring fails
     (the export stands; Sessions then measure on first open)."""
-    from gankd.serve.session import measure_artifact
     from gankd.serve.errors import ServeError
+    from gankd.serve.session import measure_artifact
 
     try:
         return measure_artifact(folder, log=lambda line: log(f"runtime order: {line}"))

@@ -27,12 +27,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gankd.distill.train import qat
 from gankd.distill.errors import GankdError
+from gankd.distill.train import qat
 from gankd.distill.train.qat import Int8Recipe
 
 from .manifest import INPUT_NAME
-
 
 # The recipes are gankd.distill.train.qat's: quantization-aware distillation mirrors the same graph.
 DEFAULT_RECIPE, FAMILY_RECIPES, recipe_for = qat.DEFAULT_RECIPE, qat.FAMILY_RECIPES, qat.recipe_for
@@ -55,8 +54,13 @@ def quantize(src: Path, dst: Path, batches: list, recipe: Int8Recipe, overrides:
     must be exactly the activations the quantizer quantises (:func:`check_mirrors`). Returns what the manifest
     records."""
     import numpy as np
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from .formats import check_onnx, quiet_root_logger
 
@@ -149,14 +153,14 @@ def check_mirrors(quantized: Path, overrides: dict) -> None:
 
 
 def cpu_features(cpuinfo: str | None = None) -> dict:
-    """The CPU model and the flags that decide how ORT runs int8 (VNNI or not), from /proc/cpuinfo."""
-    from gankd.serve.cpu import cpuinfo_blocks, read_cpuinfo
+    """The CPU model and the flags that decide how ORT runs int8 (VNNI or not): :func:`gankd.serve.cpu.cpu_description`
+    (the one /proc/cpuinfo reader) narrowed to :data:`CPU_INT8_FLAGS`."""
+    from gankd.serve.cpu import cpu_description
 
-    blocks = cpuinfo_blocks(cpuinfo if cpuinfo is not None else read_cpuinfo() or "")
-    if not blocks:
+    cpu = cpu_description(cpuinfo)
+    if cpu["flags"] is None:
         return {"model": None, "flags": None}
-    flags = set(blocks[0].get("flags", "").split())
-    return {"model": blocks[0].get("model name"), "flags": [f for f in CPU_INT8_FLAGS if f in flags]}
+    return {"model": cpu["model"], "flags": [f for f in CPU_INT8_FLAGS if f in cpu["flags"]]}
 
 
 @dataclass(frozen=True)
@@ -247,13 +251,14 @@ TEACHER_GATE_CROPS_PER_IMAGE = 2
 def teacher_psnrs(teacher_dir: Path, scale: int, runners: dict[str, Callable], seed: int = 0) -> dict:
     """Mean PSNR to the teacher's output of each runner (name -> callable(N×3×H×W array) -> array), on held-out
     crops (gankd.distill.report.evaluate's splits, which nothing trains, selects or calibrates on) as they are ("clean")
-    and degraded as users' photos are ("degraded": crop i gets photo kind i mod 4). Outputs are clamped to [0, 1] and scored on 8 bits, as ``gankd-distill eval`` scores."""
+    and degraded as users' photos are ("degraded": crop i gets photo kind i mod 4). Outputs are clamped to [0, 1] and
+    scored on 8 bits, as ``gankd-distill eval`` scores."""
     import numpy as np
     import torch
 
     from gankd.distill.data.degrade import PHOTO_KINDS
-    from gankd.distill.report.evaluate import _load_sr, degraded_inputs, eval_crops, eval_images, upscale
     from gankd.distill.metrics import mean_psnr
+    from gankd.distill.report.evaluate import _load_sr, degraded_inputs, eval_crops, eval_images, upscale
 
     teacher = _load_sr(Path(teacher_dir), "--teacher")
     if teacher.gankd_config.scale != scale:

@@ -15,9 +15,15 @@ from pathlib import Path
 
 from gankd.serve import manifest as schema
 from gankd.serve.files import atomic_write
-from gankd.serve.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, REQUIRED_KEYS  # noqa: F401  (the writer's)
+
 # the one reader; its one-line ServeError is a GankdError, which gankd-export and gankd-bench print
-from gankd.serve.manifest import read_manifest  # noqa: F401
+from gankd.serve.manifest import (  # noqa: F401  (the writer's)
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    REQUIRED_KEYS,
+    read_manifest,  # noqa: F401
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"

@@ -11,8 +11,8 @@ Measures, on outputs clamped to the output range [0, 1]:
 - ``psnr_db``: 10·log10(1 / MSE) on the float outputs (not 8-bit: parity must see differences below 1/255),
   capped at 100 dB.
 
-Tolerances (:data:`TOLERANCES`, stated once in ``gankd.serve.manifest`` as the manifest records them; each holds on any x86 CPU, AVX2 or AVX-512, with or
-without VNNI):
+Tolerances (:data:`TOLERANCES`, stated once in ``gankd.serve.manifest`` as the manifest records them; each holds on any
+x86 CPU, AVX2 or AVX-512, with or without VNNI):
 
 - fp32 artifacts (ONNX, pt2): max_abs ≤ 1e-4. Kernels of different ISAs sum in different orders; that moves
   outputs by float rounding, far inside the bound. A wrong weight, op or padding moves them far beyond it (the
@@ -64,8 +64,8 @@ PARITY_SIZES: tuple[tuple[int, int], ...] = ((32, 32), (48, 40))
 def real_lr_batch(shape, scale: int, split: str = "validation") -> torch.Tensor:
     """N×3×H×W LR images from the embedded photos: a centre crop of (H·scale)×(W·scale) bicubic-downscaled by
     ``scale``; a photo too small for the crop is resized to it first. Photos repeat when N exceeds them."""
-    from gankd.distill.data.images import sample_images
     from gankd.distill.data.degrade import bicubic_lr
+    from gankd.distill.data.images import sample_images
 
     n, channels, height, width = shape
     if channels != 3:

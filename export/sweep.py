@@ -110,8 +110,16 @@ def sweep(artifact_dirs: Sequence[str | Path], backends: Sequence[str] = ("ort",
     """Every fp32 artifact on every backend at every size, whole and tiled (module docstring); JSON-ready."""
     from gankd.serve.tiling import upscale
 
-    from .bench import (BenchSettings, _common_task, _machine, _Runners, load_artifacts, physical_cores, plan_rows,
-                        read_cpu_peak)
+    from .bench import (
+        BenchSettings,
+        _common_task,
+        _machine,
+        _Runners,
+        load_artifacts,
+        physical_cores,
+        plan_rows,
+        read_cpu_peak,
+    )
 
     if tile < 16 or pad < 0:
         raise GankdError(f"--tile must be >= 16 and --pad >= 0, got {tile} and {pad}")

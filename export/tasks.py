@@ -200,8 +200,8 @@ def calibration_batches(settings, shape, scale: int) -> list[np.ndarray]:
     From the embedded train photos (``settings.calib == "sample"``): an HR crop bicubic-downscaled by the scale, so
     the crops look like the LR inputs the model sees. From a user folder: LR-sized crops as they are (the folder
     holds the model's inputs)."""
-    from gankd.distill.data.images import list_images, load_image, sample_images
     from gankd.distill.data.degrade import bicubic_lr
+    from gankd.distill.data.images import list_images, load_image, sample_images
 
     _, _, height, width = shape
     rng = random.Random(settings.seed)

@@ -148,7 +148,7 @@ def build_engine(onnx_path: Path, out_dir: Path, profile: ShapeProfile, fp16: bo
     if serialized is None:
         raise GankdError("TensorRT failed to build the engine (see its log above)")
     path = out_dir / engine_filename(gpu, version)
-    atomic_write(path, bytes(serialized))
+    path.write_bytes(bytes(serialized))  # into the export's staging folder, published whole
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()), fsync=False)  # shared by builds
     return {"path": path.name, "gpu": gpu, "tensorrt": version, "precision": "fp16" if fp16 else "fp32",

@@ -50,7 +50,6 @@ MEASURE_SHAPES = ((1, 3, 64, 64), (1, 3, 256, 256))
 LARGE_SHAPE_MAX_MS = 50.0  # the 256x256 round (about 16x the work) only when every runtime ran 64x64 within this
 MIN_ROUNDS, MAX_ROUNDS, BUDGET_S = 3, 15, 1.0
 MANIFEST_KEY = "runtime_order"
-FILE_KINDS = {"ncnn": "ncnn", "ort": None, "ort-cuda": None, "trt": "trt"}  # None: the variant's onnx file
 
 
 # ----------------------------------------------------------------------------------------------- the machine

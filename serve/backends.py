@@ -3,10 +3,10 @@
 (``model.<gpu>.<trt-version>.plan``).
 
 Each ``*_runner`` returns a forward: float32 arrays in (the manifest's inputs, in order), the output array out.
-:class:`gankd.serve.Session` serves them, and gankd-export (parity) and gankd-bench open their files through the
-same functions (:func:`ort_session` directly; ``gankd.export.ncnn.ncnn_runner`` adds the export's blob names to
-:func:`ncnn_runner`), so a benchmark times what serve runs, with the same session options. gankd.export may import this module; it imports nothing of gankd but
-the bottom layer (``serve.errors``, ``serve.psnr``).
+:class:`gankd.serve.Session` serves them, and gankd-export (parity) and gankd-bench open their files through the same
+functions (:func:`ort_session` directly; ``gankd.export.ncnn.ncnn_runner`` adds the export's blob names to
+:func:`ncnn_runner`), so a benchmark times what serve runs, with the same session options. gankd.export may import this
+module; it imports nothing of gankd but the bottom layer (``serve.errors``, ``serve.psnr``, ``serve.manifest``).
 
 Heavy packages (onnxruntime, torch, ncnn, tensorrt) import inside the functions that need them. Errors are
 :class:`ServeError` in one line.
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ServeError, first_line
+from .manifest import TOLERANCES
 from .psnr import PSNR_CAP_DB, psnr
 
 Forward = Callable[..., np.ndarray]
@@ -100,13 +101,13 @@ def torch_runner(path: Path, threads: int | None = None) -> Forward:
 
 
 # ncnn's wheel bundles its own libgomp, whose threads spin at every barrier (up to 300,000 iterations) before they
-# sleep. On a CPU shared with other work a spinning thread holds the core another ncnn thread needs, and a small
-# model becomes many times slower (demos/bench_serve.py shows it on a loaded machine). Not spinning is what the ORT
-# sessions here do too (allow_spinning 0). libgomp reads the policy when it loads, so it is set for the import of ncnn only (a user's own
-# OMP_WAIT_POLICY / GOMP_SPINCOUNT win). And ncnn is imported with RTLD_DEEPBIND: once torch is imported, its
+# sleep. On a CPU shared with other work a spinning thread holds the core another ncnn thread needs, and a small model
+# becomes many times slower (demos/bench_serve.py shows it on a loaded machine). Not spinning is what the ORT sessions
+# here do too (allow_spinning 0). libgomp reads the policy when it loads, so it is set for the import of ncnn only (a
+# user's own OMP_WAIT_POLICY / GOMP_SPINCOUNT win). And ncnn is imported with RTLD_DEEPBIND: once torch is imported, its
 # libgomp is in the process's global symbol scope (torch loads it RTLD_GLOBAL) and ncnn's OpenMP calls would run on
-# torch's spinning threads instead of ncnn's own libgomp; gankd-bench imports torch first, Session does not, and
-# both must time the same runtime.
+# torch's spinning threads instead of ncnn's own libgomp; gankd-bench imports torch first, Session does not, and both
+# must time the same runtime.
 NCNN_OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 _IMPORT_LOCK = threading.Lock()
 
@@ -433,7 +434,7 @@ def trt_runner(path: Path, entry: dict, input_name: str, output_name: str, scale
 # file (model.onnx in ONNX Runtime, else model.pt2), which parity held to 1e-4 of the PyTorch model, and must stay
 # within the tolerance the manifest's parity states for its file.
 
-REFERENCE_SLACK = 1e-4  # the fp32 reference's own parity bound (parity.TOLERANCES onnx / pt2)
+REFERENCE_SLACK = TOLERANCES["onnx"].max_abs  # the fp32 reference's own parity bound (onnx / pt2)
 
 
 def probe_input(shape: Shape, value_range: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> np.ndarray:

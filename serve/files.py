@@ -66,8 +66,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def publish_folder(staged: str | Path, target: str | Path) -> Path:
     """Put the finished folder ``staged`` (made next to ``target``, on the same filesystem) at ``target`` by rename:
     a reader sees the old folder or the new one, never a half-written one. An existing ``target`` is moved aside
-    first and removed only once the new one is in place; the parent folder is fsynced so the swap survives a power
-    cut. The one folder publisher of gankd (artifact folders, the photo pool, teacher caches)."""
+    first and removed only once the new one is in place; the parent folder is fsynced so the rename is durable (the
+    files inside are as durable as their writers made them: this does not fsync each one). The one folder publisher of gankd (artifact folders, the photo pool, teacher caches)."""
     import shutil
 
     staged, target = Path(staged), Path(target)

@@ -56,9 +56,9 @@ import numpy as np
 from . import auto, backends, faces, tiling
 from .backends import Forward
 from .errors import ServeError
+from .files import sha256_file
 from .images import MAX_PIXELS, check_size
 from .manifest import MANIFEST_FILE, TOLERANCES, Tolerance, input_names, read_manifest, task_of
-from .files import sha256_file
 
 BACKENDS = ("auto", "torch", "ort", "ort-cuda", "ncnn", "ncnn-vulkan", "trt")
 VARIANTS = {"fp32": "onnx", "int8": "onnx-int8", "fp16": "onnx-fp16"}
@@ -66,8 +66,6 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, what PIL'
 DEFAULT_PAD = 10
 GENERATE_BATCH = 8  # z per forward call of generate: bounds memory for long seed lists
 CHECK_SHAPE = (1, 3, 32, 32)  # the open check's input (one of parity's sizes; a multiple of every unshuffle)
-# the open check's bounds where a manifest does not state them: the export's own (manifest.TOLERANCES)
-DEFAULT_TOLERANCES = {kind: TOLERANCES[kind] for kind in ("ncnn", "trt", "trt-fp16")}
 
 
 def seed_z(seeds, style_dim: int) -> np.ndarray:
@@ -292,7 +290,7 @@ class Session:
         if not self.verify:
             return "not checked at open (verify off)"
         tolerance = Tolerance.parse(self.manifest.get("parity", {}).get("tolerances", {}).get(kind)) \
-            or DEFAULT_TOLERANCES[kind]
+            or TOLERANCES[kind]  # where a manifest does not state it: the export's own
         reference = self._reference()
         if reference is None:
             return ("not checked at open: neither model.onnx with onnxruntime nor model.pt2 can run here as the "

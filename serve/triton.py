@@ -445,9 +445,8 @@ class TritonServer:
         return first_line(Exception(errors[-1])) if errors else ""
 
     def _wait_ready(self) -> None:
-        from tritonclient.http import InferenceServerClient
-
         from pytriton.triton import TRITON_ACCESS_HEADER
+        from tritonclient.http import InferenceServerClient
 
         client = InferenceServerClient(self.endpoints["http"].removeprefix("http://"))
         headers = {TRITON_ACCESS_HEADER: self._token} if self._token else None

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gankd.distill.errors import GankdError
 
 from .degrade import DEGRADATIONS, Degradation, PhotoMix, RealESRGANDegradation, _make_lr, degrade_lr
-from gankd.distill.errors import GankdError
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gankd.serve.errors import first_line
-
 from gankd.distill.errors import GankdError
+from gankd.serve.errors import first_line
 
 log = logging.getLogger(__name__)
 

@@ -47,10 +47,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from gankd.distill.errors import GankdError
 from gankd.serve.errors import first_line
 from gankd.serve.files import publish_folder
-
-from gankd.distill.errors import GankdError
 
 POOLS = ("photos", "photos_holdout")  # train_images / val_images names: the pool's train and held-out scenes
 HOLDOUT_FRACTION = 0.18

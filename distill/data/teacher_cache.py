@@ -12,10 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from gankd.distill.errors import GankdError
 from gankd.serve.errors import first_line
 from gankd.serve.files import publish_folder
-
-from gankd.distill.errors import GankdError
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,8 @@ def _disk_cache(teacher: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size
 
 
 def _world_size() -> int:
-    """Processes of this run: > 1 under torchrun once :mod:`gankd.distill.train.distributed` joined the process group."""
+    """Processes of this run: > 1 under torchrun once :mod:`gankd.distill.train.distributed` joined the process
+    group."""
     return torch.distributed.get_world_size() \
         if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
 

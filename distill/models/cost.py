@@ -7,14 +7,12 @@ timings themselves come from ``gankd.serve.timing`` and the CPU line quoted with
 
 from __future__ import annotations
 
-
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from gankd.distill.errors import GankdError
-
 
 LATENCY_GROUP = "gankd.latency"  # entry-point group of the latency runners (pyproject.toml; latency_runner)
 

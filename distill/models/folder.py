@@ -21,9 +21,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from . import archs as _archs  # noqa: F401  (registers the architectures)
 from gankd.distill.errors import GankdError
 from gankd.serve.files import atomic_write, sha256_file
+
+from . import archs as _archs  # noqa: F401  (registers the architectures)
 from .registry import create_model, get_arch, make_config
 from .weight_files import load_state_dict_strict, read_weights
 

@@ -4,10 +4,10 @@
 rounded (RRDB num_feat and num_grow_ch; SRVGG num_feat; U-Net D num_feat). ``depth`` keeps that many RRDB blocks
 (or SRVGG body convs).
 
-``init="random"`` (the SDAKD paper's setting) starts from random weights. ``init="teacher"`` starts from the
-teacher's own weights, cut down by ``gankd.distill.models.surgery`` (kept blocks, top-L1 channels): such a student starts
-next to its teacher and needs minutes of distillation instead of GPU-days. It needs the loaded teacher model, and
-works for RRDBNet generators (rrdb family) and the U-Net discriminator.
+``init="random"`` (the SDAKD paper's setting) starts from random weights. ``init="teacher"`` starts from the teacher's
+own weights, cut down by ``gankd.distill.models.surgery`` (kept blocks, top-L1 channels): such a student starts next to
+its teacher and needs minutes of distillation instead of GPU-days. It needs the loaded teacher model, and works for
+RRDBNet generators (rrdb family) and the U-Net discriminator.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from fractions import Fraction
 
 from torch import Tensor, nn
 
-from . import surgery
-from gankd.distill.models.archs.stylegan2 import StyleGAN2DiscriminatorConfig, StyleGAN2GeneratorConfig
 from gankd.distill.errors import GankdError
+from gankd.distill.models.archs.stylegan2 import StyleGAN2DiscriminatorConfig, StyleGAN2GeneratorConfig
+
+from . import surgery
 from .folder import ModelConfig
 from .registry import get_arch, make_config
 from .weight_files import load_state_dict_strict
@@ -183,8 +184,8 @@ def student_config(teacher: ModelConfig | nn.Module, width: float = 1.0, depth: 
     if entry.kind != "discriminator" and family not in FAMILIES:
         raise GankdError(f"unknown student family {family!r}; families: {', '.join(FAMILIES)}")
     teacher_kw = dataclasses.asdict(make_config(teacher.arch, teacher.kwargs))  # every option, defaults filled in
-    arch, kw, kept = STUDENT_RULES[family].build(StudentRequest(teacher, model, teacher_kw, width, depth, num_feat, init,
-                                                          up_feat, blocks, calib_lr))
+    ask = StudentRequest(teacher, model, teacher_kw, width, depth, num_feat, init, up_feat, blocks, calib_lr)
+    arch, kw, kept = STUDENT_RULES[family].build(ask)
     provenance = {"student_of": teacher.provenance.get("source", teacher.arch), "teacher_arch": teacher.arch,
                   "teacher_kwargs": teacher.kwargs, "width": width, "depth": len(kept) if kept else depth,
                   "family": family, "init": init, "blocks": kept,

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .archs import RRDBNet, UNetDiscriminatorSN
 from gankd.distill.errors import GankdError
 from gankd.serve.psnr import psnr_db
+
+from .archs import RRDBNet, UNetDiscriminatorSN
 
 # U-Net D layers wrapped in (old-style) spectral_norm: their state is weight_orig / weight_u / weight_v, no bias.
 _D_SPECTRAL = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7", "conv8")
@@ -194,10 +195,10 @@ def resize_srvgg(state: dict[str, Tensor], num_conv: int, num_feat: int, num_fea
                  num_conv_src: int) -> dict[str, Tensor]:
     """A pretrained SRVGGNetCompact's state resized to ``num_conv`` body convs of ``num_feat`` channels.
 
-    Deeper: identity convs (Dirac kernel, zero bias, PReLU slope 1) are inserted evenly, so the deeper student
-    computes exactly the pretrained function and training starts from it. Shallower: evenly spaced body convs are kept
-    (``even_blocks``, the rule of RRDB depth cuts; widths agree, so the rest still connects). Narrower: each layer keeps the
-    ``num_feat`` output channels the next conv relies on most (L1 of its weights over that input channel, Li et al.
+    Deeper: identity convs (Dirac kernel, zero bias, PReLU slope 1) are inserted evenly, so the deeper student computes
+    exactly the pretrained function and training starts from it. Shallower: evenly spaced body convs are kept
+    (``even_blocks``, the rule of RRDB depth cuts; widths agree, so the rest still connects). Narrower: each layer keeps
+    the ``num_feat`` output channels the next conv relies on most (L1 of its weights over that input channel, Li et al.
     2017's criterion read from the consuming side), and the next conv keeps those inputs. Layer ``body.2k`` is a conv
     and ``body.2k+1`` its PReLU (``act_type: prelu``, the official layout).
     """

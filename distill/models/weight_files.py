@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gankd.serve.errors import first_line
-
 from gankd.distill.errors import GankdError
+from gankd.serve.errors import first_line
 
 # BasicSR/Real-ESRGAN/GCFSR save {"params_ema": ..., "params": ...}; EMA weights are the ones to serve.
 STATE_DICT_CONTAINERS = ("params_ema", "params", "g_ema", "state_dict", "model")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+
 @torch.no_grad()
 def d_output_scores(nets, images: dict[str, torch.Tensor], kind: str, batch_size: int = 8
                     ) -> dict[str, torch.Tensor]:

@@ -5,10 +5,10 @@ Crops: fixed ones (``crops.validation_pool``: each photo's centre, then an even 
 LR side ``lr_size``. Photos: the held-out splits ``holdout`` + ``holdout_photos`` (``images.sample_images``; never
 trained, calibrated, validated or selected on) or every image under a folder (any sizes; smaller ones are skipped).
 
-Inputs: each crop's LR made by each asked kind of :mod:`gankd.distill.data.degrade` (clean, web JPEG, sensor noise, a soft lens, a
-resize chain, Real-ESRGAN's pipeline). Crop i's seed for kind k is ``seed·2²⁰ + 16·i + KINDS.index(k)`` (mod 2³²):
-the same LR whichever other kinds are asked for, on any machine. The teacher's output on that LR is the target; no
-ground truth is needed, so a user's photos work as they are.
+Inputs: each crop's LR made by each asked kind of :mod:`gankd.distill.data.degrade` (clean, web JPEG, sensor noise, a
+soft lens, a resize chain, Real-ESRGAN's pipeline). Crop i's seed for kind k is ``seed·2²⁰ + 16·i + KINDS.index(k)``
+(mod 2³²): the same LR whichever other kinds are asked for, on any machine. The teacher's output on that LR is the
+target; no ground truth is needed, so a user's photos work as they are.
 
 Scores per model and kind, and over every degraded kind pooled (``all degraded``):
 
@@ -46,8 +46,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gankd.distill.data import crops, images
 from gankd.distill import metrics
+from gankd.distill.data import crops, images
 from gankd.distill.data.degrade import KINDS, PHOTO_KINDS, PhotoMix, degrade_lr
 from gankd.distill.errors import GankdError
 
@@ -402,8 +402,9 @@ def _columns(result: dict) -> list[str]:
 def format_markdown(result: dict) -> str:
     """eval.md: the CPU line, what was measured, PSNR→teacher as a model × kind table, every score per model and
     kind, and the speed table."""
-    from .plots import markdown_table
     from gankd.serve.cpu import cpu_line
+
+    from .plots import markdown_table
 
     kinds = _columns(result)
     images = result["images"]

@@ -30,6 +30,7 @@ def _cost(model: nn.Module | None, shape: tuple) -> dict:
 
 def _generate_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     from gankd.distill import metrics
+
     from . import plots
 
     task = loop.task
@@ -63,6 +64,7 @@ def _generate_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
 
 def _face_section(run_dir: Path, loop, model: nn.Module) -> list[str]:
     from gankd.distill import metrics
+
     from . import plots
 
     task = loop.task
@@ -129,7 +131,7 @@ def write_gan_report(run_dir: Path, recipe, loop, model: nn.Module, lines: list[
     lines += [
         f"- task: {task.kind}; teacher: {teacher}",
         f"- generator: {conf.arch} {conf.kwargs}" + (f", width C={width_label(recipe.width)}"
-                                                    if not recipe.rules.makes_teacher else ""),
+                                                     if not recipe.rules.makes_teacher else ""),
         f"- mode: {recipe.mode}; discriminator: {recipe.discriminator}; supervised loss: {recipe.sup_loss}; "
         f"adversarial: {recipe.adversarial if not recipe.rules.makes_teacher else recipe.teacher_adversarial} "
         f"(R1 γ={recipe.r1_gamma} every {recipe.r1_every}); DiffAugment: {recipe.diffaugment or 'off'}; "

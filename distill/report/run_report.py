@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gankd.distill.models.folder import load_model
 from gankd.distill.models.cost import count_macs, count_params, model_input_shapes
+from gankd.distill.models.folder import load_model
 from gankd.distill.models.students import width_label
 from gankd.distill.train.baselines import DESCRIPTIONS as BASELINE_TEXT
 
@@ -89,6 +89,7 @@ def _crops_100(path: Path, outputs: dict[str, torch.Tensor], rows: list[dict],
     """Teacher, student, bicubic and the best reference (highest PSNR to the teacher) on the validation crop with
     the most teacher texture (highest Laplacian variance), among ``among`` (all crops when None), at 100%."""
     from gankd.distill import metrics
+
     from . import plots
 
     teacher = outputs["teacher"]
@@ -114,6 +115,7 @@ def _speed_plot(path: Path, rows: list[dict]) -> Path:
 
 def _strip(path: Path, images: torch.Tensor, per_image: int) -> None:
     from gankd.distill import metrics
+
     from . import plots
 
     picks = list(range(0, len(images), per_image))[:4]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gankd.distill.models.folder import ModelConfig
 from gankd.distill.models.cost import build_for_counting, count_macs, count_params, example_inputs, model_input_shapes
+from gankd.distill.models.folder import ModelConfig
 from gankd.distill.models.registry import get_arch
 from gankd.distill.models.students import student_config, width_label
 from gankd.serve.timing import measure_interleaved

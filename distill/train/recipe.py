@@ -17,9 +17,9 @@ import re
 import reprlib
 import types
 import typing
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -222,7 +222,8 @@ class Recipe:
             if value is not None and value < 1:
                 raise GankdError(f"{key}: must be >= 1 or null, got {value}")
         for key in ("lambda_agkd", "lambda_cgkd", "lambda_div", "lambda_mlp", "lambda_dcd", "lambda_cd",
-                    "ssim_weight", "style_weight", "lambda_adv", "l1_weight", "fft_weight", "gv_weight", "anchor_weight", "min_texture",
+                    "ssim_weight", "style_weight", "lambda_adv", "l1_weight", "fft_weight", "gv_weight", "anchor_weight",
+                    "min_texture",
                     "select_min_vol",
                     "perceptual_weight", "r1_gamma", "max_cache_mb"):
             if getattr(self, key) < 0:
@@ -412,12 +413,12 @@ def recipe_from_dict(data: dict) -> Recipe:
 
 
 def resolve_recipe_path(name_or_path: str, relative_to: Path | None = None) -> Path:
-    """A recipe file: a path (relative to ``relative_to``, the folder of the recipe naming it as ``base``, when
-    given and the file is there), else the name of a shipped recipe."""
+    """A recipe file: a path (for a ``base:``, relative to ``relative_to``, the folder of the recipe naming it; else
+    relative to the working directory), or the name of a shipped recipe."""
     path = Path(name_or_path)
-    for candidate in ([relative_to / path] if relative_to is not None and not path.is_absolute() else []) + [path]:
-        if candidate.is_file():
-            return candidate
+    candidate = relative_to / path if relative_to is not None else path  # an absolute path stays itself
+    if candidate.is_file():
+        return candidate
     shipped = RECIPES_DIR / f"{name_or_path}.yaml"
     if shipped.is_file() and path.suffix == "":
         return shipped

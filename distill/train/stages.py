@@ -144,7 +144,7 @@ def _baseline_stages(recipe: Recipe, have_teacher_d: bool, task_kind: str) -> li
         stages.append(Stage("stage1", recipe.n1, d_net="teacher_d", d_mode="adv", d_fake="teacher",
                             end=("save_teacher_d",), adversarial=recipe.teacher_adversarial))
     sup = supervised_terms(recipe)
-    if recipe.rules.online_teacher:  # OMGD: one online stage: teacher G, then the student by KD only, then D_T vs the teacher
+    if recipe.rules.online_teacher:  # OMGD, one online stage: teacher G, then the student by KD only, then D_T
         kd = sup + ("ssim", "style") + (("cd",) if recipe.feature_kd else ())
         teacher = ("adv",) if task_kind == "generate" else (recipe.sup_loss, "perceptual", "adv")
         stages.append(Stage("online", recipe.n2 + recipe.n3, g_target="teacher", g_terms=kd, t_terms=teacher,

@@ -18,13 +18,13 @@ Every task builds :class:`~gankd.distill.train.stages.Batch` objects whose ``inp
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 
 from gankd.distill.data import crops, images, teacher_cache
 from gankd.distill.errors import GankdError
 from gankd.distill.models.folder import ModelConfig
+
 from .recipe import Recipe
 from .stages import Batch
 
@@ -120,17 +120,17 @@ class SRTask(Task):
         self.recipe, self.teacher, self.device = recipe, teacher, device
         self.scale = teacher.gankd_config.scale
         self.train = crops.CropPool.build(_images(recipe.train_images, "train"), count=recipe.train_crops,
-                                         hr_size=recipe.hr_size, scale=self.scale, degradation=recipe.degradation,
-                                         seed=recipe.seed, augment=recipe.augment, mix=recipe.photo_mix(),
-                                         min_texture=recipe.min_texture)
+                                          hr_size=recipe.hr_size, scale=self.scale, degradation=recipe.degradation,
+                                          seed=recipe.seed, augment=recipe.augment, mix=recipe.photo_mix(),
+                                          min_texture=recipe.min_texture)
         self.val = sr_validation_pool(recipe, self.scale)
         self.train_teacher = None
         if recipe.cache_teacher:
             log(f"caching teacher outputs for {len(self.train)} train crops (the teacher is frozen in every stage)")
-            self.train_teacher = teacher_cache.cache_teacher(teacher, self.train.lr, recipe.batch_size, recipe.max_cache_mb,
-                                                    recipe.teacher_cache_dir)
-        self.val_teacher_out, _ = teacher_cache.cache_teacher(teacher, self.val.lr, recipe.batch_size, recipe.max_cache_mb,
-                                                     recipe.teacher_cache_dir)
+            self.train_teacher = teacher_cache.cache_teacher(teacher, self.train.lr, recipe.batch_size,
+                                                             recipe.max_cache_mb, recipe.teacher_cache_dir)
+        self.val_teacher_out, _ = teacher_cache.cache_teacher(teacher, self.val.lr, recipe.batch_size,
+                                                              recipe.max_cache_mb, recipe.teacher_cache_dir)
         self.metric, self.fid = pick_metric(recipe, True, device, log)
         self.real_feats = self.fid.features(self.val.hr) if self.fid else None
 
@@ -180,8 +180,8 @@ def clean_and_degraded(kinds: tuple[str, ...]) -> dict[str, Tensor]:
 def sr_validation_pool(recipe: Recipe, scale: int) -> crops.CropPool:
     """The fixed validation crops of an SR recipe (the run's, ``compare --reference``'s)."""
     return crops.validation_pool(_images(recipe.val_images, "validation"), hr_size=recipe.hr_size, scale=scale,
-                                degradation=recipe.degradation, seed=recipe.seed + 1,
-                                per_image=recipe.val_crops_per_image, mix=recipe.photo_mix())
+                                 degradation=recipe.degradation, seed=recipe.seed + 1,
+                                 per_image=recipe.val_crops_per_image, mix=recipe.photo_mix())
 
 
 def validation_crops_for(recipe: Recipe, teacher: nn.Module) -> tuple[Tensor, Tensor]:
@@ -329,8 +329,8 @@ class FaceSRTask(Task):
         self.train_teacher = None
         if teacher is not None and recipe.cache_teacher:
             log(f"caching teacher outputs for {len(hr)} train faces (the teacher is frozen in every stage)")
-            self.train_teacher = teacher_cache.cache_teacher(teacher, (self.train_lq, self.train_scale), recipe.batch_size,
-                                                    recipe.max_cache_mb)
+            self.train_teacher = teacher_cache.cache_teacher(teacher, (self.train_lq, self.train_scale),
+                                                             recipe.batch_size, recipe.max_cache_mb)
         self.metric, self.fid = pick_metric(recipe, teacher is not None, device, log, has_gt=True)
         self.real_feats = self.fid.features(_to_unit(self.val_hr)) if self.fid else None
         log(f"face data: {len(train)} train / {len(val)} validation faces at {self.size}², train factors "

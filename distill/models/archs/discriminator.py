@@ -36,7 +36,8 @@ def _lrelu(x: torch.Tensor) -> torch.Tensor:
 
 def _sn_conv(c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> nn.Module:
     with warnings.catch_warnings():
-        # The parametrization API renames the keys (parametrizations.weight.original): the old one matches official files.
+        # The parametrization API renames the keys (parametrizations.weight.original): the old one matches official
+        # files.
         warnings.simplefilter("ignore", FutureWarning)
         return nn.utils.spectral_norm(nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False))
 

@@ -45,7 +45,9 @@ import torch
 from torch import Tensor, nn
 
 from gankd.distill.models.registry import register_arch
+
 from .ops import FusedLeakyReLU
+
 # GCFSR's decoder is StyleGAN2's: same parameters and arithmetic as the official GCFSR layers (see module doc)
 from .stylegan2 import ConvLayer, EqualLinear, ModulatedConv2d, ToRGB, stylegan2_channels
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from gankd.distill.errors import GankdError
 from gankd.distill.models.registry import register_arch
+
 from .ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
 
 # rosinality's channel table (at narrow=1); sizes of 64 and up scale with channel_multiplier

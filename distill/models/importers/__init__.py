@@ -20,8 +20,17 @@ from torch import nn
 
 from gankd.distill.errors import GankdError
 from gankd.distill.models.folder import ModelConfig
+
 from .gcfsr import detect_gcfsr, import_gcfsr
-from .ncnn import NCNN_FP16_TAG, NCNN_PACKAGE, NcnnLayer, import_ncnn, import_ncnn_package, ncnn_package_models, parse_ncnn_param
+from .ncnn import (
+    NCNN_FP16_TAG,
+    NCNN_PACKAGE,
+    NcnnLayer,
+    import_ncnn,
+    import_ncnn_package,
+    ncnn_package_models,
+    parse_ncnn_param,
+)
 from .pth import detect_arch, import_pth
 from .rosinality import import_rosinality, rosinality_discriminator_kwargs, rosinality_generator_kwargs
 from .spandrel import import_spandrel

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from torch import nn
 
-from gankd.distill.models.archs.gcfsr import MAX_OUT_SIZE, MIN_OUT_SIZE
 from gankd.distill.errors import GankdError
+from gankd.distill.models.archs.gcfsr import MAX_OUT_SIZE, MIN_OUT_SIZE
 from gankd.distill.models.folder import ModelConfig
 from gankd.distill.models.weight_files import extract_state_dict, load_state_dict_strict, read_weights
+
 from .common import make_provenance
 
 _REQUIRED_KEYS = ("conv_body_first.0.weight", "final_conv.0.weight", "final_linear.weight",

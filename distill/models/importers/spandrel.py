@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gankd.serve.errors import first_line
-
-from gankd.distill.models.archs.foreign import SPANDREL_HINT
 from gankd.distill.errors import GankdError
+from gankd.distill.models.archs.foreign import SPANDREL_HINT
 from gankd.distill.models.folder import ModelConfig
 from gankd.distill.models.weight_files import extract_state_dict, load_state_dict_strict, read_weights
+from gankd.serve.errors import first_line
+
 from .common import make_provenance, sr_config
 from .pth import detect_arch
 
