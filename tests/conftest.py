@@ -4,10 +4,11 @@ teacher, the tiny recipe and the exported artifacts several test files use.
 tests/ mirrors the packages (distill/{models,data,train,report,tools}, export, serve); cross-cutting tests (layering,
 CLI, bad input, docs) stay here. This file holds fixtures only; the functions tests share are in ``helpers/``
 (pytest puts this folder on sys.path, so tests import ``helpers.X`` by name; test file basenames are unique across
-folders, no __init__.py files)."""
+folders; ``helpers`` is the one package). The tests run offline and leave the user's ~/.cache alone (below)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,25 @@ import torch
 from gankd.distill import ModelConfig
 
 from helpers.runs import tiny_recipe_dict
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the demo tests build Gradio apps: no telemetry calls
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_cache(tmp_path_factory):
+    """serve's runtime-order cache (``$XDG_CACHE_HOME/gankd``) goes to a temporary folder, for this process and the
+    subprocesses tests start; real photos fetched by ``make photos`` stay where they are found."""
+    from gankd.distill.data.photos import photos_dir
+
+    saved = {key: os.environ.get(key) for key in ("XDG_CACHE_HOME", "GANKD_PHOTOS")}
+    os.environ["GANKD_PHOTOS"] = str(photos_dir())
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(autouse=True)

@@ -149,7 +149,7 @@ def test_onnx_parity_of_every_registered_arch(config, tmp_path):
                                      log=lambda _msg: None)
     inputs = inputs_for(config, size=16, batch=3)
     feeds = {spec["name"]: x.numpy() for spec, x in zip(manifest["inputs"], inputs, strict=True)}
-    got = formats.ort_session(tmp_path / "art" / "model.onnx").run(None, feeds)[0]
+    got = ort_session(tmp_path / "art" / "model.onnx").run(None, feeds)[0]
     model = load_model(model_dir)
     with torch.no_grad():
         ref = model(*inputs).numpy()

@@ -4,6 +4,7 @@ with a dynamic batch, manifest specs, parity per z batch / per scale, ONNX and p
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from gankd.distill.data.faces import astronaut_face, gcfsr_lq
 from gankd.export import bench, formats, tasks
 from gankd.export.cli import bench_main, export_main
 from gankd.export.manifest import REQUIRED_KEYS, read_manifest
+from gankd.serve.backends import ort_session
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,11 +33,12 @@ def exported(shared_artifacts):
     """(model folder, artifact folder, manifest) of the shared artifacts. gen: z only; gen_psi: z + psi with fp16
     and INT8; face: image + scale with fp16."""
     names = {"gen": "generate_plain", "gen_psi": "generate", "face": "face_sr"}
-    return {name: (*shared_artifacts[key], shared_artifacts.manifests[key]) for name, key in names.items()}
+    return {name: (*shared_artifacts[key], copy.deepcopy(shared_artifacts.manifests[key]))  # the shared one stays
+            for name, key in names.items()}
 
 
 def _ort(path, feeds: dict) -> np.ndarray:
-    return formats.ort_session(path).run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+    return ort_session(path).run(None, {k: v.numpy() for k, v in feeds.items()})[0]
 
 
 # ----------------------------------------------------------------------------------------------- generate

@@ -14,14 +14,18 @@ def assert_same_output_under_threads(session, images: list, tile: int = 16, roun
 
     def work(i):
         barrier.wait()
-        for _ in range(rounds):
-            results[i] = session.run(images[i], tile=tile)
-            if not np.array_equal(results[i], expected[i]):
-                failures.append(i)
+        try:
+            for _ in range(rounds):
+                results[i] = session.run(images[i], tile=tile)
+                if not np.array_equal(results[i], expected[i]):
+                    failures.append(i)
+        except BaseException as exc:  # noqa: BLE001 - a thread's error fails the test, not just a warning
+            failures.append((i, exc))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not failures and all(np.array_equal(results[i], expected[i]) for i in range(len(images)))
+    assert not failures, failures
+    assert all(np.array_equal(results[i], expected[i]) for i in range(len(images)))

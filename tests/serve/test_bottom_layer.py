@@ -45,9 +45,14 @@ def test_no_warm_up_when_the_caller_warmed_up():
         measure_interleaved([lambda: None], warmup_ms=0, duration_s=None, iterations=None)
 
 
-def test_timed_ms_returns_the_result_and_a_duration():
-    result, ms = timed_ms(lambda a, b=0: a + b, 2, b=3)
-    assert result == 5 and ms >= 0
+def test_timed_ms_returns_the_result_and_a_duration(monkeypatch):
+    from gankd.serve import timing
+
+    clock = FakeClock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    slow_add = clock.workload(0, 7.5)
+    result, ms = timed_ms(lambda a, b=0: (slow_add(), a + b)[1], 2, b=3)
+    assert result == 5 and ms == pytest.approx(7.5)
 
 
 def test_the_latency_loops_time_through_serve_timing():
@@ -58,7 +63,9 @@ def test_the_latency_loops_time_through_serve_timing():
     assert bench.measure_interleaved is timing.measure_interleaved
     for module in (auto, bench_step, inspect_model, search):
         assert module.measure_interleaved is timing.measure_interleaved, module.__name__
-    assert search._median_ms(lambda: None, 4, 6, 0.0) >= 0  # min_runs / max_runs map onto min/max rounds
+    calls = []
+    search._median_ms(lambda: calls.append(0), 4, 6, 0.0)  # min_runs / max_runs map onto min/max rounds
+    assert len(calls) == 1 + 4  # one warm-up run, then min_runs: the duration (0 s) is over after the first
 
 
 # ----------------------------------------------------------------------------------------------- seed_z
@@ -119,7 +126,7 @@ def test_gcfsr_lq_at_every_factor_in_use(factor):
 def test_gcfsr_lq_matches_basicsr_imresize_at_every_factor(factor):
     """GCFSR's own recipe, built from basicsr's MATLAB imresize: down by the factor, up to S, 8-bit. At GCFSR's
     512 px: basicsr's symmetric border reflects once only, so it cannot shrink 64 px by 40 or more."""
-    matlab = pytest.importorskip("basicsr.utils.matlab_functions", reason="basicsr-fixed is part of gankd[all]")
+    from basicsr.utils import matlab_functions as matlab  # basicsr-fixed is part of gankd[all]: no skip
     size = 512
     face = torch.from_numpy(_face(size)).double()
     small = matlab.imresize(face, 1 / factor)

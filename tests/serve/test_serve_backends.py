@@ -348,10 +348,12 @@ def test_triton_resolves_auto_once_and_passes_the_choice_on(artifact, tmp_path):
 def test_bench_and_serve_open_onnx_with_one_factory(artifact, tmp_path):
     """gankd-bench, parity and the INT8 gate open ONNX files with serve's one factory (no export-side copy of it):
     one inter-op thread, no spinning, and a bad file is one line."""
-    from gankd.export import bench, formats, int8
+    from helpers.paths import REPO_ROOT
 
-    for module in (formats, bench, int8):
-        assert not hasattr(module, "ort_session") or module.ort_session is backends.ort_session
+    builders = sorted(str(path.relative_to(REPO_ROOT)) for folder in ("distill", "export", "serve", "demos")
+                      for path in (REPO_ROOT / folder).rglob("*.py")
+                      if "InferenceSession(" in path.read_text(encoding="utf-8"))
+    assert builders == ["serve/backends.py"]  # any second place that opens ONNX files would show up here
     options = backends.ort_session(artifact / "model.onnx", 1).get_session_options()
     assert options.inter_op_num_threads == 1 and options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -1,4 +1,5 @@
-"""Teacher-initialised students (distill/models/surgery.py): cuts that keep everything reproduce the teacher, cut weights
+"""Teacher-initialised students (distill/models/surgery.py): cuts that keep everything reproduce the teacher, cut
+weights
 really are the teacher's top-L1 filters laid out consistently, and bad requests give one-line GankdErrors."""
 
 from __future__ import annotations

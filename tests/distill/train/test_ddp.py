@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from gankd.distill.errors import GankdError
 from gankd.distill.train.recipe import recipe_from_dict
 from gankd.distill.train.stages import _augment
 from gankd.distill.train.loop import Loop, run
+from gankd.serve.ports import free_port
 
 TOLERANCE = 1e-4  # float summation order differs between one batch and two shards (measured 3e-6 after 9 steps);
 # a rank that trains its rows alone moves weights ~8e-2
@@ -52,12 +52,6 @@ DDP = {"name": "ddp", "batch_size": 4, "train_crops": 8, "checkpoint_every": 100
 def ddp_recipe(tiny_recipe, out_dir: str, **overrides) -> dict:
     """The shared tiny recipe (conftest) with :data:`DDP` and ``overrides``."""
     return tiny_recipe(out_dir, **{**DDP, **overrides})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(*args: str) -> list[str]:

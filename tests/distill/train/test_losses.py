@@ -86,6 +86,10 @@ def test_vgg_features_load_a_truncated_local_file_and_refuse_others(tmp_path):
     assert torch.equal(vgg.features[7].weight, state["features.7.weight"])
     vgg.train()
     assert not vgg.training and not any(p.requires_grad for p in vgg.parameters())
+    wrapped = {f"module.{k}": v for k, v in state.items()}  # a DataParallel checkpoint: the one loader strips it
+    save_file(wrapped, str(tmp_path / "vgg_dp.safetensors"))
+    assert torch.equal(VGGFeatures.from_file(tmp_path / "vgg_dp.safetensors", layers).features[7].weight,
+                       state["features.7.weight"])
     with pytest.raises(GankdError, match="missing key 'features.10."):
         VGGFeatures.from_file(tmp_path / "vgg.safetensors", ["conv3_1"])
     with pytest.raises(GankdError, match="unknown VGG19 layer 'relu9'"):

@@ -18,6 +18,7 @@ from gankd.distill.train import qat
 from gankd.distill.errors import GankdError
 from gankd.export import exporter, formats, int8, parity
 from gankd.export.parity import real_lr_batch
+from gankd.serve.backends import ort_session
 
 from helpers.paths import REPO_ROOT
 
@@ -133,7 +134,7 @@ def test_export_writes_the_learned_ranges_and_checks_parity_against_the_fake_qua
     layers = info["qat"]["layers"]
     assert layers["passed"] and layers["worst"]["max_lsb"] <= 1.0
     # the fp32 files are the fp32 student's, not the QAT weights'
-    fp32 = formats.ort_session(tmp_path / "art" / "model.onnx").run(None, {"input": parity.parity_inputs(4)[0].numpy()})[0]
+    fp32 = ort_session(tmp_path / "art" / "model.onnx").run(None, {"input": parity.parity_inputs(4)[0].numpy()})[0]
     with torch.no_grad():
         assert np.abs(fp32 - load_model(student)(parity.parity_inputs(4)[0]).numpy()).max() < 1e-4
 
@@ -154,7 +155,7 @@ def test_recalibrating_a_qat_student_breaks_its_parity(tmp_path):
         ref = reference(x).numpy()
     psnrs = {}
     for name in ("fresh", "learned"):
-        out = formats.ort_session(tmp_path / f"{name}.int8.onnx").run(None, {"input": x.numpy()})[0]
+        out = ort_session(tmp_path / f"{name}.int8.onnx").run(None, {"input": x.numpy()})[0]
         psnrs[name] = parity.compare(ref, out)[1]
         layers = int8.qat_layer_check(tmp_path / f"{name}.int8.onnx", path, reference, x)
         assert int8.qat_layers_pass(layers) == (name == "learned"), layers

@@ -202,7 +202,7 @@ def test_base_inherits_and_overrides(tmp_path):
     assert mine.n_qat == 0 and mine.family == quickstart.family and mine.lambda_adv == quickstart.lambda_adv
 
 
-def test_bad_bases_are_one_line_errors(tmp_path):
+def test_bad_bases_are_one_line_errors(tmp_path, monkeypatch):
     (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
     with pytest.raises(GankdError, match="loops"):
@@ -213,6 +213,12 @@ def test_bad_bases_are_one_line_errors(tmp_path):
     (tmp_path / "d.yaml").write_text("base: [quickstart]\n")
     with pytest.raises(GankdError, match="base: must name a recipe"):
         load_recipe(str(tmp_path / "d.yaml"))
+    (tmp_path / "sub").mkdir()  # a base path is next to the recipe, never a same-named file in the working dir
+    (tmp_path / "sub" / "e.yaml").write_text("base: parent_here.yaml\nname: e\n")
+    (tmp_path / "parent_here.yaml").write_text("name: p\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GankdError, match="neither a file nor a shipped recipe"):
+        load_recipe(str(tmp_path / "sub" / "e.yaml"))
     with pytest.raises(GankdError, match="base= cannot be overridden"):
         load_recipe("quickstart", ["base=realesrgan_x4_sdakd_c025"])
 
