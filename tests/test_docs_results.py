@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers.paths import REPO_ROOT as ROOT
+
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers.paths import REPO_ROOT as ROOT
+
 PACKAGES = {"distill": "gankd.distill", "export": "gankd.export", "serve": "gankd.serve"}  # pyproject package-dir
 # serve's bottom layer (DESIGN.md): the modules every package may import; they import nothing of gankd but each other
 BOTTOM_LAYER = {f"gankd.serve.{name}" for name in ("errors", "manifest", "cpu", "timing", "files", "psnr", "faces")}
